@@ -1,0 +1,98 @@
+"""The UNet's transformer parts: CrossAttention, GEGLU, BasicTransformerBlock (with ToMe inline),
+SpatialTransformer.
+
+Where this sits: `unet/model.py` puts a SpatialTransformer after each ResBlock of the first three
+levels and in the middle. It turns the feature map (B, C, h, w) into N = h·w tokens, runs one
+BasicTransformerBlock on them (self-attention, cross-attention to the text, feed-forward), and
+turns them back. Mirrors CompVis `ldm/modules/attention.py`; names equal the checkpoint's keys
+(`attn1.to_q`, `ff.net.0.proj`, `proj_in`, …).
+
+Token Merging (`minitome/tome.py`) happens in BasicTransformerBlock.forward, in plain sight: one
+plan from the block's input, then merge before and unmerge after each sub-layer it applies to.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from minitome.tome import ToMeArgs, tome_plan
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention of x (B, N, C) to context (B, T, context_dim); self-attention when context is None."""
+
+    def __init__(self, dim: int, context_dim: int, heads: int, attention: str):
+        super().__init__()
+        self.heads, self.attention = heads, attention
+        self.to_q = nn.Linear(dim, dim, bias=False)
+        self.to_k = nn.Linear(context_dim, dim, bias=False)
+        self.to_v = nn.Linear(context_dim, dim, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(dim, dim))  # `to_out.0`; the original's dropout (1) has no weights
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor = None) -> torch.Tensor:
+        context = x if context is None else context
+        q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
+        q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in (q, k, v))  # (B, heads, N, D)
+        if self.attention == "plain":
+            weights = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5  # (B, heads, N, T): QKᵀ/√D
+            out = weights.softmax(dim=-1) @ v                          # (B, heads, N, D)
+        else:  # the same formula, fused: never materialises the (N, T) weights
+            out = F.scaled_dot_product_attention(q, k, v)
+        return self.to_out(out.transpose(1, 2).flatten(2))  # (B, N, C)
+
+
+class GEGLU(nn.Module):
+    """proj(x) split in two halves (a, g); returns a · GELU(g) with the exact (erf) GELU."""
+
+    def __init__(self, dim: int, inner: int):
+        super().__init__()
+        self.proj = nn.Linear(dim, inner * 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, gate = self.proj(x).chunk(2, dim=-1)
+        return a * F.gelu(gate)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, mult: int = 4):
+        super().__init__()
+        # `net.0.proj` and `net.2` as in the checkpoint; index 1 is the original's dropout
+        self.net = nn.Sequential(GEGLU(dim, dim * mult), nn.Identity(), nn.Linear(dim * mult, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class BasicTransformerBlock(nn.Module):
+    def __init__(self, dim: int, context_dim: int, heads: int, attention: str):
+        super().__init__()
+        self.attn1 = CrossAttention(dim, dim, heads, attention)          # self-attention
+        self.ff = FeedForward(dim)
+        self.attn2 = CrossAttention(dim, context_dim, heads, attention)  # cross-attention to the text
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, hw: tuple, tome: ToMeArgs = None) -> torch.Tensor:
+        """x (B, N, C) with N = h·w; context (B, T, context_dim). tome=None: plain SD 1.5."""
+        plan = tome_plan(x, hw, tome)  # identity when tome is None or the block is too small
+        x = x + plan.unmerge_attn(self.attn1(plan.merge_attn(self.norm1(x))))             # self-attention
+        x = x + plan.unmerge_cross(self.attn2(plan.merge_cross(self.norm2(x)), context))  # cross-attention
+        x = x + plan.unmerge_mlp(self.ff(plan.merge_mlp(self.norm3(x))))                  # feed-forward
+        return x
+
+
+class SpatialTransformer(nn.Module):
+    """(B, C, h, w) → tokens (B, h·w, C) → transformer block(s) → (B, C, h, w), plus the input."""
+
+    def __init__(self, channels: int, context_dim: int, heads: int, groups: int, attention: str, depth: int = 1):
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
+        self.proj_in = nn.Conv2d(channels, channels, 1)
+        self.transformer_blocks = nn.ModuleList(
+            BasicTransformerBlock(channels, context_dim, heads, attention) for _ in range(depth))
+        self.proj_out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, tome: ToMeArgs = None) -> torch.Tensor:
+        B, C, h, w = x.shape
+        tokens = self.proj_in(self.norm(x)).flatten(2).transpose(1, 2)  # (B, N, C), raster order
+        for block in self.transformer_blocks:
+            tokens = block(tokens, context, (h, w), tome)
+        return x + self.proj_out(tokens.transpose(1, 2).unflatten(2, (h, w)))  # (B, C, h, w)

@@ -1,0 +1,119 @@
+"""The SD 1.5 UNet: predicts the noise ε in a latent x_t, given the timestep t and the text context.
+
+Where this sits: the sampler (`sampler/`) calls it once or twice per step; its input is the
+(B, 4, H, W) latent and its output has the same shape. Mirrors CompVis
+`ldm/modules/diffusionmodules/openaimodel.py` (UNetModel), whose attribute names are the official
+checkpoint's `model.diffusion_model.*` keys, so loading is a strict `load_state_dict`.
+
+Shape of the SD 1.5 network (widths 320, 640, 1280, 1280; levels at H, H/2, H/4, H/8):
+
+    input_blocks  0: conv_in
+                  1, 2: ResBlock + SpatialTransformer   (level 0)    3: Downsample
+                  4, 5: ResBlock + SpatialTransformer   (level 1)    6: Downsample
+                  7, 8: ResBlock + SpatialTransformer   (level 2)    9: Downsample
+                  10, 11: ResBlock                      (level 3)
+    middle_block  ResBlock, SpatialTransformer, ResBlock
+    output_blocks 0–2: ResBlock (level 3; 2 ends with Upsample)
+                  3–5, 6–8, 9–11: ResBlock + SpatialTransformer (levels 2, 1, 0; 5 and 8 end with Upsample)
+    out           GroupNorm, SiLU, conv_out
+
+Every output block first concatenates the skip saved by the matching input block.
+ToMe: `forward(..., tome=ToMeConfig(...))` passes the settings, the latent size and the partition
+generator down to each transformer block as plain arguments; `tome=None` is exactly SD 1.5.
+"""
+import torch
+import torch.nn as nn
+
+from minitome.tome import ToMeArgs, ToMeConfig
+from .attention import SpatialTransformer
+from .blocks import Downsample, ResBlock, Upsample, timestep_embedding
+from .config import UNetConfig
+
+
+class Sequence(nn.ModuleList):
+    """One numbered entry of input_blocks / output_blocks: its layers run in order, each given what it needs."""
+
+    def forward(self, x, emb, context, tome, upsample_size=None):
+        for layer in self:
+            if isinstance(layer, ResBlock):
+                x = layer(x, emb)
+            elif isinstance(layer, SpatialTransformer):
+                x = layer(x, context, tome)
+            elif isinstance(layer, Upsample):
+                x = layer(x, upsample_size)
+            else:  # conv_in, Downsample
+                x = layer(x)
+        return x
+
+
+class UNetModel(nn.Module):
+    def __init__(self, config: UNetConfig = UNetConfig()):
+        super().__init__()
+        self.config = c = config
+        emb_dim = c.time_embed_dim
+        widths = [c.model_channels * m for m in c.channel_mult]
+
+        def transformer(ch):
+            return SpatialTransformer(ch, c.context_dim, c.num_heads, c.norm_groups, c.attention)
+
+        self.time_embed = nn.Sequential(nn.Linear(c.model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+
+        # the way down: remember each block's output width, the skip the way up will concatenate
+        self.input_blocks = nn.ModuleList([Sequence([nn.Conv2d(c.in_channels, c.model_channels, 3, padding=1)])])
+        skip_widths, ch = [c.model_channels], c.model_channels
+        for level, width in enumerate(widths):
+            for _ in range(c.num_res_blocks):
+                layers = [ResBlock(ch, width, emb_dim, c.norm_groups)]
+                ch = width
+                if level in c.attention_levels:
+                    layers.append(transformer(ch))
+                self.input_blocks.append(Sequence(layers))
+                skip_widths.append(ch)
+            if level != len(widths) - 1:
+                self.input_blocks.append(Sequence([Downsample(ch)]))
+                skip_widths.append(ch)
+
+        self.middle_block = Sequence([
+            ResBlock(ch, ch, emb_dim, c.norm_groups), transformer(ch), ResBlock(ch, ch, emb_dim, c.norm_groups)])
+
+        # the way up: one more ResBlock per level than on the way down, each eating one skip
+        self.output_blocks = nn.ModuleList()
+        for level, width in reversed(list(enumerate(widths))):
+            for i in range(c.num_res_blocks + 1):
+                layers = [ResBlock(ch + skip_widths.pop(), width, emb_dim, c.norm_groups)]
+                ch = width
+                if level in c.attention_levels:
+                    layers.append(transformer(ch))
+                if level != 0 and i == c.num_res_blocks:
+                    layers.append(Upsample(ch))
+                self.output_blocks.append(Sequence(layers))
+
+        self.out = nn.Sequential(
+            nn.GroupNorm(c.norm_groups, ch), nn.SiLU(), nn.Conv2d(ch, c.out_channels, 3, padding=1))
+
+    def forward(self, x: torch.Tensor, t, context: torch.Tensor,
+                tome: ToMeConfig = None, tome_generator: torch.Generator = None) -> torch.Tensor:
+        """x (B, 4, H, W), t (B,) or a scalar, context (B, T, context_dim) → ε (B, 4, H, W).
+
+        tome_generator: where the random partitions are drawn from (any device; a CPU one is
+        cheapest). A sampling run passes one generator for all its steps, so each step and block
+        gets its own partition; when None, a fresh one seeded with tome.seed is used for this call.
+        """
+        t = torch.as_tensor(t, device=x.device)
+        t = t.expand(x.shape[0]) if t.ndim == 0 else t
+        emb = self.time_embed(timestep_embedding(t, self.config.model_channels).to(x.dtype))
+        args = None
+        if tome is not None:
+            if tome.use_rand and tome_generator is None:
+                tome_generator = torch.Generator().manual_seed(tome.seed)
+            args = ToMeArgs(tome, tuple(x.shape[-2:]), tome_generator if tome.use_rand else None)
+
+        skips = []
+        for block in self.input_blocks:
+            x = block(x, emb, context, args)
+            skips.append(x)
+        x = self.middle_block(x, emb, context, args)
+        for block in self.output_blocks:
+            x = torch.cat([x, skips.pop()], dim=1)
+            x = block(x, emb, context, args, upsample_size=skips[-1].shape[-2:] if skips else None)
+        return self.out(x)
