@@ -8,11 +8,11 @@ Strict means: every tensor of the part is used or on a named ignore list; a miss
 name, or a wrong shape, is a `WeightsError` naming it. Pickle checkpoints (`.ckpt`, `.pt`) are
 refused: unpickling runs arbitrary code.
 """
+import json
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-from safetensors import SafetensorError, safe_open
 
 
 class WeightsError(ValueError):
@@ -22,8 +22,20 @@ class WeightsError(ValueError):
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 
+# safetensors dtype names → torch dtypes
+DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+          "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+          "BOOL": torch.bool}
+
+
 class SafetensorsFile:
-    """The tensors of one .safetensors file, read lazily: names and shapes first, data on demand."""
+    """The tensors of one .safetensors file: names and shapes from its header, data read on demand.
+
+    The format: 8 bytes (little-endian length n), n bytes of JSON {name: {dtype, shape,
+    data_offsets: [begin, end]}, "__metadata__": {...}}, then the tensors' bytes. Each tensor is read
+    straight into a fresh (aligned) tensor with `readinto`: no memory map stays resident beside the
+    loaded weights, so loading needs the weights' size plus one tensor.
+    """
 
     def __init__(self, path):
         self.path = Path(path)
@@ -32,19 +44,47 @@ class SafetensorsFile:
         if self.path.suffix in PICKLE_SUFFIXES:
             raise WeightsError(f"{self.path}: pickle checkpoints are refused (loading one can run arbitrary code); "
                                "convert it to .safetensors first, e.g. with safetensors.torch.save_file")
-        try:
-            self._file = safe_open(str(self.path), framework="pt")
-            self.names = list(self._file.keys())
-            self.shapes = {name: tuple(self._file.get_slice(name).get_shape()) for name in self.names}
-        except (SafetensorError, OSError, ValueError) as error:
-            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise WeightsError(f"{self.path}: not a readable safetensors file ({reason})") from None
+        if self.path.is_dir():
+            raise WeightsError(f"{self.path}: a folder, not a .safetensors file")
+        size = self.path.stat().st_size
+        with open(self.path, "rb") as f:
+            head = f.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if not 2 <= n <= min(size - 8, 100 << 20):
+                raise self._unreadable("no safetensors header")
+            try:
+                header = json.loads(f.read(n))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise self._unreadable("its header is not JSON") from None
+        self.data_start = 8 + n
+        header.pop("__metadata__", None)
+        self.entries = {}
+        for name, info in header.items():
+            try:
+                dtype, shape, (begin, end) = DTYPES[info["dtype"]], tuple(info["shape"]), info["data_offsets"]
+            except (KeyError, TypeError, ValueError):
+                raise self._unreadable(f"bad header entry for {name!r}") from None
+            numel = 1
+            for dim in shape:
+                numel *= dim
+            if end - begin != numel * dtype.itemsize or begin < 0:
+                raise self._unreadable(f"tensor {name!r} has {end - begin} bytes for shape {list(shape)}")
+            if self.data_start + end > size:
+                raise self._unreadable(f"truncated: tensor {name!r} ends past the file's {size} bytes")
+            self.entries[name] = (dtype, shape, begin)
+        self.names = list(self.entries)
+        self.shapes = {name: entry[1] for name, entry in self.entries.items()}
+
+    def _unreadable(self, reason: str) -> WeightsError:
+        return WeightsError(f"{self.path}: not a readable safetensors file ({reason})")
 
     def tensor(self, name: str) -> torch.Tensor:
-        try:
-            return self._file.get_tensor(name)
-        except (SafetensorError, OSError, ValueError) as error:
-            raise WeightsError(f"{self.path}: tensor {name!r} cannot be read ({error})") from None
+        dtype, shape, begin = self.entries[name]
+        out = torch.empty(shape, dtype=dtype)
+        with open(self.path, "rb") as f:
+            f.seek(self.data_start + begin)
+            f.readinto(out.reshape(-1).view(torch.uint8).numpy())  # bytes straight into the tensor
+        return out
 
 
 def load_strict(make_module, tensors: dict, shapes: dict, what: str, device="cpu", dtype=torch.float32) -> nn.Module:
