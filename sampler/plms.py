@@ -1,0 +1,53 @@
+"""PLMS, the SD 1.5 default sampler (pseudo linear multistep, Liu et al. 2022, "PNDM").
+
+Where this sits: `minitome/pipeline.py` calls `plms_sample(eps_model, latents, steps)`. Mirrors
+CompVis `ldm/models/diffusion/plms.py`, and diffusers' `PNDMScheduler(skip_prk_steps=True)`.
+
+Each step is a DDIM step (`schedule.ddim_step`) taken with a better ε′: a weighted sum of the
+current and the last few noise estimates, the Adams–Bashforth formulas of orders 2, 3 and 4:
+
+    first step:  ε′ = (ε_t + ε_next) / 2, where ε_next is a second model call at the next timestep,
+                 on the point a plain DDIM step with ε_t reaches (Heun's method)
+    second:      ε′ = (3ε − ε₋₁) / 2
+    third:       ε′ = (23ε − 16ε₋₁ + 5ε₋₂) / 12
+    later:       ε′ = (55ε − 59ε₋₁ + 37ε₋₂ − 9ε₋₃) / 24
+
+where ε₋k is the raw estimate of k steps ago (only raw estimates are kept, at most three).
+The coefficients are the integrals of the Lagrange polynomials through the past estimates,
+e.g. order 2: extrapolating linearly from ε₋₁ to ε over the next interval gives ε + (ε − ε₋₁)/2.
+S steps take S + 1 model calls (S = 1 takes one, as in diffusers: there is no next timestep).
+"""
+import torch
+
+from .schedule import alpha_prev, alphas_cumprod, ddim_step, timesteps
+
+
+def plms_eps(eps: torch.Tensor, history: list) -> torch.Tensor:
+    """ε′ from the current estimate and the raw estimates of the last steps (newest last), for steps ≥ 2."""
+    if len(history) == 1:
+        return (3 * eps - history[-1]) / 2
+    if len(history) == 2:
+        return (23 * eps - 16 * history[-1] + 5 * history[-2]) / 12
+    return (55 * eps - 59 * history[-1] + 37 * history[-2] - 9 * history[-3]) / 24
+
+
+def plms_sample(eps_model, x: torch.Tensor, steps: int, callback=None) -> torch.Tensor:
+    """Denoise x from t ≈ 1000 to 0 in `steps` steps. callback(i, t) runs after each step."""
+    acp = alphas_cumprod().to(x.device)
+    ts = timesteps(steps)
+    history = []  # raw ε of the previous steps
+    for i, t in enumerate(ts):
+        a_t, a_prev = acp[t], alpha_prev(acp, t, steps)
+        eps = eps_model(x, t)
+        if history:
+            eps_prime = plms_eps(eps, history)
+        elif len(ts) > 1:  # first step: Heun, with a second call at the next timestep
+            eps_next = eps_model(ddim_step(x, eps, a_t, a_prev).to(x.dtype), ts[1])
+            eps_prime = (eps + eps_next) / 2
+        else:
+            eps_prime = eps
+        x = ddim_step(x, eps_prime, a_t, a_prev).to(x.dtype)
+        history = (history + [eps])[-3:]
+        if callback is not None:
+            callback(i, t)
+    return x

@@ -1,0 +1,42 @@
+"""The noise schedule of SD 1.5, and which timesteps a sampler visits.
+
+Where this sits: `sampler/plms.py` and `sampler/ddim.py` read ᾱ_t from here; the pipeline never
+touches it directly. Mirrors diffusers' `PNDMScheduler` / `DDIMScheduler` with SD 1.5's
+scheduler config (scaled_linear betas, 1000 training steps, "leading" spacing, steps_offset 1,
+set_alpha_to_one false), computed in float32 as they are.
+
+    β_i = (linspace(√0.00085, √0.012, 1000)_i)²,   ᾱ_t = ∏_{i ≤ t} (1 − β_i)
+"""
+import torch
+
+NUM_TRAIN_TIMESTEPS = 1000
+
+
+def alphas_cumprod(beta_start: float = 0.00085, beta_end: float = 0.012) -> torch.Tensor:
+    """ᾱ_t for t = 0 … 999, float32 (1000,)."""
+    betas = torch.linspace(beta_start ** 0.5, beta_end ** 0.5, NUM_TRAIN_TIMESTEPS, dtype=torch.float32) ** 2
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+def timesteps(steps: int, offset: int = 1) -> list:
+    """The S timesteps a sampler visits, descending: arange(S) · (1000 // S) + 1 ("leading" spacing)."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    stride = NUM_TRAIN_TIMESTEPS // steps
+    return [i * stride + offset for i in reversed(range(steps))]
+
+
+def alpha_prev(acp: torch.Tensor, t: int, steps: int) -> torch.Tensor:
+    """ᾱ of the step after t: ᾱ[t − 1000 // S], or ᾱ[0] = 0.99915 past the first (not 1: set_alpha_to_one false)."""
+    prev = t - NUM_TRAIN_TIMESTEPS // steps
+    return acp[prev] if prev >= 0 else acp[0]
+
+
+def ddim_step(x: torch.Tensor, eps: torch.Tensor, a_t: torch.Tensor, a_prev: torch.Tensor) -> torch.Tensor:
+    """One deterministic DDIM step (η = 0) from ᾱ_t to ᾱ_prev.
+
+    x̂₀ = (x_t − √(1 − ᾱ_t) · ε) / √ᾱ_t        (the clean latent the noise estimate implies)
+    x_prev = √ᾱ_prev · x̂₀ + √(1 − ᾱ_prev) · ε   (re-noised to the next, lower noise level)
+    """
+    x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+    return a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps

@@ -1,0 +1,84 @@
+"""PLMS and DDIM against diffusers' PNDMScheduler and DDIMScheduler (SD 1.5 scheduler config).
+
+A deterministic fake ε-model records every call, so both sides must make the same calls, at the
+same timesteps, on the same points of the trajectory.
+"""
+import pytest
+import torch
+from diffusers import DDIMScheduler, PNDMScheduler
+
+from conftest import relative_error
+from sampler import ddim_sample, plms_sample
+from sampler.plms import plms_eps
+from sampler.schedule import alphas_cumprod, timesteps
+
+# SD 1.5's scheduler_config.json; from_config drops the keys a scheduler does not take, as pipelines do
+SD15_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+                      set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1, clip_sample=False)
+
+
+class FakeModel:
+    """ε(x, t) = 0.8 · tanh(x) · cos(t / 97) + 0.1 · sin(3x): smooth, t-dependent, and it keeps a log."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, x, t):
+        self.calls.append((int(t), x.clone()))
+        return 0.8 * torch.tanh(x) * torch.cos(torch.tensor(int(t) / 97)) + 0.1 * torch.sin(3 * x)
+
+
+def run_diffusers(scheduler, x, steps):
+    model = FakeModel()
+    scheduler.set_timesteps(steps)
+    for t in scheduler.timesteps:
+        x = scheduler.step(model(x, t), t, x).prev_sample
+    return x, model.calls
+
+
+def compare(ours_fn, scheduler, steps):
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(steps))
+    ref, ref_calls = run_diffusers(scheduler, x, steps)
+    model = FakeModel()
+    out = ours_fn(model, x, steps)
+    assert [t for t, _ in model.calls] == [t for t, _ in ref_calls]  # same timesteps, same number of calls
+    for (_, a), (_, b) in zip(model.calls, ref_calls):  # the same trajectory, point by point
+        assert relative_error(a, b) <= 1e-5
+    assert relative_error(out, ref) <= 1e-5
+    return model.calls
+
+
+@pytest.mark.parametrize("steps", [1, 7, 10, 25, 30, 50])
+def test_plms_matches_pndm_scheduler(steps):
+    calls = compare(plms_sample, PNDMScheduler.from_config(SD15_SCHEDULER), steps)
+    assert len(calls) == (steps + 1 if steps > 1 else 1)
+
+
+@pytest.mark.parametrize("steps", [1, 7, 10, 25, 30, 50])
+def test_ddim_matches_ddim_scheduler(steps):
+    calls = compare(ddim_sample, DDIMScheduler.from_config(SD15_SCHEDULER), steps)
+    assert len(calls) == steps
+
+
+def test_schedule_facts():
+    acp = alphas_cumprod()
+    reference = PNDMScheduler.from_config(SD15_SCHEDULER).alphas_cumprod
+    assert torch.equal(acp, reference)
+    assert abs(acp[0].item() - 0.99915) < 1e-7
+    assert timesteps(50)[:3] == [981, 961, 941] and timesteps(50)[-1] == 1
+    assert timesteps(7) == [i * 142 + 1 for i in reversed(range(7))]
+
+
+def test_multistep_coefficients_integrate_the_extrapolating_polynomial():
+    """Each formula is exact when ε changes along the steps as a polynomial of its order − 1:
+    it equals the mean of that polynomial over the next step, ∫₀¹ p(s) ds, with p(0) = ε and
+    p(−k) = ε₋k. Checked with ε a polynomial in the step index of degree 1, 2, 3."""
+    def history_of(poly, n):  # raw estimates at steps −n … −1, and the current at 0
+        return [torch.tensor(float(poly(-k))) for k in range(n, 0, -1)], torch.tensor(float(poly(0)))
+
+    for degree, n in [(1, 1), (2, 2), (3, 3)]:
+        coefficients = [0.3, -1.1, 0.7, 0.25][: degree + 1]
+        poly = lambda s: sum(c * s ** i for i, c in enumerate(coefficients))  # noqa: E731
+        mean_over_next_step = sum(c / (i + 1) for i, c in enumerate(coefficients))  # ∫₀¹ p(s) ds
+        history, eps = history_of(poly, n)
+        assert abs(plms_eps(eps, history).item() - mean_over_next_step) < 1e-5
