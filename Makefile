@@ -7,6 +7,11 @@ TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
+# The real CLIP vocabulary, for the tokenizer tests: read out of the open-clip-torch wheel
+# (downloaded, never installed).
+VOCAB  := .cache/bpe_simple_vocab_16e6.txt.gz
+OPEN_CLIP_WHEEL := open-clip-torch==3.3.0
+
 .PHONY: test venv
 
 venv: $(STAMP)
@@ -18,5 +23,11 @@ $(STAMP): requirements.txt requirements-test.txt
 	$(BIN)/python -m pip install -q -r requirements-test.txt
 	touch $@
 
-test: $(STAMP)
-	$(BIN)/python -m pytest
+$(VOCAB): | $(STAMP)
+	rm -rf .cache/wheel && mkdir -p .cache/wheel
+	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: -d .cache/wheel "$(OPEN_CLIP_WHEEL)"
+	$(BIN)/python -c "import zipfile, glob, sys; z = zipfile.ZipFile(glob.glob('.cache/wheel/*.whl')[0]); \
+		open(sys.argv[1], 'wb').write(z.read('open_clip/bpe_simple_vocab_16e6.txt.gz'))" $@.part && mv $@.part $@
+
+test: $(STAMP) $(VOCAB)
+	MINITOME_VOCAB=$(VOCAB) $(BIN)/python -m pytest

@@ -45,3 +45,29 @@ def tiny_unet_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny_diffusers")
     model.save_pretrained(folder / "unet")
     return model, folder
+
+
+@pytest.fixture(scope="session")
+def clip_vocab_gz():
+    """The real CLIP vocabulary (`make test` extracts it from the open-clip-torch wheel)."""
+    import os
+    from pathlib import Path
+    path = Path(os.environ.get("MINITOME_VOCAB", Path(__file__).parent.parent / ".cache/bpe_simple_vocab_16e6.txt.gz"))
+    if not path.exists():
+        pytest.fail(f"{path} is missing: run the tests with `make test`, which fetches it")
+    return path
+
+
+@pytest.fixture(scope="session")
+def clip_tokenizer_folder(clip_vocab_gz, tmp_path_factory):
+    """The same vocabulary in diffusers' `tokenizer/` layout (vocab.json + merges.txt), as transformers reads it."""
+    import gzip
+    import json
+    from minitome.tokenizer import NUM_MERGES, Tokenizer
+    lines = gzip.open(clip_vocab_gz, "rt", encoding="utf-8").read().split("\n")
+    merges = lines[1:NUM_MERGES + 1]
+    folder = tmp_path_factory.mktemp("tokenizer")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    vocab = Tokenizer([tuple(m.split()) for m in merges]).vocab
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    return folder

@@ -1,0 +1,94 @@
+"""The tokenizer against transformers' CLIPTokenizer on the real 49,408-token vocabulary."""
+import random
+
+import pytest
+import torch
+
+from minitome.tokenizer import Tokenizer, bytes_to_unicode
+
+HAND_WRITTEN = [
+    "a photo of a cat", "A PHOTO OF A CAT", "", " ", "astronaut riding a horse, 8k, trending on artstation",
+    "it's a dog's life; they're here, we've gone, I'm in, you'll see, he'd say", "don't   stop\t\tbelieving\n\nnow",
+    "café crème brûlée naïve façade", "Ångström über straße", "東京の夜景、ネオン", "한국어 프롬프트", "中文提示词：山水画",
+    "emoji 🐱🐶🚀✨ party 🎉🎉", "family 👨‍👩‍👧 flag 🇯🇵", "&amp; &lt;b&gt; &quot;quoted&quot; &#39;", "<b>bold</b> <i>x</i>",
+    "1234567890 3.14159 1e-5 #42 $100 50%", "(masterpiece:1.2), [[best quality]], {{detailed}}", "a--b__c..d!!e??f",
+    "trailing spaces   ", "   leading spaces", "tabs\tand\nnewlines\r\nand\u00a0nbsp\u2003em space",
+    "e\u0301 composed vs é", "ﬁ ligature ﬀ", "ⅷ roman ① circled ２ fullwidth", "Ελληνικά κείμενο", "русский текст",
+    "العربية نص", "עברית", "हिन्दी पाठ", "ไทย", "'s't're've'm'll'd", "''quotes'' and `backticks`", "a/b\\c|d",
+    "<|startoftext|> inside text", "ends with <|endoftext|>", "x" * 300, "word " * 100, "🙂" * 40,
+    "a photo of an astronaut riding a horse on mars, highly detailed, sharp focus, cinematic lighting, by greg rutkowski and alphonse mucha",
+]
+
+POOL = list("abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ 0123456789 .,;:!?'\"()[]{}<>-_=+*/\\|@#$%^&~`") + \
+    list("éèêëàâäôöûüçñßøåæœ") + list("日本語中文한국어") + ["🐱", "🚀", "👍🏽", "❤️", "  ", "\t", "\n", "&amp;", "'s", "'ll"]
+
+
+def generated_prompts(n, seed=0):
+    rng = random.Random(seed)
+    return ["".join(rng.choice(POOL) for _ in range(rng.randint(1, 60))) for _ in range(n)]
+
+
+PROMPTS = HAND_WRITTEN + generated_prompts(220)
+
+
+@pytest.fixture(scope="module")
+def reference(clip_tokenizer_folder):
+    from transformers import CLIPTokenizer
+    return CLIPTokenizer.from_pretrained(str(clip_tokenizer_folder))
+
+
+@pytest.fixture(scope="module")
+def ours(clip_vocab_gz):
+    return Tokenizer.from_files(clip_vocab_gz)
+
+
+def test_vocabulary_size(ours, clip_tokenizer_folder):
+    assert len(ours.vocab) == 49408 and ours.bos_id == 49406 and ours.eos_id == 49407
+    assert len(ours.ranks) == 48894 and len(bytes_to_unicode()) == 256
+    from_folder = Tokenizer.from_files(clip_tokenizer_folder)
+    assert from_folder.vocab == ours.vocab and from_folder.ranks == ours.ranks
+
+
+def test_ids_match_transformers_on_over_200_prompts(ours, reference):
+    assert len(PROMPTS) >= 200
+    expected = reference(PROMPTS, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    with pytest.warns(UserWarning):  # some prompts are too long
+        got = ours(PROMPTS)
+    mismatched = [p for p, a, b in zip(PROMPTS, got, expected) if not torch.equal(a, b)]
+    assert not mismatched, f"{len(mismatched)} prompts differ, first {mismatched[0]!r}"
+
+
+def test_untruncated_ids_match_transformers(ours, reference):
+    for prompt in PROMPTS:
+        assert ours.encode(prompt) == reference(prompt, add_special_tokens=False).input_ids, prompt
+
+
+def test_long_prompt_keeps_bos_first_75_ids_eos_and_warns(ours):
+    prompt = "word " * 100
+    with pytest.warns(UserWarning, match="prompt is 100 tokens, the limit is 75: the last 25 were dropped"):
+        ids = ours([prompt])[0]
+    full = ours.encode(prompt)
+    assert ids.tolist() == [49406] + full[:75] + [49407]
+
+
+def test_short_prompt_is_padded_with_eos(ours):
+    ids = ours(["a cat"])[0].tolist()
+    assert len(ids) == 77 and ids[0] == 49406 and ids[3:] == [49407] * 74
+
+
+def test_show_work_explains_each_step(ours):
+    work = ours.encode_and_show_work("Hello,  World!!")
+    assert work["cleaned"] == "hello, world!!"
+    assert work["pieces"] == ["hello", ",", "world", "!!"]
+    assert work["spelled"] == work["pieces"]  # printable ASCII stands for itself
+    assert [s[-1].endswith("</w>") for s in work["symbols"]] == [True] * 4
+    assert work["ids"] == [ours.vocab[s] for word in work["symbols"] for s in word]
+    # a space or a non-ASCII byte is spelled with a stand-in character
+    assert ours.encode_and_show_work("é")["spelled"] == ["".join(bytes_to_unicode()[b] for b in "é".encode())]
+
+
+def test_missing_tokenizer_files_are_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="tokenizer files missing: vocab.json, merges.txt"):
+        Tokenizer.from_files(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no tokenizer here"):
+        Tokenizer.from_files(tmp_path / "nothing.txt.gz")
