@@ -67,13 +67,18 @@ class Tokenizer:
 
     @classmethod
     def from_files(cls, path) -> "Tokenizer":
-        """A folder with vocab.json + merges.txt (diffusers' `tokenizer/`), or `bpe_simple_vocab_16e6.txt.gz`."""
+        """A folder with vocab.json + merges.txt (the SD 1.5 repository's `tokenizer/`) or tokenizer.json
+        (what newer transformers save), or CLIP's own `bpe_simple_vocab_16e6.txt.gz`."""
         path = Path(path)
         if path.is_dir():
-            vocab_file, merges_file = path / "vocab.json", path / "merges.txt"
+            vocab_file, merges_file, single = path / "vocab.json", path / "merges.txt", path / "tokenizer.json"
+            if not (vocab_file.exists() and merges_file.exists()) and single.exists():
+                model = json.loads(single.read_text(encoding="utf-8"))["model"]
+                merges = [tuple(m.split()) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+                return cls(merges[:NUM_MERGES], model["vocab"])
             missing = [f.name for f in (vocab_file, merges_file) if not f.exists()]
             if missing:
-                raise FileNotFoundError(f"{path}: tokenizer files missing: {', '.join(missing)}")
+                raise FileNotFoundError(f"{path}: tokenizer files missing: {', '.join(missing)} (or tokenizer.json)")
             lines = merges_file.read_text(encoding="utf-8").split("\n")
             vocab = json.loads(vocab_file.read_text(encoding="utf-8"))
         elif path.name.endswith(".txt.gz") and path.exists():

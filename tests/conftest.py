@@ -71,3 +71,52 @@ def clip_tokenizer_folder(clip_vocab_gz, tmp_path_factory):
     vocab = Tokenizer([tuple(m.split()) for m in merges]).vocab
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     return folder
+
+
+TINY_TEXT = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=1, intermediate_size=128,
+                 vocab_size=49408, max_position_embeddings=77)
+TINY_VAE = dict(block_out_channels=(32, 32, 64, 64), down_block_types=("DownEncoderBlock2D",) * 4,
+                up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1, norm_num_groups=32)  # ×8, like SD
+SD15_VAE = dict(TINY_VAE, block_out_channels=(128, 256, 512, 512), layers_per_block=2)  # SD 1.5's vae/config.json
+
+
+def diffusers_text_encoder(seed: int = 0, **config):
+    from transformers import CLIPTextConfig, CLIPTextModel
+    return randomize_(CLIPTextModel(CLIPTextConfig(**config)), seed).eval().requires_grad_(False)
+
+
+def diffusers_vae(seed: int = 0, **config):
+    from diffusers import AutoencoderKL
+    return randomize_(AutoencoderKL(**config), seed).eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(clip_tokenizer_folder, tmp_path_factory):
+    """A random tiny SD-shaped diffusers StableDiffusionPipeline, saved with save_pretrained: (pipe, folder)."""
+    from diffusers import PNDMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTokenizer
+    unet = diffusers_unet(seed=11, **{**TINY_DIFFUSERS_UNET, "cross_attention_dim": 64})
+    text_encoder = diffusers_text_encoder(seed=12, **TINY_TEXT)
+    vae = diffusers_vae(seed=13, **TINY_VAE)
+    scheduler = PNDMScheduler.from_config(dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                               num_train_timesteps=1000, set_alpha_to_one=False,
+                                               skip_prk_steps=True, steps_offset=1))
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=CLIPTokenizer.from_pretrained(
+        str(clip_tokenizer_folder), model_max_length=77), unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False)
+    folder = tmp_path_factory.mktemp("tiny_pipeline")
+    pipe.save_pretrained(folder)
+    return pipe, folder
+
+
+def official_single_file(sd, path, extra=None):
+    """Write minitome's modules as an official CompVis-layout single file (prefixes + schedule buffers)."""
+    from safetensors.torch import save_file
+    tensors = {}
+    for prefix, module in (("model.diffusion_model.", sd.unet), ("cond_stage_model.transformer.text_model.",
+                                                                 sd.text_encoder), ("first_stage_model.", sd.vae)):
+        tensors.update({prefix + name: t.contiguous() for name, t in module.state_dict().items()})
+    tensors["cond_stage_model.transformer.text_model.embeddings.position_ids"] = torch.arange(77)[None]
+    tensors["alphas_cumprod"] = torch.rand(1000)
+    save_file({**tensors, **(extra or {})}, str(path))
+    return path

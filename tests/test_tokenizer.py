@@ -49,6 +49,13 @@ def test_vocabulary_size(ours, clip_tokenizer_folder):
     assert from_folder.vocab == ours.vocab and from_folder.ranks == ours.ranks
 
 
+def test_tokenizer_json_as_newer_transformers_save_it(reference, ours, tmp_path):
+    reference.save_pretrained(tmp_path)
+    assert (tmp_path / "tokenizer.json").exists() and not (tmp_path / "vocab.json").exists()
+    from_json = Tokenizer.from_files(tmp_path)
+    assert from_json.vocab == ours.vocab and from_json.ranks == ours.ranks
+
+
 def test_ids_match_transformers_on_over_200_prompts(ours, reference):
     assert len(PROMPTS) >= 200
     expected = reference(PROMPTS, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
@@ -88,7 +95,7 @@ def test_show_work_explains_each_step(ours):
 
 
 def test_missing_tokenizer_files_are_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="tokenizer files missing: vocab.json, merges.txt"):
+    with pytest.raises(FileNotFoundError, match=r"tokenizer files missing: vocab.json, merges.txt \(or tokenizer.json\)"):
         Tokenizer.from_files(tmp_path)
     with pytest.raises(FileNotFoundError, match="no tokenizer here"):
         Tokenizer.from_files(tmp_path / "nothing.txt.gz")

@@ -1,0 +1,134 @@
+"""The VAE decoder: a (B, 4, H, W) latent becomes a (B, 3, 8H, 8W) image in [-1, 1].
+
+Where this sits: last stage of the pipeline (`minitome/pipeline.py`), which calls it on
+latents / 0.18215 (the scale SD 1.5 was trained with). Only the decoder is here: text-to-image never
+encodes. Mirrors CompVis `ldm/modules/diffusionmodules/model.py` (Decoder) and diffusers'
+`AutoencoderKL.decode`; attribute names are the official `first_stage_model.*` keys.
+
+Shape for SD 1.5: post_quant_conv (1×1, 4→4), conv_in (4→512), mid (ResBlock, single-head
+self-attention over all h·w positions, ResBlock), then four up levels of 3 ResBlocks each at widths
+512, 512, 256, 128, each but the last followed by ×2 nearest upsampling and a 3×3 conv. They are
+numbered as in the checkpoint: `up.3` runs first, `up.0` last. GroupNorm eps 1e-6 throughout.
+"""
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+SCALE = 0.18215  # latents were scaled by this in training; the decoder takes latents / SCALE
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    ch: int = 128                # width of the last (full-resolution) level
+    ch_mult: tuple = (1, 2, 4, 4)  # level i has ch · ch_mult[i] channels; up.{len−1} runs first
+    num_res_blocks: int = 2      # the encoder's count; the decoder has one more per level
+    z_channels: int = 4
+    out_channels: int = 3
+    groups: int = 32
+
+    @classmethod
+    def tiny(cls, **overrides) -> "VAEConfig":
+        return cls(**{"ch": 32, "ch_mult": (1, 1, 2, 2), "num_res_blocks": 1, **overrides})
+
+
+def norm(channels: int, groups: int) -> nn.GroupNorm:
+    return nn.GroupNorm(groups, channels, eps=1e-6)
+
+
+class ResnetBlock(nn.Module):
+    """x + conv(SiLU(GN(conv(SiLU(GN(x)))))), with a 1×1 `nin_shortcut` where the width changes."""
+
+    def __init__(self, cin: int, cout: int, groups: int):
+        super().__init__()
+        self.norm1, self.conv1 = norm(cin, groups), nn.Conv2d(cin, cout, 3, padding=1)
+        self.norm2, self.conv2 = norm(cout, groups), nn.Conv2d(cout, cout, 3, padding=1)
+        self.nin_shortcut = nn.Identity() if cin == cout else nn.Conv2d(cin, cout, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        return self.nin_shortcut(x) + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over the h·w positions; q, k, v and proj_out are 1×1 convolutions."""
+
+    def __init__(self, channels: int, groups: int):
+        super().__init__()
+        self.norm = norm(channels, groups)
+        self.q, self.k, self.v = (nn.Conv2d(channels, channels, 1) for _ in range(3))
+        self.proj_out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, h, w = x.shape
+        y = self.norm(x)
+        q, k, v = (conv(y).flatten(2).transpose(1, 2)[:, None] for conv in (self.q, self.k, self.v))  # (B, 1, h·w, C)
+        out = F.scaled_dot_product_attention(q, k, v)  # softmax(QKᵀ/√C)V
+        return x + self.proj_out(out[:, 0].transpose(1, 2).unflatten(2, (h, w)))
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class Mid(nn.Module):
+    def __init__(self, channels: int, groups: int):
+        super().__init__()
+        self.block_1 = ResnetBlock(channels, channels, groups)
+        self.attn_1 = AttnBlock(channels, groups)
+        self.block_2 = ResnetBlock(channels, channels, groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block_2(self.attn_1(self.block_1(x)))
+
+
+class UpLevel(nn.Module):
+    def __init__(self, cin: int, cout: int, blocks: int, groups: int, upsample: bool):
+        super().__init__()
+        self.block = nn.ModuleList(ResnetBlock(cin if j == 0 else cout, cout, groups) for j in range(blocks))
+        if upsample:  # no module at all otherwise: the checkpoint has no `up.0.upsample`
+            self.upsample = Upsample(cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.block:
+            x = block(x)
+        return self.upsample(x) if hasattr(self, "upsample") else x
+
+
+class Decoder(nn.Module):
+    def __init__(self, c: VAEConfig):
+        super().__init__()
+        widths = [c.ch * m for m in c.ch_mult]
+        self.conv_in = nn.Conv2d(c.z_channels, widths[-1], 3, padding=1)
+        self.mid = Mid(widths[-1], c.groups)
+        # up[i] has width widths[i] and takes its input from up[i + 1] (the widest level for the last one)
+        self.up = nn.ModuleList(
+            UpLevel(widths[min(i + 1, len(widths) - 1)], widths[i], c.num_res_blocks + 1, c.groups, upsample=i != 0)
+            for i in range(len(widths)))
+        self.norm_out = norm(widths[0], c.groups)
+        self.conv_out = nn.Conv2d(widths[0], c.out_channels, 3, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.mid(self.conv_in(z))
+        for level in reversed(self.up):  # up.3 first
+            x = level(x)
+        return self.conv_out(F.silu(self.norm_out(x)))
+
+
+class VAEDecoder(nn.Module):
+    def __init__(self, config: VAEConfig = VAEConfig()):
+        super().__init__()
+        self.config = config
+        self.post_quant_conv = nn.Conv2d(config.z_channels, config.z_channels, 1)
+        self.decoder = Decoder(config)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """z = latents / 0.18215, (B, 4, H, W) → image (B, 3, 8H, 8W), roughly in [-1, 1]."""
+        return self.decoder(self.post_quant_conv(z))
