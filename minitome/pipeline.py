@@ -1,0 +1,79 @@
+"""Text to image: prompt → tokens → context → sampler with classifier-free guidance → decode → images.
+
+Where this sits: the top of the library; `python -m minitome.sample` and the benchmark call
+`generate`. It reads top to bottom, one stage per line of the pipeline, and it makes the same
+choices as diffusers' StableDiffusionPipeline, so a seed gives the same image:
+
+- initial noise: torch.randn((B, 4, H/8, W/8), generator=torch.Generator("cpu").manual_seed(seed)),
+  drawn on the CPU in the run's dtype and then moved to the device (so the image does not depend on
+  the device's random number generator);
+- classifier-free guidance: the UNet sees the batch [uncond, cond] in one call, and
+  ε = ε_uncond + g · (ε_cond − ε_uncond); with g ≤ 1 only the conditional half runs;
+- decoding: image = clamp((vae(latents / 0.18215) + 1) / 2, 0, 1), then round(image · 255) as uint8.
+ToMe's partitions come from their own generator (seeded with tome.seed), so turning ToMe on never
+changes the noise.
+"""
+import numpy as np
+import torch
+from PIL import Image
+
+from sampler import SAMPLERS
+from .tome import ToMeConfig
+from .vae import SCALE
+
+
+def vae_scale_factor(sd) -> int:
+    """How many pixels per latent cell: 2^(levels − 1), 8 for SD."""
+    return 2 ** (len(sd.vae.config.ch_mult) - 1)
+
+
+def check_size(sd, width: int, height: int):
+    factor = vae_scale_factor(sd)
+    for name, value in (("width", width), ("height", height)):
+        if value <= 0 or value % factor:
+            raise ValueError(f"{name} must be a positive multiple of {factor}, got {value}")
+
+
+@torch.no_grad()
+def generate(sd, prompt: str, negative_prompt: str = "", steps: int = 50, guidance: float = 7.5, seed: int = 0,
+             width: int = 512, height: int = 512, batch: int = 1, sampler: str = "plms", tome: ToMeConfig = None,
+             callback=None) -> list:
+    """`batch` images (PIL) for one prompt. callback(i, t) runs after each sampler step."""
+    check_size(sd, width, height)
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    unet = sd.unet
+    device, dtype = next(unet.parameters()).device, next(unet.parameters()).dtype
+    guided = guidance > 1
+
+    # 1. text → context: [uncond × B, cond × B] with guidance, else [cond × B]
+    prompts = [negative_prompt] * batch + [prompt] * batch if guided else [prompt] * batch
+    context = sd.text_encoder(sd.tokenizer(prompts).to(device))  # (2B or B, 77, 768)
+
+    # 2. the initial noise, drawn on the CPU as diffusers does
+    factor = vae_scale_factor(sd)
+    shape = (batch, unet.config.in_channels, height // factor, width // factor)
+    latents = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed), dtype=dtype).to(device)
+
+    # 3. the guided noise estimate the sampler calls
+    tome_generator = torch.Generator().manual_seed(tome.seed) if tome is not None else None
+
+    def eps_model(x, t):
+        x_in = torch.cat([x, x]) if guided else x
+        t_in = torch.full((x_in.shape[0],), t, device=device)
+        eps = unet(x_in, t_in, context, tome=tome, tome_generator=tome_generator)
+        if not guided:
+            return eps
+        eps_uncond, eps_cond = eps.chunk(2)
+        return eps_uncond + guidance * (eps_cond - eps_uncond)
+
+    # 4. denoise
+    latents = SAMPLERS[sampler](eps_model, latents, steps, callback=callback)
+
+    # 5. decode to pixels
+    images = sd.vae(latents / SCALE)
+    images = (images.float() * 0.5 + 0.5).clamp(0, 1)  # (x + 1) / 2, written as diffusers does, to the bit
+    pixels = (images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)  # (B, H, W, 3)
+    return [Image.fromarray(p) for p in pixels]

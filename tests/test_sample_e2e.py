@@ -1,0 +1,222 @@
+"""`python -m minitome.sample` end to end against diffusers' StableDiffusionPipeline (+ tomesd), and bad input.
+
+A random tiny SD-shaped pipeline saved by diffusers, and the same weights as an official single file;
+same prompt, negative prompt, seed, steps, guidance and a non-square size: every pixel within 2/255.
+"""
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import weights
+from conftest import official_single_file
+from minitome.sample import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SETTINGS = dict(prompt="a red fox in the snow, watercolor", negative_prompt="blurry", steps=5, guidance=7.5,
+                seed=1234, width=72, height=56)  # a 9×7 latent: non-square and odd
+
+
+def cli(weights_path, out, *extra, **settings):
+    s = {**SETTINGS, **settings}
+    args = ["--weights", str(weights_path), "--prompt", s["prompt"], "--negative-prompt", s["negative_prompt"],
+            "--steps", str(s["steps"]), "--guidance", str(s["guidance"]), "--seed", str(s["seed"]),
+            "--width", str(s["width"]), "--height", str(s["height"]), "--out", str(out), *extra]
+    return subprocess.run([sys.executable, "-m", "minitome.sample", *args], cwd=ROOT, capture_output=True, text=True)
+
+
+def reference_image(pipe, **settings):
+    s = {**SETTINGS, **settings}
+    return pipe(s["prompt"], negative_prompt=s["negative_prompt"], num_inference_steps=s["steps"],
+                guidance_scale=s["guidance"], width=s["width"], height=s["height"],
+                generator=torch.Generator("cpu").manual_seed(s["seed"])).images[0]
+
+
+def max_pixel_difference(a, b) -> int:
+    a, b = np.asarray(a, dtype=np.int16), np.asarray(b, dtype=np.int16)
+    assert a.shape == b.shape
+    return int(np.abs(a - b).max())
+
+
+@pytest.fixture(scope="module")
+def single_file(tiny_pipeline, tmp_path_factory):
+    """The tiny pipeline's weights as an official single file, with its tokenizer beside it."""
+    _, folder = tiny_pipeline
+    where = tmp_path_factory.mktemp("single")
+    shutil.copytree(folder / "tokenizer", where / "tokenizer")
+    return official_single_file(weights.load(folder), where / "tiny-sd.safetensors")
+
+
+@pytest.fixture(scope="module")
+def references(tiny_pipeline):
+    import tomesd
+    pipe, _ = tiny_pipeline
+    plain = reference_image(pipe)
+    tomesd.apply_patch(pipe, ratio=0.5, use_rand=False)
+    try:
+        merged = reference_image(pipe)
+    finally:
+        tomesd.remove_patch(pipe)
+    return plain, merged
+
+
+@pytest.mark.parametrize("layout", ["folder", "single file"])
+def test_sample_matches_diffusers(tiny_pipeline, single_file, references, tmp_path, layout):
+    path = tiny_pipeline[1] if layout == "folder" else single_file
+    done = cli(path, tmp_path / "img.png")
+    assert done.returncode == 0, done.stderr
+    image = Image.open(tmp_path / "img.png")
+    assert image.size == (72, 56)
+    assert max_pixel_difference(image, references[0]) <= 2
+    assert "seed: 1234" in done.stderr and "step 5/5" in done.stderr
+
+
+@pytest.mark.parametrize("layout", ["folder", "single file"])
+def test_sample_with_tome_matches_diffusers_with_tomesd(tiny_pipeline, single_file, references, tmp_path, layout):
+    path = tiny_pipeline[1] if layout == "folder" else single_file
+    done = cli(path, tmp_path / "img.png", "--tome-no-rand", "--tome-ratio", "0.5")
+    assert done.returncode == 0, done.stderr
+    image = Image.open(tmp_path / "img.png")
+    assert max_pixel_difference(image, references[1]) <= 2
+    assert max_pixel_difference(references[0], references[1]) > 2  # merging visibly changed the image
+
+
+def test_ddim_matches_diffusers_with_ddim_scheduler(tiny_pipeline, tmp_path):
+    from diffusers import DDIMScheduler
+    pipe, folder = tiny_pipeline
+    original = pipe.scheduler
+    pipe.scheduler = DDIMScheduler.from_config(original.config, clip_sample=False)  # as SD 1.5's scheduler_config.json
+    try:
+        expected = reference_image(pipe, steps=4)
+    finally:
+        pipe.scheduler = original
+    done = cli(folder, tmp_path / "img.png", "--sampler", "ddim", steps=4)
+    assert done.returncode == 0, done.stderr
+    assert max_pixel_difference(Image.open(tmp_path / "img.png"), expected) <= 2
+
+
+def test_png_parameters_and_no_overwrite(single_file, tmp_path, capsys):
+    out = tmp_path / "same.png"
+    argv = ["--weights", str(single_file), "--prompt", "a cat", "--negative-prompt", "dog", "--steps", "1",
+            "--seed", "7", "--width", "16", "--height", "24", "--batch", "2", "--tome-ratio", "0.3", "--out", str(out)]
+    assert main(argv) == 0
+    assert main(argv) == 0
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == ["same-1.png", "same-2.png", "same-3.png", "same.png"]  # nothing overwritten, no leftovers
+    text = Image.open(out).text["parameters"]
+    lines = text.split("\n")
+    assert lines[0] == "a cat" and lines[1] == "Negative prompt: dog"
+    assert lines[2].startswith("Steps: 1, Sampler: PLMS, CFG scale: 7.5, Seed: 7, Size: 16x24, Model hash: ")
+    import hashlib
+    assert f"Model hash: {hashlib.sha256(single_file.read_bytes()).hexdigest()[:10]}," in lines[2]
+    assert "ToMe: ratio 0.3, max_downsample 1, sx 2, sy 2, use_rand True, merge attn, seed 0" in lines[2]
+
+
+def test_random_seed_is_printed_and_reproduces(single_file, tmp_path, capsys):
+    base = ["--weights", str(single_file), "--prompt", "a cat", "--steps", "1", "--width", "16", "--height", "16"]
+    assert main(base + ["--out", str(tmp_path / "a.png")]) == 0
+    seed = int(capsys.readouterr().err.split("seed: ")[1].split()[0])
+    assert main(base + ["--seed", str(seed), "--out", str(tmp_path / "b.png")]) == 0
+    assert max_pixel_difference(Image.open(tmp_path / "a.png"), Image.open(tmp_path / "b.png")) == 0
+
+
+# ---- bad input: a one-line error, a non-zero exit, no traceback, no output file ----
+
+def bad_weights(tiny_pipeline, single_file, tmp_path, kind):
+    from safetensors.torch import load_file, save_file
+    if kind == "missing":
+        return tmp_path / "nope.safetensors"
+    if kind == "truncated":
+        path = tmp_path / "truncated.safetensors"
+        path.write_bytes(single_file.read_bytes()[: single_file.stat().st_size // 3])
+        return path
+    if kind == "corrupt":
+        path = tmp_path / "corrupt.safetensors"
+        path.write_bytes(b"\xff" * 4096)
+        return path
+    if kind == "random safetensors":
+        path = tmp_path / "random.safetensors"
+        save_file({"foo": torch.randn(3)}, str(path))
+        return path
+    if kind == "sdxl layout":
+        path = tmp_path / "sdxl.safetensors"
+        tensors = load_file(str(single_file))
+        tensors["conditioner.embedders.0.transformer.text_model.final_layer_norm.weight"] = torch.ones(64)
+        save_file(tensors, str(path))
+        return path
+    if kind == "sd2 text encoder":
+        folder = tmp_path / "sd2"
+        shutil.copytree(tiny_pipeline[1], folder)
+        config = (folder / "text_encoder" / "config.json").read_text().replace('"hidden_size": 64', '"hidden_size": 1024')
+        (folder / "text_encoder" / "config.json").write_text(config)
+        return folder
+    if kind == "pickle":
+        path = tmp_path / "model.ckpt"
+        path.write_bytes(b"\x80\x04K\x01.")
+        return path
+    if kind == "no tokenizer":
+        lonely = tmp_path / "lonely"
+        lonely.mkdir()
+        return shutil.copy(single_file, lonely / "model.safetensors")
+    raise AssertionError(kind)
+
+
+BAD_WEIGHTS = {"missing": "no such file", "truncated": "truncated", "corrupt": "not a readable safetensors file",
+               "random safetensors": "tensor\\(s\\) of no SD 1.x part, first 'foo'", "sdxl layout": "an SDXL checkpoint",
+               "sd2 text encoder": "text encoder width 1024 is SD 2.x's", "pickle": "pickle checkpoints are refused",
+               "no tokenizer": "no tokenizer found"}
+
+
+def assert_clean_failure(capsys, argv, pattern, out_dir):
+    import re
+    assert main(argv) != 0
+    err = capsys.readouterr().err.strip().split("\n")
+    assert err[-1].startswith("minitome.sample: error: ") and re.search(pattern, err[-1]), err
+    assert not any("Traceback" in line for line in err)
+    assert not any(p.suffix == ".png" or ".part" in p.name for p in out_dir.rglob("*"))
+
+
+@pytest.mark.parametrize("kind", list(BAD_WEIGHTS))
+def test_bad_weights(tiny_pipeline, single_file, tmp_path, capsys, kind):
+    path = bad_weights(tiny_pipeline, single_file, tmp_path, kind)
+    out_dir = tmp_path / "out"
+    argv = ["--weights", str(path), "--prompt", "x", "--steps", "1", "--width", "16", "--height", "16",
+            "--out", str(out_dir / "x.png")]
+    assert_clean_failure(capsys, argv, BAD_WEIGHTS[kind], out_dir)
+
+
+@pytest.mark.parametrize("extra, pattern", [
+    (["--width", "70"], "--width must be a positive multiple of 8, got 70"),
+    (["--height", "0"], "--height must be a positive multiple of 8, got 0"),
+    (["--width", "-8"], "--width must be a positive multiple of 8, got -8"),
+    (["--steps", "0"], "--steps must be >= 1, got 0"),
+    (["--tome-ratio", "0.9"], r"ratio must be in \[0, 0.75\]"),
+    (["--tome-ratio", "0.5", "--tome-merge", "attn,ffn"], "--tome-merge takes a comma list"),
+    (["--tome-no-rand"], "--tome-\\* options need --tome-ratio"),
+    (["--tokenizer", "/nonexistent/tok"], "no tokenizer here"),
+])
+def test_bad_settings(single_file, tmp_path, capsys, extra, pattern):
+    out_dir = tmp_path / "out"
+    argv = ["--weights", str(single_file), "--prompt", "x", "--steps", "1", "--width", "16", "--height", "16",
+            "--out", str(out_dir / "x.png"), *extra]
+    assert_clean_failure(capsys, argv, pattern, out_dir)
+
+
+def test_unwritable_output_folder(single_file, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    argv = ["--weights", str(single_file), "--prompt", "x", "--steps", "1", "--width", "16", "--height", "16",
+            "--out", str(blocker / "x.png")]
+    assert_clean_failure(capsys, argv, "cannot create folder", tmp_path)
+
+
+def test_bad_input_exit_status_from_the_shell(tmp_path):
+    done = cli(tmp_path / "missing.safetensors", tmp_path / "x.png")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().endswith("no such file or folder")
+    assert not (tmp_path / "x.png").exists()
