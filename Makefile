@@ -1,33 +1,49 @@
-# minitome's commands. `make test` creates .venv and installs what it needs on first use.
+# minitome's commands; each creates .venv and installs what it needs on first use.
+#   make weights   download the official SD 1.5 weights + tokenizer into models/ (resumable, checked)
+#   make sample    make an image (downloads the weights first if missing); PROMPT="..." ARGS="--tome-ratio 0.5"
+#   make test      the whole test suite (adds pytest, hypothesis and the pinned references)
 # TORCH names the torch requirement installed first: torch==2.13.0 is a CPU build on CPU-only
 # machines that carry it locally; on a CUDA machine set TORCH to the build you want.
-PYTHON ?= python3
-VENV   ?= .venv
-TORCH  ?= torch==2.13.0
-BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+PYTHON  ?= python3
+VENV    ?= .venv
+TORCH   ?= torch==2.13.0
+BIN     := $(VENV)/bin
+RUNTIME := $(VENV)/.runtime-installed
+TESTING := $(VENV)/.test-installed
+WEIGHTS := models/v1-5-pruned-emaonly.safetensors
+PROMPT  ?= a photograph of an astronaut riding a horse
+ARGS    ?=
 
 # The real CLIP vocabulary, for the tokenizer tests: read out of the open-clip-torch wheel
 # (downloaded, never installed).
 VOCAB  := .cache/bpe_simple_vocab_16e6.txt.gz
 OPEN_CLIP_WHEEL := open-clip-torch==3.3.0
 
-.PHONY: test venv
+.PHONY: test weights sample
 
-venv: $(STAMP)
-
-$(STAMP): requirements.txt requirements-test.txt
+$(RUNTIME): requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -r requirements.txt
+	touch $@
+
+$(TESTING): $(RUNTIME) requirements-test.txt
 	$(BIN)/python -m pip install -q -r requirements-test.txt
 	touch $@
 
-$(VOCAB): | $(STAMP)
+$(VOCAB): | $(RUNTIME)
 	rm -rf .cache/wheel && mkdir -p .cache/wheel
 	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: -d .cache/wheel "$(OPEN_CLIP_WHEEL)"
 	$(BIN)/python -c "import zipfile, glob, sys; z = zipfile.ZipFile(glob.glob('.cache/wheel/*.whl')[0]); \
 		open(sys.argv[1], 'wb').write(z.read('open_clip/bpe_simple_vocab_16e6.txt.gz'))" $@.part && mv $@.part $@
 
-test: $(STAMP) $(VOCAB)
+test: $(TESTING) $(VOCAB)
 	MINITOME_VOCAB=$(VOCAB) $(BIN)/python -m pytest
+
+weights: $(RUNTIME)
+	$(BIN)/python -m weights.download --dest models
+
+sample: $(RUNTIME)
+	@test -f $(WEIGHTS) || $(MAKE) weights
+	$(BIN)/python -m minitome.sample --weights $(WEIGHTS) --prompt "$(PROMPT)" $(ARGS)
