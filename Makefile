@@ -1,6 +1,8 @@
 # minitome's commands; each creates .venv and installs what it needs on first use.
 #   make weights   download the official SD 1.5 weights + tokenizer into models/ (resumable, checked)
 #   make sample    make an image (downloads the weights first if missing); PROMPT="..." ARGS="--tome-ratio 0.5"
+#   make bench     what merging buys on this machine (random SD 1.5 weights, no download); BENCH_ARGS="..."
+#   make bench-compare   the same, side by side with diffusers + tomesd (installs them)
 #   make test      the whole test suite (adds pytest, hypothesis and the pinned references)
 # TORCH names the torch requirement installed first: torch==2.13.0 is a CPU build on CPU-only
 # machines that carry it locally; on a CUDA machine set TORCH to the build you want.
@@ -12,6 +14,7 @@ RUNTIME := $(VENV)/.runtime-installed
 TESTING := $(VENV)/.test-installed
 WEIGHTS := models/v1-5-pruned-emaonly.safetensors
 PROMPT  ?= a photograph of an astronaut riding a horse
+BENCH_ARGS ?=
 ARGS    ?=
 
 # The real CLIP vocabulary, for the tokenizer tests: read out of the open-clip-torch wheel
@@ -19,7 +22,7 @@ ARGS    ?=
 VOCAB  := .cache/bpe_simple_vocab_16e6.txt.gz
 OPEN_CLIP_WHEEL := open-clip-torch==3.3.0
 
-.PHONY: test weights sample
+.PHONY: test weights sample bench bench-compare
 
 $(RUNTIME): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -47,3 +50,9 @@ weights: $(RUNTIME)
 sample: $(RUNTIME)
 	@test -f $(WEIGHTS) || $(MAKE) weights
 	$(BIN)/python -m minitome.sample --weights $(WEIGHTS) --prompt "$(PROMPT)" $(ARGS)
+
+bench: $(RUNTIME)
+	$(BIN)/python -m minitome.bench $(BENCH_ARGS)
+
+bench-compare: $(TESTING)
+	$(BIN)/python -m minitome.bench --compare $(BENCH_ARGS)

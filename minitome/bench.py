@@ -1,0 +1,188 @@
+"""`python -m minitome.bench`: what token merging buys on this machine, measured side by side.
+
+Where this sits: a command line over `minitome/measure.py`, which times one configuration in a fresh
+process (so each peak-memory figure is that configuration's own). For every image size and attention
+kind it prints one row per ToMe ratio: seconds per UNet call, speed-up over ratio 0, peak memory above
+the weights, tokens in the merged blocks, the share of the call spent merging, and the arithmetic rate
+against this machine's measured float32 matmul rate. With `--compare`, each row is also measured on
+diffusers + tomesd with the same weights, alternating the two, and the headline is minitome / diffusers.
+With `--weights` and `--quality-steps N`, each ratio's image is compared with the ratio-0 image (PSNR, SSIM).
+No download: by default the weights are random, at the full SD 1.5 size.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+QUALITY_PROMPTS = ["a photograph of an astronaut riding a horse", "a watercolor painting of a fox in the snow"]
+
+
+def parse_size(text: str) -> tuple:
+    """'512' or '768x512' (width x height) → (width, height), multiples of 8."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x")) if "x" in text else (int(text), int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size {text!r}: use 512 or WIDTHxHEIGHT") from None
+    if w <= 0 or h <= 0 or w % 8 or h % 8:
+        raise argparse.ArgumentTypeError(f"size {text!r}: width and height must be positive multiples of 8")
+    return w, h
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m minitome.bench", description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", type=parse_size, nargs="+", default=[(512, 512)], help="512 or WIDTHxHEIGHT, several allowed")
+    p.add_argument("--batch", type=int, default=2, help="images per UNet call (2: one CFG pair)")
+    p.add_argument("--ratios", type=float, nargs="+", default=[0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    p.add_argument("--attention", nargs="+", choices=("sdpa", "plain"), default=["sdpa", "plain"])
+    p.add_argument("--max-downsample", type=int, default=1, choices=(1, 2, 4, 8))
+    p.add_argument("--repeats", type=int, default=3, help="timed calls per row, after one warm-up")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"))
+    p.add_argument("--weights", help="official file or diffusers folder (default: random weights, SD 1.5 size)")
+    p.add_argument("--compare", action="store_true", help="also measure diffusers + tomesd, alternating")
+    p.add_argument("--quality-steps", type=int, default=0, help="with --weights: PSNR/SSIM vs ratio 0 at N steps")
+    p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
+    return p.parse_args(argv)
+
+
+def matmul_rate(device, dtype) -> float:
+    """This machine's measured matmul rate, GFLOP/s (4096² × 4096², median of 3)."""
+    n = 4096
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    times = []
+    for _ in range(4):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return 2 * n ** 3 / sorted(times[1:])[1] / 1e9
+
+
+def run_measure(settings: dict) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, "-m", "minitome.measure", json.dumps(settings)], cwd=ROOT, env=env,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"{settings['impl']} at ratio {settings['ratio']}: {last}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def quality(args, size, device, dtype) -> dict:
+    """ratio → (PSNR, SSIM) of its images against ratio 0's, same prompts and seeds."""
+    import numpy as np
+    import weights
+    from .pipeline import generate
+    from .quality import psnr, ssim
+    from .tome import ToMeConfig
+    sd = weights.load(args.weights, device=device, dtype=dtype)
+    images = {}
+    for ratio in args.ratios:
+        tome = ToMeConfig(ratio=ratio, max_downsample=args.max_downsample) if ratio > 0 else None
+        images[ratio] = [np.asarray(generate(sd, p, steps=args.quality_steps, seed=i, width=size[0], height=size[1],
+                                             tome=tome)[0]) for i, p in enumerate(QUALITY_PROMPTS)]
+        print(f"  quality: ratio {ratio:g} done", file=sys.stderr, flush=True)
+    base = images[min(args.ratios)]
+    return {r: (float(np.mean([psnr(a, b) for a, b in zip(imgs, base)])),
+                float(np.mean([ssim(a, b) for a, b in zip(imgs, base)]))) for r, imgs in images.items()}
+
+
+def table(rows: list, compare: bool, with_quality: bool) -> str:
+    head = ["ratio", "s/call", "speed-up", "peak MB", "merged tokens", "merging", "GFLOP/s", "% matmul"]
+    if compare:
+        head += ["diffusers s", "diff. speed-up", "diff. peak MB", "minitome/diffusers"]
+    if with_quality:
+        head += ["PSNR dB", "SSIM"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        tokens = ", ".join(sorted(set(r["tokens"]), key=r["tokens"].index)) or "–"
+        cells = [f"{r['ratio']:g}", f"{r['seconds']:.2f}", f"{r['speedup']:.2f}×", f"{r['peak_mb']:,.0f}", tokens,
+                 f"{100 * r['merge_share']:.1f}%", f"{r['gflops']:.0f}", f"{100 * r['matmul_share']:.0f}%"]
+        if compare:
+            cells += [f"{r['diffusers_seconds']:.2f}", f"{r['diffusers_speedup']:.2f}×", f"{r['diffusers_peak_mb']:,.0f}",
+                      f"{r['ratio_to_diffusers']:.2f}"]
+        if with_quality:
+            cells += [f"{r['psnr']:.1f}", f"{r['ssim']:.3f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from .sample import pick_device, pick_dtype
+    try:
+        device = pick_device(args.device)
+        dtype = pick_dtype(args.dtype, device)
+        if args.batch < 1 or args.repeats < 1:
+            raise ValueError("--batch and --repeats must be >= 1")
+        from .tome import ToMeConfig
+        for ratio in args.ratios:
+            ToMeConfig(ratio=ratio, max_downsample=args.max_downsample)
+        if args.quality_steps and not args.weights:
+            raise ValueError("--quality-steps needs --weights (random weights make no image worth comparing)")
+        if args.compare:
+            import diffusers  # noqa: F401
+            import tomesd  # noqa: F401
+    except ImportError as error:
+        print(f"minitome.bench: error: --compare needs diffusers and tomesd installed ({error})", file=sys.stderr)
+        return 2
+    except ValueError as error:
+        print(f"minitome.bench: error: {error}", file=sys.stderr)
+        return 2
+    rate = matmul_rate(device, dtype)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    results = {"device": name, "dtype": str(dtype).replace("torch.", ""), "matmul_gflops": rate, "tables": []}
+    print(f"# {name}, {results['dtype']}, batch {args.batch}; matmul rate {rate:.0f} GFLOP/s", file=sys.stderr)
+    total = len(args.sizes) * len(args.attention) * len(args.ratios) * (2 if args.compare else 1)
+    count = 0
+    for size in args.sizes:
+        q = quality(args, size, device, dtype) if args.quality_steps else {}
+        for attention in args.attention:
+            rows = []
+            for ratio in args.ratios:
+                settings = dict(latent=[size[1] // 8, size[0] // 8], batch=args.batch, ratio=ratio, attention=attention,
+                                max_downsample=args.max_downsample, repeats=args.repeats, device=str(device),
+                                dtype=str(dtype).replace("torch.", ""), weights=args.weights)
+                row = {"ratio": ratio}
+                for impl in ("minitome", "diffusers") if args.compare else ("minitome",):
+                    count += 1
+                    print(f"[{count}/{total}] {size[0]}x{size[1]} {attention} ratio {ratio:g}: {impl} …",
+                          file=sys.stderr, flush=True)
+                    m = run_measure({**settings, "impl": impl})
+                    if impl == "minitome":
+                        row.update(seconds=m["seconds"], peak_mb=m["peak_mb"], tokens=m["tokens"], gflop=m["gflop"],
+                                   merge_share=m["merge_seconds"] / m["seconds"])
+                    else:
+                        row.update(diffusers_seconds=m["seconds"], diffusers_peak_mb=m["peak_mb"])
+                row["gflops"] = row["gflop"] / row["seconds"]
+                row["matmul_share"] = row["gflops"] / rate
+                if ratio in q:
+                    row["psnr"], row["ssim"] = q[ratio]
+                rows.append(row)
+            base = rows[0]
+            for row in rows:
+                row["speedup"] = base["seconds"] / row["seconds"]
+                if args.compare:
+                    row["diffusers_speedup"] = base["diffusers_seconds"] / row["diffusers_seconds"]
+                    row["ratio_to_diffusers"] = row["seconds"] / row["diffusers_seconds"]
+            results["tables"].append({"size": list(size), "attention": attention, "rows": rows})
+            if not args.json:
+                print(f"\n{size[0]}×{size[1]}, {attention} attention, batch {args.batch}, {results['dtype']}, {name}"
+                      f" (speed-up against ratio {rows[0]['ratio']:g})\n")
+                print(table(rows, args.compare, bool(q)), flush=True)
+    if args.json:
+        print(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

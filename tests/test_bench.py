@@ -1,0 +1,61 @@
+"""The benchmark's command line on tiny weights (the real figures come from `make bench`, never from tests),
+and its PSNR / SSIM against scikit-image."""
+import json
+
+import numpy as np
+import pytest
+
+from minitome.bench import main
+from minitome.quality import psnr, ssim
+
+
+def test_psnr_and_ssim_match_scikit_image():
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (40, 52, 3), dtype=np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-30, 31, a.shape), 0, 255).astype(np.uint8)
+    assert abs(psnr(a, b) - peak_signal_noise_ratio(a, b, data_range=255)) < 1e-9
+    expected = structural_similarity(a, b, channel_axis=-1, gaussian_weights=True, sigma=1.5,
+                                     use_sample_covariance=False, data_range=255)
+    assert abs(ssim(a, b) - expected) < 1e-9
+    assert psnr(a, a) == float("inf") and abs(ssim(a, a) - 1) < 1e-12
+
+
+def test_bench_json_with_compare_and_quality(tiny_pipeline, capsys):
+    _, folder = tiny_pipeline
+    argv = ["--weights", str(folder), "--sizes", "48x32", "--ratios", "0", "0.5", "--attention", "sdpa",
+            "--repeats", "1", "--compare", "--quality-steps", "2", "--json", "--device", "cpu"]
+    assert main(argv) == 0
+    out = capsys.readouterr()
+    results = json.loads(out.out)
+    assert len(results["tables"]) == 1 and results["matmul_gflops"] > 0
+    for t in results["tables"]:
+        base, merged = t["rows"]
+        assert base["speedup"] == 1.0 and base["tokens"] == [] and base["merge_share"] == 0.0
+        assert base["psnr"] == float("inf") and base["ssim"] == pytest.approx(1.0)
+        assert merged["psnr"] < float("inf") and 0 < merged["merge_share"] < 1
+        assert base["peak_mb"] >= 0 and merged["diffusers_seconds"] > 0
+        assert merged["ratio_to_diffusers"] == pytest.approx(merged["seconds"] / merged["diffusers_seconds"])
+    w, h = results["tables"][0]["size"]
+    N = (h // 8) * (w // 8)  # 6×4 latent: ratio 0.5 merges 12 of 24 tokens in the 5 full-resolution blocks
+    assert results["tables"][0]["rows"][1]["tokens"] == [f"{N}→{N - N // 2}"] * 5
+    assert "[4/4] 48x32 sdpa ratio 0.5: diffusers" in out.err
+
+
+def test_bench_table_output(tiny_pipeline, capsys):
+    _, folder = tiny_pipeline
+    assert main(["--weights", str(folder), "--sizes", "64", "--ratios", "0", "0.3", "--attention", "plain",
+                 "--repeats", "1", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "| ratio | s/call | speed-up | peak MB | merged tokens | merging | GFLOP/s | % matmul |" in out
+    assert "| 0.3 |" in out and "64→45" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--ratios", "0.9"], r"ratio must be in \[0, 0.75\]"),
+    (["--quality-steps", "3"], "--quality-steps needs --weights"),
+])
+def test_bench_bad_input(capsys, argv, message):
+    import re
+    assert main(argv + ["--device", "cpu"]) == 2
+    assert re.search(message, capsys.readouterr().err)
