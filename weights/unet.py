@@ -11,6 +11,7 @@ the `model.diffusion_model.` prefix. So:
   table `diffusers_names(config)` is built by walking the architecture the config describes,
   the same walk `UNetModel.__init__` does. Inside a SpatialTransformer both layouts agree.
 """
+import dataclasses
 import json
 from pathlib import Path
 
@@ -134,7 +135,7 @@ def load_unet_single_file(file: SafetensorsFile, device="cpu", dtype=torch.float
     names = {name[len(PREFIX):]: name for name in file.names if name.startswith(PREFIX)}
     shapes = {ours: file.shapes[theirs] for ours, theirs in names.items()}
     config = config_from_shapes(shapes, file.path)
-    config = UNetConfig(**{**config.__dict__, "attention": attention})
+    config = dataclasses.replace(config, attention=attention)
     tensors = {ours: (lambda theirs=theirs: file.tensor(theirs)) for ours, theirs in names.items()}
     return load_strict(lambda: UNetModel(config), tensors, shapes, f"{file.path} (unet)", device, dtype).channels_last()
 
@@ -159,7 +160,7 @@ def load_unet_diffusers(folder: Path, device="cpu", dtype=torch.float32, attenti
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise WeightsError(f"{config_path}: not valid JSON ({error})") from None
     config = config_from_diffusers(raw, config_path)
-    config = UNetConfig(**{**config.__dict__, "attention": attention})
+    config = dataclasses.replace(config, attention=attention)
     file = SafetensorsFile(find_safetensors(folder / "unet", "diffusion_pytorch_model"))
     with torch.device("meta"):
         ours = UNetModel(config).state_dict().keys()
