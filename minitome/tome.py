@@ -88,6 +88,30 @@ def partition(h: int, w: int, sx: int, sy: int, generator: torch.Generator = Non
     return (~is_dst).nonzero().squeeze(1), is_dst.nonzero().squeeze(1)
 
 
+PARTITION_METHODS = ("random2x2", "grid", "random", "alternating")
+
+
+def partition_variant(h: int, w: int, method: str, generator: torch.Generator = None):
+    """The dst choices the paper compares (Figure 5), with the same number of dst as 2 × 2 cells where
+    possible: "random2x2" (ToMe-SD's: one random dst per cell), "grid" (its top-left, a 2-stride grid),
+    "random" (that many dst anywhere) and "alternating" (every other token in raster order, ToMe for
+    ViTs). Only "random2x2" and "grid" run in the UNet (`tome_plan`); the others are for comparison."""
+    if method == "random2x2":
+        return partition(h, w, 2, 2, generator)
+    if method == "grid":
+        return partition(h, w, 2, 2, None)
+    N = h * w
+    is_dst = torch.zeros(N, dtype=torch.bool)
+    if method == "alternating":
+        is_dst[::2] = True
+    elif method == "random":
+        count = max(1, (h // 2) * (w // 2))
+        is_dst[torch.randperm(N, generator=generator)[:count]] = True
+    else:
+        raise ValueError(f"partition method must be one of {', '.join(PARTITION_METHODS)}, got {method!r}")
+    return (~is_dst).nonzero().squeeze(1), is_dst.nonzero().squeeze(1)
+
+
 def match(metric: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, r: int) -> torch.Tensor:
     """Bipartite soft matching: returns `slot` (B, N), the merged token each position ends in.
 

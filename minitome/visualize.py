@@ -1,0 +1,135 @@
+"""`python -m minitome.visualize`: pictures of token merging, for readers (saved as PNG, used in tutorial.md).
+
+Where this sits: a reader's companion to `minitome/tome.py`; it only calls the functions there.
+Without weights it uses the 8 × 8 pixel patches of a picture it draws (a landscape: sky, sun,
+hills, lake) as tokens, 64 × 64 of them for 512², like the latent of a 512² image. Pictures:
+
+- `partitions.png`: the dst choices of the paper's Figure 5 (alternating, 2-stride grid, fully
+  random, random one-of-2×2), dst filled, over a 16 × 16 corner of the token grid;
+- `merges.png`: which tokens merge at ratios 0.3, 0.5 and 0.6: each dst and the src merged into it
+  share a colour; kept src show the picture;
+- `similarity.png`: each src's best cosine similarity to a dst (bright: merged first).
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from .tome import PARTITION_METHODS, match, partition, partition_variant
+
+PATCH = 8
+
+
+def landscape(size: int = 512) -> Image.Image:
+    """A drawn scene with large flat regions (sky, lake) and detail (sun, hills, reeds)."""
+    img = Image.new("RGB", (size, size))
+    d = ImageDraw.Draw(img)
+    for y in range(size // 2):  # sky: a vertical gradient
+        t = y / (size / 2)
+        d.line([(0, y), (size, y)], fill=(int(90 + 120 * t), int(150 + 80 * t), int(235 - 20 * t)))
+    d.ellipse([size * 0.68, size * 0.1, size * 0.86, size * 0.28], fill=(255, 220, 90))
+    d.polygon([(0, size * 0.55), (size * 0.3, size * 0.3), (size * 0.55, size * 0.52), (size * 0.8, size * 0.35),
+               (size, size * 0.5), (size, size * 0.62), (0, size * 0.62)], fill=(70, 120, 60))
+    d.rectangle([0, size * 0.62, size, size], fill=(40, 90, 140))  # lake
+    rng = np.random.default_rng(0)
+    for x in rng.integers(0, size, 40):  # reeds in the foreground
+        d.line([(int(x), size), (int(x) + int(rng.integers(-15, 15)), int(size * 0.8))], fill=(30, 60, 20), width=3)
+    return img
+
+
+def patch_tokens(img: Image.Image) -> torch.Tensor:
+    """(1, N, 3·8·8) tokens: each 8 × 8 patch's pixels, centred on the picture's mean colour."""
+    a = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255)
+    h, w = a.shape[0] // PATCH, a.shape[1] // PATCH
+    patches = a[: h * PATCH, : w * PATCH].reshape(h, PATCH, w, PATCH, 3).permute(0, 2, 1, 3, 4).reshape(h * w, -1)
+    return (patches - patches.mean(0))[None], (h, w)
+
+
+def draw_partition(ax: ImageDraw.ImageDraw, origin, dst, h, w, cell):
+    x0, y0 = origin
+    dst = set(dst.tolist())
+    for n in range(h * w):
+        r, c = divmod(n, w)
+        box = [x0 + c * cell, y0 + r * cell, x0 + (c + 1) * cell - 2, y0 + (r + 1) * cell - 2]
+        ax.rectangle(box, fill=(220, 60, 60) if n in dst else (235, 235, 235), outline=(150, 150, 150))
+
+
+def partitions_picture(seed: int = 0) -> Image.Image:
+    h = w = 16
+    cell, pad, label = 14, 20, 24
+    panel = w * cell
+    out = Image.new("RGB", (len(PARTITION_METHODS) * (panel + pad) + pad, panel + 2 * pad + label), "white")
+    d = ImageDraw.Draw(out)
+    for i, method in enumerate(("alternating", "grid", "random", "random2x2")):
+        _, dst = partition_variant(h, w, method, torch.Generator().manual_seed(seed))
+        x0 = pad + i * (panel + pad)
+        d.text((x0, pad // 2), f"{method}: {len(dst)} dst (red)", fill="black")
+        draw_partition(d, (x0, pad + label), dst, h, w, cell)
+    return out
+
+
+def groups_overlay(img: Image.Image, slot: torch.Tensor, num_kept: int, hw) -> Image.Image:
+    """The picture with each merged group (a dst and its src) painted one random colour."""
+    h, w = hw
+    colours = np.random.default_rng(1).integers(40, 256, (int(slot.max()) + 1, 3))
+    a = np.asarray(img).copy()
+    members = np.bincount(slot.numpy(), minlength=len(colours))
+    for n, s in enumerate(slot.tolist()):
+        if s >= num_kept and members[s] > 1:  # a dst that took at least one src
+            r, c = divmod(n, w)
+            a[r * PATCH:(r + 1) * PATCH, c * PATCH:(c + 1) * PATCH] = colours[s]
+    return Image.fromarray(a)
+
+
+def merges_picture(img: Image.Image, ratios=(0.3, 0.5, 0.6), seed: int = 0) -> Image.Image:
+    tokens, (h, w) = patch_tokens(img)
+    src, dst = partition(h, w, 2, 2, torch.Generator().manual_seed(seed))
+    panels = [img]
+    for ratio in ratios:
+        r = min(int(h * w * ratio), src.numel())
+        slot = match(tokens, src, dst, r)[0]
+        panels.append(groups_overlay(img, slot, src.numel() - r, (h, w)))
+    pad, label = 10, 20
+    out = Image.new("RGB", (len(panels) * (img.width + pad) + pad, img.height + label + pad), "white")
+    d = ImageDraw.Draw(out)
+    for i, (panel, title) in enumerate(zip(panels, ["tokens (8×8 patches)"] + [f"ratio {r}" for r in ratios])):
+        out.paste(panel, (pad + i * (img.width + pad), label))
+        d.text((pad + i * (img.width + pad), 4), title, fill="black")
+    return out
+
+
+def similarity_picture(img: Image.Image, seed: int = 0) -> Image.Image:
+    tokens, (h, w) = patch_tokens(img)
+    src, dst = partition(h, w, 2, 2, torch.Generator().manual_seed(seed))
+    unit = tokens[0] / tokens[0].norm(dim=-1, keepdim=True)
+    best = (unit[src] @ unit[dst].T).max(dim=-1).values
+    grid = torch.zeros(h * w)
+    grid[src] = (best.clamp(-1, 1) + 1) / 2
+    grid[dst] = 0
+    pixels = (grid.reshape(h, w).numpy() * 255).astype(np.uint8)
+    return Image.fromarray(pixels).resize((w * PATCH, h * PATCH), Image.NEAREST)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m minitome.visualize", description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="docs/pictures", help="folder for the PNG files")
+    p.add_argument("--size", type=int, default=256, help="picture size in pixels (a multiple of 16)")
+    args = p.parse_args(argv)
+    if args.size <= 0 or args.size % 16:
+        print(f"minitome.visualize: error: --size must be a positive multiple of 16, got {args.size}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    img = landscape(args.size)
+    for name, picture in (("partitions", partitions_picture()), ("merges", merges_picture(img)),
+                          ("similarity", similarity_picture(img))):
+        picture.save(out / f"{name}.png", optimize=True)
+        print(out / f"{name}.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
