@@ -24,7 +24,7 @@ PATCH = 8
 
 
 def landscape(size: int = 512) -> Image.Image:
-    """A drawn scene with large flat regions (sky, lake) and detail (sun, hills, reeds)."""
+    """A drawn scene with large smooth regions (sky, lake) and detail (sun, hills, reeds), with grain."""
     img = Image.new("RGB", (size, size))
     d = ImageDraw.Draw(img)
     for y in range(size // 2):  # sky: a vertical gradient
@@ -37,7 +37,8 @@ def landscape(size: int = 512) -> Image.Image:
     rng = np.random.default_rng(0)
     for x in rng.integers(0, size, 40):  # reeds in the foreground
         d.line([(int(x), size), (int(x) + int(rng.integers(-15, 15)), int(size * 0.8))], fill=(30, 60, 20), width=3)
-    return img
+    grain = rng.normal(0, 6, (size, size, 3))  # film grain: no two patches exactly equal, as in a photograph
+    return Image.fromarray(np.clip(np.asarray(img, dtype=np.float64) + grain, 0, 255).round().astype(np.uint8))
 
 
 def patch_tokens(img: Image.Image) -> torch.Tensor:
@@ -95,7 +96,7 @@ def merges_picture(img: Image.Image, ratios=(0.3, 0.5, 0.6), seed: int = 0) -> I
     pad, label = 10, 20
     out = Image.new("RGB", (len(panels) * (img.width + pad) + pad, img.height + label + pad), "white")
     d = ImageDraw.Draw(out)
-    for i, (panel, title) in enumerate(zip(panels, ["tokens (8×8 patches)"] + [f"ratio {r}" for r in ratios])):
+    for i, (panel, title) in enumerate(zip(panels, ["tokens (8x8 patches)"] + [f"ratio {r}" for r in ratios])):
         out.paste(panel, (pad + i * (img.width + pad), label))
         d.text((pad + i * (img.width + pad), 4), title, fill="black")
     return out

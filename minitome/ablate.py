@@ -1,0 +1,168 @@
+"""`python -m minitome.ablate`: the paper's design experiments (ToMe-SD §4), rerunnable on this machine.
+
+Where this sits: beside `minitome/bench.py`; it calls `minitome/tome.py` and the UNet and prints
+markdown tables (the ones in tutorial.md come from a CPU run of this command).
+
+Experiments:
+1. partition: how dst are chosen (alternating, 2-stride grid, fully random, random one-of-2×2), by the
+   merge error ‖unmerge(merge(x)) − x‖ / ‖x‖ and the time of plan + merge + unmerge;
+2. bipartite matching against a k-means merge (tokens clustered into N − r groups by cosine k-means,
+   each group averaged): error and time at the same number of merged tokens;
+3. what to merge (attn / attn+crossattn / attn+crossattn+mlp) and 4. where (max_downsample 1, 2, 4, 8):
+   seconds per UNet call at the full SD 1.5 size (random weights unless --weights), and with --weights
+   the PSNR / SSIM of the image against the unmerged one.
+Experiments 1–2 run on tokens: the 8 × 8 patches of a drawn picture (`minitome/visualize.py`), 64 × 64
+of them as in a 512² latent's first blocks, or with --weights the real input of the first transformer
+block at the first sampling step.
+"""
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+
+from .tome import PARTITION_METHODS, ToMeConfig, match, merge, partition_variant, unmerge
+
+
+def merge_error(x: torch.Tensor, slot: torch.Tensor, num_merged: int) -> float:
+    """‖unmerge(merge(x)) − x‖ / ‖x‖: how much of the tokens merging loses."""
+    return ((unmerge(merge(x, slot, num_merged), slot) - x).norm() / x.norm()).item()
+
+
+def timed(fn, repeats: int = 5):
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - start)
+    return out, statistics.median(times)
+
+
+def kmeans_slot(x: torch.Tensor, clusters: int, iterations: int = 5, seed: int = 0) -> torch.Tensor:
+    """Cosine k-means of the tokens of each batch element into `clusters` groups: slot (B, N)."""
+    unit = x / x.norm(dim=-1, keepdim=True)
+    g = torch.Generator().manual_seed(seed)
+    centres = unit[:, torch.randperm(x.shape[1], generator=g)[:clusters]]  # (B, K, C)
+    for _ in range(iterations):
+        slot = (unit @ centres.transpose(1, 2)).argmax(dim=-1)  # (B, N): the most similar centre
+        centres = merge(unit, slot, clusters)                   # each centre: its members' mean
+        centres = centres / centres.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return (unit @ centres.transpose(1, 2)).argmax(dim=-1)
+
+
+def partition_rows(x: torch.Tensor, hw, ratio: float) -> list:
+    rows = []
+    for method in PARTITION_METHODS:
+        def run():
+            src, dst = partition_variant(*hw, method, torch.Generator().manual_seed(0))
+            r = min(int(x.shape[1] * ratio), src.numel())
+            slot = match(x, src, dst, r)
+            return unmerge(merge(x, slot, x.shape[1] - r), slot), slot, r
+        (_, slot, r), seconds = timed(run)
+        rows.append([method, f"{r}", f"{merge_error(x, slot, x.shape[1] - r):.4f}", f"{1000 * seconds:.1f}"])
+    return rows
+
+
+def kmeans_rows(x: torch.Tensor, hw, ratio: float) -> list:
+    N = x.shape[1]
+    src, dst = partition_variant(*hw, "random2x2", torch.Generator().manual_seed(0))
+    r = min(int(N * ratio), src.numel())
+
+    def bipartite():
+        slot = match(x, src, dst, r)
+        return slot, unmerge(merge(x, slot, N - r), slot)
+
+    def kmeans():
+        slot = kmeans_slot(x, N - r)
+        return slot, unmerge(merge(x, slot, N - r), slot)
+
+    (slot_b, _), t_b = timed(bipartite)
+    (slot_k, _), t_k = timed(kmeans, repeats=3)
+    return [["bipartite (ToMe)", f"{N - r}", f"{merge_error(x, slot_b, N - r):.4f}", f"{1000 * t_b:.1f}"],
+            ["k-means, 5 iterations", f"{N - r}", f"{merge_error(x, slot_k, N - r):.4f}", f"{1000 * t_k:.1f}"]]
+
+
+def unet_rows(args, configs: list) -> list:
+    """Seconds per UNet call (and PSNR/SSIM with --weights) for each (label, ToMeConfig or None)."""
+    from unet import UNetConfig, UNetModel
+    latent = (args.size // 8, args.size // 8)
+    if args.weights:
+        import weights
+        sd = weights.load(args.weights)
+        unet = sd.unet
+    else:
+        torch.manual_seed(0)
+        unet = UNetModel(UNetConfig()).eval().requires_grad_(False).channels_last()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 4, *latent, generator=g)
+    context = torch.randn(2, 77, unet.config.context_dim, generator=g)
+    rows, base = [], None
+    for label, tome in configs:
+        with torch.no_grad():
+            _, seconds = timed(lambda: unet(x, 500, context, tome=tome, tome_generator=torch.Generator().manual_seed(0)),
+                               repeats=args.repeats)
+        base = base or seconds
+        row = [label, f"{seconds:.2f}", f"{base / seconds:.2f}×"]
+        if args.weights:
+            import numpy as np
+            from .pipeline import generate
+            from .quality import psnr, ssim
+            image = np.asarray(generate(sd, args.prompt, steps=args.steps, seed=0, width=args.size, height=args.size,
+                                        tome=tome)[0])
+            reference = image if tome is None else reference  # noqa: F821 (the first row is the unmerged one)
+            row += [f"{psnr(image, reference):.1f}", f"{ssim(image, reference):.3f}"]
+        rows.append(row)
+        print(f"  {label}: {seconds:.2f} s", file=sys.stderr, flush=True)
+    return rows
+
+
+def markdown(head: list, rows: list) -> str:
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] +
+                     ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m minitome.ablate", description=__doc__.splitlines()[0])
+    p.add_argument("--ratio", type=float, default=0.5)
+    p.add_argument("--size", type=int, default=512, help="image size for the UNet experiments (multiple of 64)")
+    p.add_argument("--repeats", type=int, default=2, help="timed UNet calls per row")
+    p.add_argument("--weights", help="official file or diffusers folder: real hidden states and PSNR/SSIM")
+    p.add_argument("--prompt", default="a photograph of an astronaut riding a horse")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--skip-unet", action="store_true", help="only the token experiments (1–2)")
+    args = p.parse_args(argv)
+    try:
+        ToMeConfig(ratio=args.ratio)
+        if args.size <= 0 or args.size % 64:
+            raise ValueError(f"--size must be a positive multiple of 64, got {args.size}")
+    except ValueError as error:
+        print(f"minitome.ablate: error: {error}", file=sys.stderr)
+        return 2
+    from .visualize import landscape, patch_tokens
+    x, hw = patch_tokens(landscape(args.size))
+    where = f"the {hw[0]}×{hw[1]} patch tokens of a drawn {args.size}² picture"
+    print(f"## 1. Partition, ratio {args.ratio} ({where})\n")
+    print(markdown(["dst choice", "r merged", "merge error", "ms"], partition_rows(x, hw, args.ratio)))
+    print(f"\n## 2. Bipartite matching vs k-means, ratio {args.ratio} ({where})\n")
+    print(markdown(["merge", "tokens left", "merge error", "ms"], kmeans_rows(x, hw, args.ratio)), flush=True)
+    if args.skip_unet:
+        return 0
+    head = ["setting", "s/UNet call", "speed-up"] + (["PSNR dB", "SSIM"] if args.weights else [])
+    what = "SD 1.5 weights" if args.weights else "random SD 1.5-size weights"
+    r = args.ratio
+    print(f"\n## 3. What to merge, ratio {r}, max_downsample 1 ({args.size}², batch 2, {what})\n")
+    print(markdown(head, unet_rows(args, [
+        ("no merging", None), ("attn", ToMeConfig(ratio=r)),
+        ("attn + crossattn", ToMeConfig(ratio=r, merge_crossattn=True)),
+        ("attn + crossattn + mlp", ToMeConfig(ratio=r, merge_crossattn=True, merge_mlp=True))])), flush=True)
+    print(f"\n## 4. Where: max_downsample, ratio {r}, attn ({args.size}², batch 2, {what})\n")
+    print(markdown(head, unet_rows(args, [("no merging", None)] + [
+        (f"max_downsample {m} ({n}/16 blocks)", ToMeConfig(ratio=r, max_downsample=m))
+        for m, n in ((1, 5), (2, 10), (4, 15), (8, 16))])))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
