@@ -10,7 +10,9 @@ Experiments:
    each group averaged): error and time at the same number of merged tokens;
 3. what to merge (attn / attn+crossattn / attn+crossattn+mlp) and 4. where (max_downsample 1, 2, 4, 8):
    seconds per UNet call at the full SD 1.5 size (random weights unless --weights), and with --weights
-   the PSNR / SSIM of the image against the unmerged one.
+   the PSNR / SSIM of the image against the unmerged one;
+5. when: a whole PLMS run with a schedule of ToMe settings over its steps (constant, 60% → 40%, only
+   on the noisy steps t > 500, only on the clean ones): seconds per run, and PSNR / SSIM with --weights.
 Experiments 1–2 run on tokens: the 8 × 8 patches of a drawn picture (`minitome/visualize.py`), 64 × 64
 of them as in a 512² latent's first blocks, or with --weights the real input of the first transformer
 block at the first sampling step.
@@ -118,6 +120,49 @@ def unet_rows(args, configs: list) -> list:
     return rows
 
 
+def when_rows(args, schedules: list) -> list:
+    """Seconds of a whole PLMS run (and PSNR/SSIM with --weights) for each (label, schedule t → ToMeConfig)."""
+    from sampler import plms_sample
+    from unet import UNetConfig, UNetModel
+    latent = args.when_size // 8
+    if args.weights:
+        import weights
+        sd = weights.load(args.weights)
+        unet = sd.unet
+    else:
+        torch.manual_seed(0)
+        unet = UNetModel(UNetConfig()).eval().requires_grad_(False).channels_last()
+    g = torch.Generator().manual_seed(1)
+    noise = torch.randn(1, 4, latent, latent, generator=g)
+    context = torch.randn(2, 77, unet.config.context_dim, generator=g)  # [uncond, cond]
+    rows, base, reference = [], None, None
+    for label, schedule in schedules:
+        generator = torch.Generator().manual_seed(0)
+
+        def eps_model(x, t):
+            eps_uncond, eps_cond = unet(torch.cat([x, x]), t, context, tome=schedule(t), tome_generator=generator).chunk(2)
+            return eps_uncond + 7.5 * (eps_cond - eps_uncond)
+
+        with torch.no_grad():
+            eps_model(noise, 999)  # warm-up
+            start = time.perf_counter()
+            plms_sample(eps_model, noise, args.when_steps)
+            seconds = time.perf_counter() - start
+        base = base or seconds
+        row = [label, f"{seconds:.1f}", f"{base / seconds:.2f}×"]
+        if args.weights:
+            import numpy as np
+            from .pipeline import generate
+            from .quality import psnr, ssim
+            image = np.asarray(generate(sd, args.prompt, steps=args.when_steps, seed=0, width=args.when_size,
+                                        height=args.when_size, tome=schedule)[0])
+            reference = image if reference is None else reference  # the first row merges nothing
+            row += [f"{psnr(image, reference):.1f}", f"{ssim(image, reference):.3f}"]
+        rows.append(row)
+        print(f"  {label}: {seconds:.1f} s", file=sys.stderr, flush=True)
+    return rows
+
+
 def markdown(head: list, rows: list) -> str:
     return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] +
                      ["| " + " | ".join(r) + " |" for r in rows])
@@ -131,12 +176,15 @@ def main(argv=None) -> int:
     p.add_argument("--weights", help="official file or diffusers folder: real hidden states and PSNR/SSIM")
     p.add_argument("--prompt", default="a photograph of an astronaut riding a horse")
     p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--when-size", type=int, default=256, help="image size for the schedule runs (5)")
+    p.add_argument("--when-steps", type=int, default=10, help="PLMS steps for the schedule runs (5)")
     p.add_argument("--skip-unet", action="store_true", help="only the token experiments (1–2)")
     args = p.parse_args(argv)
     try:
         ToMeConfig(ratio=args.ratio)
-        if args.size <= 0 or args.size % 64:
-            raise ValueError(f"--size must be a positive multiple of 64, got {args.size}")
+        for name in ("size", "when_size"):
+            if getattr(args, name) <= 0 or getattr(args, name) % 64:
+                raise ValueError(f"--{name.replace('_', '-')} must be a positive multiple of 64, got {getattr(args, name)}")
     except ValueError as error:
         print(f"minitome.ablate: error: {error}", file=sys.stderr)
         return 2
@@ -160,7 +208,15 @@ def main(argv=None) -> int:
     print(f"\n## 4. Where: max_downsample, ratio {r}, attn ({args.size}², batch 2, {what})\n")
     print(markdown(head, unet_rows(args, [("no merging", None)] + [
         (f"max_downsample {m} ({n}/16 blocks)", ToMeConfig(ratio=r, max_downsample=m))
-        for m, n in ((1, 5), (2, 10), (4, 15), (8, 16))])))
+        for m, n in ((1, 5), (2, 10), (4, 15), (8, 16))])), flush=True)
+    from .visualize import linear_schedule
+    cfg = ToMeConfig(ratio=r)
+    print(f"\n## 5. When: a schedule over {args.when_steps} PLMS steps ({args.when_size}², CFG, {what})\n")
+    print(markdown(head[:1] + ["s/run", "speed-up"] + head[3:], when_rows(args, [
+        ("no merging", lambda t: None), (f"{r} on every step", lambda t: cfg),
+        ("0.6 → 0.4 over the run", linear_schedule(0.6, 0.4)),
+        (f"{r} only while t > 500 (noisy)", lambda t: cfg if t > 500 else None),
+        (f"{r} only while t ≤ 500 (clean)", lambda t: cfg if t <= 500 else None)])))
     return 0
 
 

@@ -18,7 +18,6 @@ import torch
 from PIL import Image
 
 from sampler import SAMPLERS
-from .tome import ToMeConfig
 from .vae import SCALE
 
 
@@ -36,9 +35,13 @@ def check_size(sd, width: int, height: int):
 
 @torch.no_grad()
 def generate(sd, prompt: str, negative_prompt: str = "", steps: int = 50, guidance: float = 7.5, seed: int = 0,
-             width: int = 512, height: int = 512, batch: int = 1, sampler: str = "plms", tome: ToMeConfig = None,
+             width: int = 512, height: int = 512, batch: int = 1, sampler: str = "plms", tome=None,
              callback=None) -> list:
-    """`batch` images (PIL) for one prompt. callback(i, t) runs after each sampler step."""
+    """`batch` images (PIL) for one prompt. callback(i, t) runs after each sampler step.
+
+    tome: a ToMeConfig, None, or a schedule: a function of the timestep t (999 … 1, noisy to clean)
+    returning a ToMeConfig or None for that step, e.g. `lambda t: cfg if t > 500 else None`.
+    """
     check_size(sd, width, height)
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -57,13 +60,18 @@ def generate(sd, prompt: str, negative_prompt: str = "", steps: int = 50, guidan
     shape = (batch, unet.config.in_channels, height // factor, width // factor)
     latents = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed), dtype=dtype).to(device)
 
-    # 3. the guided noise estimate the sampler calls
-    tome_generator = torch.Generator().manual_seed(tome.seed) if tome is not None else None
+    # 3. the guided noise estimate the sampler calls; ToMe's partitions draw from their own generator
+    schedule = tome if callable(tome) else (lambda t: tome)
+    tome_generators = {}  # seed → generator, one per run
 
     def eps_model(x, t):
         x_in = torch.cat([x, x]) if guided else x
         t_in = torch.full((x_in.shape[0],), t, device=device)
-        eps = unet(x_in, t_in, context, tome=tome, tome_generator=tome_generator)
+        config = schedule(t)
+        generator = None
+        if config is not None:
+            generator = tome_generators.setdefault(config.seed, torch.Generator().manual_seed(config.seed))
+        eps = unet(x_in, t_in, context, tome=config, tome_generator=generator)
         if not guided:
             return eps
         eps_uncond, eps_cond = eps.chunk(2)

@@ -8,7 +8,9 @@ hills, lake) as tokens, 64 × 64 of them for 512², like the latent of a 512² i
   random, random one-of-2×2), dst filled, over a 16 × 16 corner of the token grid;
 - `merges.png`: which tokens merge at ratios 0.3, 0.5 and 0.6: each dst and the src merged into it
   share a colour; kept src show the picture;
-- `similarity.png`: each src's best cosine similarity to a dst (bright: merged first).
+- `similarity.png`: each src's best cosine similarity to a dst (bright: merged first);
+- `schedule.png`: tokens left in each of SD 1.5's 16 transformer blocks at every UNet call of a
+  50-step PLMS run at 512², merging 60% → 40% over the run with max_downsample 2.
 """
 import argparse
 import sys
@@ -18,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .tome import PARTITION_METHODS, match, partition, partition_variant
+from .tome import IDENTITY, PARTITION_METHODS, ToMeArgs, ToMeConfig, match, partition, partition_variant, tome_plan
 
 PATCH = 8
 
@@ -114,6 +116,34 @@ def similarity_picture(img: Image.Image, seed: int = 0) -> Image.Image:
     return Image.fromarray(pixels).resize((w * PATCH, h * PATCH), Image.NEAREST)
 
 
+def linear_schedule(start: float, end: float, **config):
+    """ratio going from `start` at t = 1000 to `end` at t = 0: a ToMe schedule for `generate`."""
+    return lambda t: ToMeConfig(ratio=round(end + (start - end) * t / 1000, 4), **config)
+
+
+def schedule_picture(schedule=linear_schedule(0.6, 0.4, max_downsample=2), steps: int = 50) -> Image.Image:
+    from sampler.schedule import timesteps
+    grids = [64] * 5 + [32] * 5 + [16] * 5 + [8]  # the 16 blocks at a 64 × 64 latent, by level
+    ts = timesteps(steps)
+    calls = [ts[0], ts[1]] + ts[1:]  # PLMS: the first step calls the UNet twice
+    kept = np.ones((len(grids), len(calls)))
+    for j, t in enumerate(calls):
+        for i, n in enumerate(grids):
+            plan = tome_plan(torch.zeros(1, n * n, 1) + 1, (n, n), ToMeArgs(schedule(t), (64, 64), None))
+            kept[i, j] = 1.0 if plan is IDENTITY else plan.num_merged / (n * n)
+    cw, ch, left, top = 8, 14, 120, 24
+    out = Image.new("RGB", (left + cw * len(calls) + 10, top + ch * len(grids) + 24), "white")
+    d = ImageDraw.Draw(out)
+    d.text((left, 4), "tokens kept per block and UNet call (white: all; darker: fewer)", fill="black")
+    for i, n in enumerate(grids):
+        d.text((4, top + i * ch), f"block {i + 1:2d}: {n}x{n}", fill="black")
+        for j in range(len(calls)):
+            v = int(255 * (kept[i, j] - 0.3) / 0.7)
+            d.rectangle([left + j * cw, top + i * ch, left + (j + 1) * cw - 1, top + (i + 1) * ch - 2], fill=(v, v, 255))
+    d.text((left, top + ch * len(grids) + 6), f"call 1 (t={calls[0]}) ... call {len(calls)} (t={calls[-1]})", fill="black")
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m minitome.visualize", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="docs/pictures", help="folder for the PNG files")
@@ -126,8 +156,8 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     img = landscape(args.size)
     for name, picture in (("partitions", partitions_picture()), ("merges", merges_picture(img)),
-                          ("similarity", similarity_picture(img))):
-        picture.save(out / f"{name}.png", optimize=True)
+                          ("similarity", similarity_picture(img)), ("schedule", schedule_picture())):
+        picture.quantize(colors=256).save(out / f"{name}.png", optimize=True)  # small files to commit
         print(out / f"{name}.png")
     return 0
 

@@ -26,12 +26,15 @@ def test_merge_error_is_zero_for_duplicates_and_positive_otherwise():
 
 def test_ablate_tables(tiny_pipeline, capsys):
     _, folder = tiny_pipeline
-    assert main(["--size", "64", "--weights", str(folder), "--steps", "1", "--repeats", "1"]) == 0
+    assert main(["--size", "64", "--weights", str(folder), "--steps", "1", "--repeats", "1", "--when-size", "64",
+                 "--when-steps", "3"]) == 0
     out = capsys.readouterr().out
-    for title in ("## 1. Partition", "## 2. Bipartite matching vs k-means", "## 3. What to merge", "## 4. Where"):
+    for title in ("## 1. Partition", "## 2. Bipartite matching vs k-means", "## 3. What to merge", "## 4. Where",
+                  "## 5. When"):
         assert title in out
     assert "| alternating |" in out and "| k-means, 5 iterations |" in out
     assert "| max_downsample 8 (16/16 blocks) |" in out and "| no merging | " in out and "| inf | 1.000 |" in out
+    assert "| 0.6 → 0.4 over the run |" in out and "| 0.5 only while t > 500 (noisy) |" in out
 
 
 def test_ablate_bad_input(capsys):

@@ -28,7 +28,7 @@ def test_unknown_partition_method_is_an_error():
 def test_pictures_are_written(tmp_path, capsys):
     assert main(["--out", str(tmp_path), "--size", "128"]) == 0
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["merges.png", "partitions.png", "similarity.png"]
+    assert names == ["merges.png", "partitions.png", "schedule.png", "similarity.png"]
     assert Image.open(tmp_path / "similarity.png").size == (128, 128)
     merges = Image.open(tmp_path / "merges.png")
     assert merges.width > 4 * 128  # the picture and three ratios side by side
