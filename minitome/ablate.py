@@ -86,56 +86,61 @@ def kmeans_rows(x: torch.Tensor, hw, ratio: float) -> list:
             ["k-means, 5 iterations", f"{N - r}", f"{merge_error(x, slot_k, N - r):.4f}", f"{1000 * t_k:.1f}"]]
 
 
-def unet_rows(args, configs: list) -> list:
-    """Seconds per UNet call (and PSNR/SSIM with --weights) for each (label, ToMeConfig or None)."""
+def load_model(args):
+    """(sd, unet): with --weights the loaded parts (for images) and their UNet; else None and a random-weight
+    UNet of the full SD 1.5 size. Loaded once, shared by the UNet experiments."""
     from unet import UNetConfig, UNetModel
-    latent = (args.size // 8, args.size // 8)
     if args.weights:
         import weights
         sd = weights.load(args.weights)
-        unet = sd.unet
-    else:
-        torch.manual_seed(0)
-        unet = UNetModel(UNetConfig()).eval().requires_grad_(False).channels_last()
+        return sd, sd.unet
+    torch.manual_seed(0)
+    return None, UNetModel(UNetConfig()).eval().requires_grad_(False).channels_last()
+
+
+class Quality:
+    """PSNR / SSIM of each row's image against the first row's (every table starts with "no merging")."""
+
+    def __init__(self, sd, args, size: int, steps: int):
+        self.sd, self.args, self.size, self.steps, self.reference = sd, args, size, steps, None
+
+    def cells(self, tome) -> list:
+        if self.sd is None:
+            return []
+        import numpy as np
+        from .pipeline import generate
+        from .quality import psnr, ssim
+        image = np.asarray(generate(self.sd, self.args.prompt, steps=self.steps, seed=0, width=self.size,
+                                    height=self.size, tome=tome)[0])
+        self.reference = image if self.reference is None else self.reference
+        return [f"{psnr(image, self.reference):.1f}", f"{ssim(image, self.reference):.3f}"]
+
+
+def unet_rows(args, model, configs: list) -> list:
+    """Seconds per UNet call (and PSNR/SSIM with --weights) for each (label, ToMeConfig or None)."""
+    sd, unet = model
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(2, 4, *latent, generator=g)
+    x = torch.randn(2, 4, args.size // 8, args.size // 8, generator=g)
     context = torch.randn(2, 77, unet.config.context_dim, generator=g)
-    rows, base = [], None
+    rows, base, quality = [], None, Quality(sd, args, args.size, args.steps)
     for label, tome in configs:
         with torch.no_grad():
             _, seconds = timed(lambda: unet(x, 500, context, tome=tome, tome_generator=torch.Generator().manual_seed(0)),
                                repeats=args.repeats)
         base = base or seconds
-        row = [label, f"{seconds:.2f}", f"{base / seconds:.2f}×"]
-        if args.weights:
-            import numpy as np
-            from .pipeline import generate
-            from .quality import psnr, ssim
-            image = np.asarray(generate(sd, args.prompt, steps=args.steps, seed=0, width=args.size, height=args.size,
-                                        tome=tome)[0])
-            reference = image if tome is None else reference  # noqa: F821 (the first row is the unmerged one)
-            row += [f"{psnr(image, reference):.1f}", f"{ssim(image, reference):.3f}"]
-        rows.append(row)
+        rows.append([label, f"{seconds:.2f}", f"{base / seconds:.2f}×"] + quality.cells(tome))
         print(f"  {label}: {seconds:.2f} s", file=sys.stderr, flush=True)
     return rows
 
 
-def when_rows(args, schedules: list) -> list:
+def when_rows(args, model, schedules: list) -> list:
     """Seconds of a whole PLMS run (and PSNR/SSIM with --weights) for each (label, schedule t → ToMeConfig)."""
     from sampler import plms_sample
-    from unet import UNetConfig, UNetModel
-    latent = args.when_size // 8
-    if args.weights:
-        import weights
-        sd = weights.load(args.weights)
-        unet = sd.unet
-    else:
-        torch.manual_seed(0)
-        unet = UNetModel(UNetConfig()).eval().requires_grad_(False).channels_last()
+    sd, unet = model
     g = torch.Generator().manual_seed(1)
-    noise = torch.randn(1, 4, latent, latent, generator=g)
+    noise = torch.randn(1, 4, args.when_size // 8, args.when_size // 8, generator=g)
     context = torch.randn(2, 77, unet.config.context_dim, generator=g)  # [uncond, cond]
-    rows, base, reference = [], None, None
+    rows, base, quality = [], None, Quality(sd, args, args.when_size, args.when_steps)
     for label, schedule in schedules:
         generator = torch.Generator().manual_seed(0)
 
@@ -149,16 +154,7 @@ def when_rows(args, schedules: list) -> list:
             plms_sample(eps_model, noise, args.when_steps)
             seconds = time.perf_counter() - start
         base = base or seconds
-        row = [label, f"{seconds:.1f}", f"{base / seconds:.2f}×"]
-        if args.weights:
-            import numpy as np
-            from .pipeline import generate
-            from .quality import psnr, ssim
-            image = np.asarray(generate(sd, args.prompt, steps=args.when_steps, seed=0, width=args.when_size,
-                                        height=args.when_size, tome=schedule)[0])
-            reference = image if reference is None else reference  # the first row merges nothing
-            row += [f"{psnr(image, reference):.1f}", f"{ssim(image, reference):.3f}"]
-        rows.append(row)
+        rows.append([label, f"{seconds:.1f}", f"{base / seconds:.2f}×"] + quality.cells(schedule))
         print(f"  {label}: {seconds:.1f} s", file=sys.stderr, flush=True)
     return rows
 
@@ -201,18 +197,19 @@ def main(argv=None) -> int:
     what = "SD 1.5 weights" if args.weights else "random SD 1.5-size weights"
     r = args.ratio
     print(f"\n## 3. What to merge, ratio {r}, max_downsample 1 ({args.size}², batch 2, {what})\n")
-    print(markdown(head, unet_rows(args, [
+    model = load_model(args)
+    print(markdown(head, unet_rows(args, model, [
         ("no merging", None), ("attn", ToMeConfig(ratio=r)),
         ("attn + crossattn", ToMeConfig(ratio=r, merge_crossattn=True)),
         ("attn + crossattn + mlp", ToMeConfig(ratio=r, merge_crossattn=True, merge_mlp=True))])), flush=True)
     print(f"\n## 4. Where: max_downsample, ratio {r}, attn ({args.size}², batch 2, {what})\n")
-    print(markdown(head, unet_rows(args, [("no merging", None)] + [
+    print(markdown(head, unet_rows(args, model, [("no merging", None)] + [
         (f"max_downsample {m} ({n}/16 blocks)", ToMeConfig(ratio=r, max_downsample=m))
         for m, n in ((1, 5), (2, 10), (4, 15), (8, 16))])), flush=True)
     from .visualize import linear_schedule
     cfg = ToMeConfig(ratio=r)
     print(f"\n## 5. When: a schedule over {args.when_steps} PLMS steps ({args.when_size}², CFG, {what})\n")
-    print(markdown(head[:1] + ["s/run", "speed-up"] + head[3:], when_rows(args, [
+    print(markdown(head[:1] + ["s/run", "speed-up"] + head[3:], when_rows(args, model, [
         ("no merging", lambda t: None), (f"{r} on every step", lambda t: cfg),
         ("0.6 → 0.4 over the run", linear_schedule(0.6, 0.4)),
         (f"{r} only while t > 500 (noisy)", lambda t: cfg if t > 500 else None),
