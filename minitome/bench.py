@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from .measure import sync
+
 ROOT = Path(__file__).resolve().parent.parent
 QUALITY_PROMPTS = ["a photograph of an astronaut riding a horse", "a watercolor painting of a fox in the snow"]
 
@@ -57,12 +59,10 @@ def matmul_rate(device, dtype) -> float:
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     times = []
     for _ in range(4):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
         start = time.perf_counter()
         a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
         times.append(time.perf_counter() - start)
     return 2 * n ** 3 / sorted(times[1:])[1] / 1e9
 

@@ -6,7 +6,6 @@ loads the weights (`weights.load`), generates, and writes each image atomically,
 the file exists. The PNG carries an A1111-style `parameters` text chunk so the settings travel with it.
 """
 import argparse
-import hashlib
 import os
 import random
 import sys
@@ -18,6 +17,7 @@ from pathlib import Path
 import torch
 from PIL.PngImagePlugin import PngInfo
 
+from weights.download import sha256_of
 from .tome import ToMeConfig
 
 MERGE_TARGETS = ("attn", "crossattn", "mlp")
@@ -98,11 +98,7 @@ def model_hash(path: Path) -> str:
     sidecar = path.with_name(path.name + ".sha256")
     if sidecar.exists() and sidecar.stat().st_mtime >= path.stat().st_mtime:
         return sidecar.read_text().split()[0][:10]
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:10]
+    return sha256_of(path)[:10]
 
 
 def parameters_text(args, seed: int, tome: ToMeConfig, weights: Path) -> str:

@@ -21,15 +21,12 @@ def save_pipeline_parts(tmp_path, text_encoder=None, vae=None):
 
 @pytest.mark.parametrize("size", ["tiny", "full"])
 def test_text_encoder_matches_transformers(tmp_path, size):
-    from weights.checkpoint import WeightsError  # noqa: F401
     from weights.text_vae import text_encoder_from_folder
-    from weights.unet import find_safetensors
     config = TINY_TEXT if size == "tiny" else dict(vocab_size=49408, max_position_embeddings=77)
     reference = diffusers_text_encoder(seed=3, **config)
     if size == "full":
         assert sum(p.numel() for p in CLIPTextModel().parameters()) == 123_060_480
-    ours = text_encoder_from_folder(save_pipeline_parts(tmp_path, text_encoder=reference), find_safetensors, "cpu",
-                                    torch.float32)
+    ours = text_encoder_from_folder(save_pipeline_parts(tmp_path, text_encoder=reference), "cpu", torch.float32)
     ids = torch.randint(0, 49408, (2, 77), generator=torch.Generator().manual_seed(0))
     ids[:, 0], ids[:, -5:] = 49406, 49407
     with torch.no_grad():
@@ -40,13 +37,12 @@ def test_text_encoder_matches_transformers(tmp_path, size):
 @pytest.mark.parametrize("size, hw", [("tiny", (8, 8)), ("tiny", (5, 7)), ("full", (16, 16))])
 def test_vae_decoder_matches_diffusers(tmp_path, size, hw):
     from weights.text_vae import vae_from_folder
-    from weights.unet import find_safetensors
     reference = diffusers_vae(seed=4, **(TINY_VAE if size == "tiny" else SD15_VAE))
     if size == "full":
         from minitome.vae import VAEDecoder
         assert sum(p.numel() for p in VAEDecoder().parameters()) == \
             sum(p.numel() for n, p in reference.named_parameters() if n.startswith(("decoder.", "post_quant_conv.")))
-    ours = vae_from_folder(save_pipeline_parts(tmp_path, vae=reference), find_safetensors, "cpu", torch.float32)
+    ours = vae_from_folder(save_pipeline_parts(tmp_path, vae=reference), "cpu", torch.float32)
     z = torch.randn(1, 4, *hw, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ref = reference.decode(z).sample

@@ -87,6 +87,17 @@ class SafetensorsFile:
         return out
 
 
+def find_safetensors(folder: Path, stem: str) -> Path:
+    """`stem.safetensors`, else its fp16 variant `stem.fp16.safetensors`."""
+    for name in (f"{stem}.safetensors", f"{stem}.fp16.safetensors"):
+        if (folder / name).exists():
+            return folder / name
+    if any(folder.glob(f"{stem}*.bin")):
+        raise WeightsError(f"{folder}: only pickle weights ({stem}.bin) found; pickle checkpoints are refused "
+                           "(loading one can run arbitrary code): save the model with safe_serialization=True")
+    raise WeightsError(f"{folder}: no {stem}.safetensors")
+
+
 def load_strict(make_module, tensors: dict, shapes: dict, what: str, device="cpu", dtype=torch.float32) -> nn.Module:
     """Build `make_module()` on the meta device and fill it from `tensors`.
 

@@ -17,7 +17,7 @@ from unet import UNetModel
 from .checkpoint import SafetensorsFile, WeightsError
 from .text_vae import (TEXT_PREFIX, VAE_PREFIX, text_encoder_from_folder, text_encoder_from_single_file,
                        vae_from_folder, vae_from_single_file)
-from .unet import PREFIX as UNET_PREFIX, find_safetensors, load_unet_diffusers, load_unet_single_file
+from .unet import PREFIX as UNET_PREFIX, load_unet_diffusers, load_unet_single_file
 
 # tensors of the official single file that no part uses, by name
 SCHEDULE_BUFFERS = {"betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
@@ -66,10 +66,9 @@ def load(path, tokenizer=None, device="cpu", dtype=torch.float32, attention: str
     if not path.exists():
         raise WeightsError(f"{path}: no such file or folder")
     if path.is_dir():
-        find = find_safetensors
         unet = load_unet_diffusers(path, device, dtype, attention)
-        text_encoder = text_encoder_from_folder(path, find, device, dtype)
-        vae = vae_from_folder(path, find, device, dtype)
+        text_encoder = text_encoder_from_folder(path, device, dtype)
+        vae = vae_from_folder(path, device, dtype)
     else:
         file = SafetensorsFile(path)
         check_single_file_names(file)

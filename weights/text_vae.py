@@ -17,7 +17,7 @@ import torch
 
 from minitome.clip import CLIPTextConfig, CLIPTextModel
 from minitome.vae import VAEConfig, VAEDecoder
-from .checkpoint import SafetensorsFile, WeightsError, load_strict
+from .checkpoint import SafetensorsFile, WeightsError, find_safetensors, load_strict
 
 TEXT_PREFIX = "cond_stage_model.transformer.text_model."
 VAE_PREFIX = "first_stage_model."
@@ -64,14 +64,14 @@ def text_encoder_from_single_file(file: SafetensorsFile, device, dtype) -> CLIPT
     return load_text_encoder(file, names, config, device, dtype)
 
 
-def text_encoder_from_folder(folder, find, device, dtype) -> CLIPTextModel:
+def text_encoder_from_folder(folder, device, dtype) -> CLIPTextModel:
     raw = read_json(folder / "text_encoder" / "config.json")
     check_text_width(raw.get("hidden_size", 768), folder / "text_encoder" / "config.json")
     config = CLIPTextConfig(vocab_size=raw.get("vocab_size", 49408), positions=raw.get("max_position_embeddings", 77),
                             width=raw.get("hidden_size", 768), layers=raw.get("num_hidden_layers", 12),
                             heads=raw.get("num_attention_heads", 12), mlp=raw.get("intermediate_size", 3072),
                             eps=raw.get("layer_norm_eps", 1e-5))
-    file = SafetensorsFile(find(folder / "text_encoder", "model"))
+    file = SafetensorsFile(find_safetensors(folder / "text_encoder", "model"))
     names = {(n[len("text_model."):] if n.startswith("text_model.") else n): n for n in file.names}
     return load_text_encoder(file, names, config, device, dtype)
 
@@ -142,13 +142,13 @@ def vae_diffusers_names(c: VAEConfig, available: set) -> dict:
     return table
 
 
-def vae_from_folder(folder, find, device, dtype) -> VAEDecoder:
+def vae_from_folder(folder, device, dtype) -> VAEDecoder:
     raw = read_json(folder / "vae" / "config.json")
     widths = raw.get("block_out_channels", [128, 256, 512, 512])
     config = VAEConfig(ch=widths[0], ch_mult=tuple(w // widths[0] for w in widths),
                        num_res_blocks=raw.get("layers_per_block", 2), z_channels=raw.get("latent_channels", 4),
                        out_channels=raw.get("out_channels", 3), groups=raw.get("norm_num_groups", 32))
-    file = SafetensorsFile(find(folder / "vae", "diffusion_pytorch_model"))
+    file = SafetensorsFile(find_safetensors(folder / "vae", "diffusion_pytorch_model"))
     table = vae_diffusers_names(config, set(file.names))
     used = set(table.values())
     unknown = [n for n in file.names if n not in used and not n.startswith(VAE_IGNORED_PARTS)]

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from unet import UNetConfig, UNetModel
-from .checkpoint import SafetensorsFile, WeightsError, load_strict
+from .checkpoint import SafetensorsFile, WeightsError, find_safetensors, load_strict
 
 PREFIX = "model.diffusion_model."
 
@@ -138,17 +138,6 @@ def load_unet_single_file(file: SafetensorsFile, device="cpu", dtype=torch.float
     config = dataclasses.replace(config, attention=attention)
     tensors = {ours: (lambda theirs=theirs: file.tensor(theirs)) for ours, theirs in names.items()}
     return load_strict(lambda: UNetModel(config), tensors, shapes, f"{file.path} (unet)", device, dtype).channels_last()
-
-
-def find_safetensors(folder: Path, stem: str) -> Path:
-    """`stem.safetensors`, else its fp16 variant `stem.fp16.safetensors`."""
-    for name in (f"{stem}.safetensors", f"{stem}.fp16.safetensors"):
-        if (folder / name).exists():
-            return folder / name
-    if any(folder.glob(f"{stem}*.bin")):
-        raise WeightsError(f"{folder}: only pickle weights ({stem}.bin) found; pickle checkpoints are refused "
-                           "(loading one can run arbitrary code): save the model with safe_serialization=True")
-    raise WeightsError(f"{folder}: no {stem}.safetensors")
 
 
 def load_unet_diffusers(folder: Path, device="cpu", dtype=torch.float32, attention="sdpa") -> UNetModel:
