@@ -9,13 +9,17 @@ Experiments:
 2. bipartite matching against a k-means merge (tokens clustered into N − r groups by cosine k-means,
    each group averaged): error and time at the same number of merged tokens;
 3. what to merge (attn / attn+crossattn / attn+crossattn+mlp) and 4. where (max_downsample 1, 2, 4, 8):
-   seconds per UNet call at the full SD 1.5 size (random weights unless --weights), and with --weights
-   the PSNR / SSIM of the image against the unmerged one;
-5. when: a whole PLMS run with a schedule of ToMe settings over its steps (constant, 60% → 40%, only
-   on the noisy steps t > 500, only on the clean ones): seconds per run, and PSNR / SSIM with --weights.
+   seconds per UNet call at the full SD 1.5 size (random weights unless --weights) and how far the
+   call's output ε moves, ‖ε − ε₀‖ / ‖ε₀‖ against the unmerged call; with --weights also the PSNR /
+   SSIM of a generated image against the unmerged one;
+5. when: a whole PLMS run with classifier-free guidance and a schedule of ToMe settings over its steps
+   (constant, 60% → 40%, only on the noisy steps t > 500, only on the clean ones): seconds per run,
+   how far the final latent moves, ‖z − z₀‖ / ‖z₀‖, and PSNR / SSIM with --weights;
+6. randomness across the batch: one random partition shared by the guidance pair [uncond, cond] (as
+   tomesd) or one per image (`rand_per_image`), measured like 5.
 Experiments 1–2 run on tokens: the 8 × 8 patches of a drawn picture (`minitome/visualize.py`), 64 × 64
 of them as in a 512² latent's first blocks, or with --weights the real input of the first transformer
-block at the first sampling step.
+block at the last UNet call of a --steps run of --prompt (`visualize.block_input`).
 """
 import argparse
 import statistics
@@ -98,6 +102,16 @@ def load_model(args):
     return None, UNetModel(UNetConfig()).eval().requires_grad_(False).channels_last()
 
 
+def tokens(args, sd):
+    """The tokens of experiments 1–2: (x (1, N, C), (h, w), a description for the titles)."""
+    from .visualize import block_input, landscape, patch_tokens
+    if sd is None:
+        x, hw = patch_tokens(landscape(args.size))
+        return x, hw, f"the {hw[0]}×{hw[1]} patch tokens of a drawn {args.size}² picture"
+    x, hw, _ = block_input(sd, args.prompt, args.size, args.steps)
+    return x, hw, f"the {hw[0]}×{hw[1]} input tokens of the first transformer block, last of {args.steps} steps"
+
+
 class Quality:
     """PSNR / SSIM of each row's image against the first row's (every table starts with "no merging")."""
 
@@ -116,31 +130,37 @@ class Quality:
         return [f"{psnr(image, self.reference):.1f}", f"{ssim(image, self.reference):.3f}"]
 
 
+def change(out: torch.Tensor, reference: torch.Tensor) -> str:
+    """‖out − reference‖ / ‖reference‖, as a table cell."""
+    return f"{((out - reference).norm() / reference.norm()).item():.4f}"
+
+
 def unet_rows(args, model, configs: list) -> list:
-    """Seconds per UNet call (and PSNR/SSIM with --weights) for each (label, ToMeConfig or None)."""
+    """Seconds per UNet call, how far ε moves (and PSNR/SSIM with --weights) for each (label, ToMeConfig or None)."""
     sd, unet = model
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2, 4, args.size // 8, args.size // 8, generator=g)
     context = torch.randn(2, 77, unet.config.context_dim, generator=g)
-    rows, base, quality = [], None, Quality(sd, args, args.size, args.steps)
+    rows, base, eps0, quality = [], None, None, Quality(sd, args, args.size, args.steps)
     for label, tome in configs:
         with torch.no_grad():
-            _, seconds = timed(lambda: unet(x, 500, context, tome=tome, tome_generator=torch.Generator().manual_seed(0)),
-                               repeats=args.repeats)
-        base = base or seconds
-        rows.append([label, f"{seconds:.2f}", f"{base / seconds:.2f}×"] + quality.cells(tome))
+            eps, seconds = timed(lambda: unet(x, 500, context, tome=tome, tome_generator=torch.Generator().manual_seed(0)),
+                                 repeats=args.repeats)
+        base, eps0 = base or seconds, eps if eps0 is None else eps0
+        rows.append([label, f"{seconds:.2f}", f"{base / seconds:.2f}×", change(eps, eps0)] + quality.cells(tome))
         print(f"  {label}: {seconds:.2f} s", file=sys.stderr, flush=True)
     return rows
 
 
 def when_rows(args, model, schedules: list) -> list:
-    """Seconds of a whole PLMS run (and PSNR/SSIM with --weights) for each (label, schedule t → ToMeConfig)."""
+    """Seconds of a whole PLMS run, how far its latent moves (and PSNR/SSIM with --weights) for each
+    (label, schedule t → ToMeConfig)."""
     from sampler import plms_sample
     sd, unet = model
     g = torch.Generator().manual_seed(1)
     noise = torch.randn(1, 4, args.when_size // 8, args.when_size // 8, generator=g)
     context = torch.randn(2, 77, unet.config.context_dim, generator=g)  # [uncond, cond]
-    rows, base, quality = [], None, Quality(sd, args, args.when_size, args.when_steps)
+    rows, base, z0, quality = [], None, None, Quality(sd, args, args.when_size, args.when_steps)
     for label, schedule in schedules:
         generator = torch.Generator().manual_seed(0)
 
@@ -151,10 +171,10 @@ def when_rows(args, model, schedules: list) -> list:
         with torch.no_grad():
             eps_model(noise, 999)  # warm-up
             start = time.perf_counter()
-            plms_sample(eps_model, noise, args.when_steps)
+            z = plms_sample(eps_model, noise, args.when_steps)
             seconds = time.perf_counter() - start
-        base = base or seconds
-        rows.append([label, f"{seconds:.1f}", f"{base / seconds:.2f}×"] + quality.cells(schedule))
+        base, z0 = base or seconds, z if z0 is None else z0
+        rows.append([label, f"{seconds:.1f}", f"{base / seconds:.2f}×", change(z, z0)] + quality.cells(schedule))
         print(f"  {label}: {seconds:.1f} s", file=sys.stderr, flush=True)
     return rows
 
@@ -172,8 +192,8 @@ def main(argv=None) -> int:
     p.add_argument("--weights", help="official file or diffusers folder: real hidden states and PSNR/SSIM")
     p.add_argument("--prompt", default="a photograph of an astronaut riding a horse")
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--when-size", type=int, default=256, help="image size for the schedule runs (5)")
-    p.add_argument("--when-steps", type=int, default=10, help="PLMS steps for the schedule runs (5)")
+    p.add_argument("--when-size", type=int, default=256, help="image size for the schedule runs (5, 6)")
+    p.add_argument("--when-steps", type=int, default=10, help="PLMS steps for the schedule runs (5, 6)")
     p.add_argument("--skip-unet", action="store_true", help="only the token experiments (1–2)")
     args = p.parse_args(argv)
     try:
@@ -181,23 +201,22 @@ def main(argv=None) -> int:
         for name in ("size", "when_size"):
             if getattr(args, name) <= 0 or getattr(args, name) % 64:
                 raise ValueError(f"--{name.replace('_', '-')} must be a positive multiple of 64, got {getattr(args, name)}")
-    except ValueError as error:
+        model = load_model(args) if args.weights or not args.skip_unet else (None, None)
+        x, hw, where = tokens(args, model[0])
+    except (ValueError, OSError) as error:  # WeightsError is a ValueError
         print(f"minitome.ablate: error: {error}", file=sys.stderr)
         return 2
-    from .visualize import landscape, patch_tokens
-    x, hw = patch_tokens(landscape(args.size))
-    where = f"the {hw[0]}×{hw[1]} patch tokens of a drawn {args.size}² picture"
     print(f"## 1. Partition, ratio {args.ratio} ({where})\n")
     print(markdown(["dst choice", "r merged", "merge error", "ms"], partition_rows(x, hw, args.ratio)))
     print(f"\n## 2. Bipartite matching vs k-means, ratio {args.ratio} ({where})\n")
     print(markdown(["merge", "tokens left", "merge error", "ms"], kmeans_rows(x, hw, args.ratio)), flush=True)
     if args.skip_unet:
         return 0
-    head = ["setting", "s/UNet call", "speed-up"] + (["PSNR dB", "SSIM"] if args.weights else [])
+    quality = ["PSNR dB", "SSIM"] if args.weights else []
+    head = ["setting", "s/UNet call", "speed-up", "ε change"] + quality
     what = "SD 1.5 weights" if args.weights else "random SD 1.5-size weights"
     r = args.ratio
     print(f"\n## 3. What to merge, ratio {r}, max_downsample 1 ({args.size}², batch 2, {what})\n")
-    model = load_model(args)
     print(markdown(head, unet_rows(args, model, [
         ("no merging", None), ("attn", ToMeConfig(ratio=r)),
         ("attn + crossattn", ToMeConfig(ratio=r, merge_crossattn=True)),
@@ -208,12 +227,19 @@ def main(argv=None) -> int:
         for m, n in ((1, 5), (2, 10), (4, 15), (8, 16))])), flush=True)
     from .visualize import linear_schedule
     cfg = ToMeConfig(ratio=r)
+    run_head = ["setting", "s/run", "speed-up", "latent change"] + quality
     print(f"\n## 5. When: a schedule over {args.when_steps} PLMS steps ({args.when_size}², CFG, {what})\n")
-    print(markdown(head[:1] + ["s/run", "speed-up"] + head[3:], when_rows(args, model, [
+    print(markdown(run_head, when_rows(args, model, [
         ("no merging", lambda t: None), (f"{r} on every step", lambda t: cfg),
         ("0.6 → 0.4 over the run", linear_schedule(0.6, 0.4)),
         (f"{r} only while t > 500 (noisy)", lambda t: cfg if t > 500 else None),
-        (f"{r} only while t ≤ 500 (clean)", lambda t: cfg if t <= 500 else None)])))
+        (f"{r} only while t ≤ 500 (clean)", lambda t: cfg if t <= 500 else None)])), flush=True)
+    per_image = ToMeConfig(ratio=r, rand_per_image=True)
+    print(f"\n## 6. Randomness: one partition for the guidance pair or one per image, ratio {r} "
+          f"({args.when_steps} PLMS steps, {args.when_size}², CFG, {what})\n")
+    print(markdown(run_head, when_rows(args, model, [
+        ("no merging", lambda t: None), ("shared by uncond and cond (tomesd)", lambda t: cfg),
+        ("one per image", lambda t: per_image)])))
     return 0
 
 

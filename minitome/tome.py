@@ -10,7 +10,8 @@ The algorithm, for one block whose N = h·w tokens x (B, N, C) come from an h ×
 
 1. partition: cut the grid into sy × sx cells; in each full cell one token is a destination (dst),
    at a random position (top-left with use_rand off). Every other token is a source (src), the
-   leftover bottom rows and right columns included. One partition for the whole batch.
+   leftover bottom rows and right columns included. One partition for the whole batch (as tomesd),
+   or one per image with rand_per_image (the paper's "randomness fixed across the batch or not").
 2. similarity: cosine similarity of every src to every dst, on the block input x.
 3. matching (bipartite soft matching): each src picks its most similar dst; the r = int(N · ratio)
    src with the highest similarity merge (r at most the number of src).
@@ -37,6 +38,7 @@ class ToMeConfig:
     merge_attn: bool = True       # merge around self-attention
     merge_crossattn: bool = False  # merge around cross-attention
     merge_mlp: bool = False       # merge around the feed-forward
+    rand_per_image: bool = False  # one random partition per image of the batch (tomesd: one for all)
     seed: int = 0                 # seeds the partition's own generator, apart from the image noise
 
     def __post_init__(self):
@@ -115,23 +117,25 @@ def partition_variant(h: int, w: int, method: str, generator: torch.Generator = 
 def match(metric: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, r: int) -> torch.Tensor:
     """Bipartite soft matching: returns `slot` (B, N), the merged token each position ends in.
 
-    metric (B, N, C) is the block input. The merged tokens are numbered like tomesd's output:
-    first the src that stay (in descending order of their best similarity), then every dst.
+    metric (B, N, C) is the block input; src and dst are one partition for the batch, (num_src,) and
+    (num_dst,), or one per image, (B, num_src) and (B, num_dst). The merged tokens are numbered like
+    tomesd's output: first the src that stay (in descending order of their best similarity), then every dst.
     """
-    B, N, _ = metric.shape
-    num_src, num_dst = src.numel(), dst.numel()
+    B, N, C = metric.shape
+    src, dst = src.to(metric.device).expand(B, -1), dst.to(metric.device).expand(B, -1)  # (B, ·) either way
+    num_src, num_dst = src.shape[1], dst.shape[1]
     with torch.no_grad():
         metric = metric / metric.norm(dim=-1, keepdim=True)
-        scores = metric[:, src] @ metric[:, dst].transpose(1, 2)  # (B, num_src, num_dst) cosine similarity
-        best, best_dst = scores.max(dim=-1)                       # each src's most similar dst
+        a, b = (metric.gather(1, i[:, :, None].expand(-1, -1, C)) for i in (src, dst))  # src and dst tokens
+        scores = a @ b.transpose(1, 2)                              # (B, num_src, num_dst) cosine similarity
+        best, best_dst = scores.max(dim=-1)                         # each src's most similar dst
         order = best.argsort(dim=-1, descending=True, stable=True)  # src by similarity, most similar first
-        merged, kept = order[:, :r], order[:, r:]                 # positions within `src`
+        merged, kept = order[:, :r], order[:, r:]                   # positions within `src`
         slot = torch.empty(B, N, dtype=torch.long, device=metric.device)
-        src, dst = src.to(metric.device), dst.to(metric.device)
-        kept_slots = torch.arange(num_src - r, device=metric.device).expand(B, -1)
-        slot.scatter_(1, src[kept], kept_slots)                   # kept src: slots 0 … num_src − r − 1
-        slot[:, dst] = torch.arange(num_dst, device=metric.device) + (num_src - r)  # dst after them
-        slot.scatter_(1, src[merged], best_dst.gather(1, merged) + (num_src - r))  # merged src: their dst's slot
+        slots = torch.arange(num_src + num_dst, device=metric.device).expand(B, -1)
+        slot.scatter_(1, src.gather(1, kept), slots[:, :num_src - r])  # kept src: slots 0 … num_src − r − 1
+        slot.scatter_(1, dst, slots[:, num_src - r:num_src - r + num_dst])  # dst after them
+        slot.scatter_(1, src.gather(1, merged), best_dst.gather(1, merged) + (num_src - r))  # merged src: their dst's
     return slot
 
 
@@ -180,7 +184,8 @@ def tome_plan(x: torch.Tensor, hw: tuple, tome: ToMeArgs = None) -> Plan:
     """The plan for one transformer block whose input x (B, N, C) lies on an (h, w) grid.
 
     The identity when tome is None, when the block is downsampled more than max_downsample,
-    when r = int(N · ratio) is 0, or when the grid has no full sy × sx cell.
+    when r = int(N · ratio) is 0, or when the grid has no full sy × sx cell. With rand_per_image
+    (and use_rand) image b of the batch gets the b-th partition drawn from the generator.
     """
     if tome is None:
         return IDENTITY
@@ -190,9 +195,11 @@ def tome_plan(x: torch.Tensor, hw: tuple, tome: ToMeArgs = None) -> Plan:
     r = int(N * cfg.ratio)
     if r <= 0:  # checked before the draw, as tomesd does, so the generator advances identically
         return IDENTITY
-    parts = partition(hw[0], hw[1], cfg.sx, cfg.sy, tome.generator if cfg.use_rand else None)
-    if parts is None:
+    generator = tome.generator if cfg.use_rand else None
+    draws = x.shape[0] if cfg.rand_per_image and generator is not None else 1  # partitions to draw
+    parts = [partition(hw[0], hw[1], cfg.sx, cfg.sy, generator) for _ in range(draws)]
+    if parts[0] is None:
         return IDENTITY
-    src, dst = parts
-    r = min(r, src.numel())
+    src, dst = torch.stack([s for s, _ in parts]), torch.stack([d for _, d in parts])  # (draws, ·)
+    r = min(r, src.shape[1])
     return Plan(match(x, src, dst, r), N - r, cfg)

@@ -11,6 +11,10 @@ hills, lake) as tokens, 64 × 64 of them for 512², like the latent of a 512² i
 - `similarity.png`: each src's best cosine similarity to a dst (bright: merged first);
 - `schedule.png`: tokens left in each of SD 1.5's 16 transformer blocks at every UNet call of a
   50-step PLMS run at 512², merging 60% → 40% over the run with max_downsample 2.
+
+With --weights the tokens of `merges.png` and `similarity.png` are real: the input of one transformer
+block (--block, 0–15 in the order the UNet runs them) at one UNet call (--call, -1: the last) while
+generating --prompt, drawn over the generated image (also saved, as `image.png`).
 """
 import argparse
 import sys
@@ -51,6 +55,31 @@ def patch_tokens(img: Image.Image) -> torch.Tensor:
     return (patches - patches.mean(0))[None], (h, w)
 
 
+def block_input(sd, prompt: str, size: int, steps: int, block: int = 0, call: int = -1, seed: int = 0):
+    """Generate an image and catch the input of transformer block `block` at UNet call `call` (-1: the
+    last): returns (tokens (1, N, C) of the prompt's half of the guidance batch, (h, w), the image)."""
+    from unet.attention import BasicTransformerBlock
+    from .pipeline import generate
+    blocks = [m for m in sd.unet.modules() if isinstance(m, BasicTransformerBlock)]
+    if not 0 <= block < len(blocks):
+        raise ValueError(f"block must be in 0 … {len(blocks) - 1}, got {block}")
+    caught, calls = {}, [0]
+
+    def catch(module, args):  # args of BasicTransformerBlock.forward: (x, context, hw, tome)
+        if call in (-1, calls[0]):
+            caught["tokens"], caught["hw"] = args[0][-1:].float().cpu(), args[2]  # [uncond, cond]: the cond half
+        calls[0] += 1
+
+    hook = blocks[block].register_forward_pre_hook(catch)
+    try:
+        image = generate(sd, prompt, steps=steps, seed=seed, width=size, height=size)[0]
+    finally:
+        hook.remove()
+    if "tokens" not in caught:
+        raise ValueError(f"call must be -1 or in 0 … {calls[0] - 1} (the UNet calls of {steps} steps), got {call}")
+    return caught["tokens"], caught["hw"], image
+
+
 def draw_partition(ax: ImageDraw.ImageDraw, origin, dst, h, w, cell):
     x0, y0 = origin
     dst = set(dst.tolist())
@@ -77,18 +106,20 @@ def partitions_picture(seed: int = 0) -> Image.Image:
 def groups_overlay(img: Image.Image, slot: torch.Tensor, num_kept: int, hw) -> Image.Image:
     """The picture with each merged group (a dst and its src) painted one random colour."""
     h, w = hw
+    ph, pw = img.height // h, img.width // w  # pixels per token
     colours = np.random.default_rng(1).integers(40, 256, (int(slot.max()) + 1, 3))
     a = np.asarray(img).copy()
     members = np.bincount(slot.numpy(), minlength=len(colours))
     for n, s in enumerate(slot.tolist()):
         if s >= num_kept and members[s] > 1:  # a dst that took at least one src
             r, c = divmod(n, w)
-            a[r * PATCH:(r + 1) * PATCH, c * PATCH:(c + 1) * PATCH] = colours[s]
+            a[r * ph:(r + 1) * ph, c * pw:(c + 1) * pw] = colours[s]
     return Image.fromarray(a)
 
 
-def merges_picture(img: Image.Image, ratios=(0.3, 0.5, 0.6), seed: int = 0) -> Image.Image:
-    tokens, (h, w) = patch_tokens(img)
+def merges_picture(img: Image.Image, tokens: torch.Tensor, hw, ratios=(0.3, 0.5, 0.6), seed: int = 0,
+                   what: str = "tokens (8x8 patches)") -> Image.Image:
+    h, w = hw
     src, dst = partition(h, w, 2, 2, torch.Generator().manual_seed(seed))
     panels = [img]
     for ratio in ratios:
@@ -98,14 +129,14 @@ def merges_picture(img: Image.Image, ratios=(0.3, 0.5, 0.6), seed: int = 0) -> I
     pad, label = 10, 20
     out = Image.new("RGB", (len(panels) * (img.width + pad) + pad, img.height + label + pad), "white")
     d = ImageDraw.Draw(out)
-    for i, (panel, title) in enumerate(zip(panels, ["tokens (8x8 patches)"] + [f"ratio {r}" for r in ratios])):
+    for i, (panel, title) in enumerate(zip(panels, [what] + [f"ratio {r}" for r in ratios])):
         out.paste(panel, (pad + i * (img.width + pad), label))
         d.text((pad + i * (img.width + pad), 4), title, fill="black")
     return out
 
 
-def similarity_picture(img: Image.Image, seed: int = 0) -> Image.Image:
-    tokens, (h, w) = patch_tokens(img)
+def similarity_picture(img: Image.Image, tokens: torch.Tensor, hw, seed: int = 0) -> Image.Image:
+    h, w = hw
     src, dst = partition(h, w, 2, 2, torch.Generator().manual_seed(seed))
     unit = tokens[0] / tokens[0].norm(dim=-1, keepdim=True)
     best = (unit[src] @ unit[dst].T).max(dim=-1).values
@@ -113,7 +144,7 @@ def similarity_picture(img: Image.Image, seed: int = 0) -> Image.Image:
     grid[src] = (best.clamp(-1, 1) + 1) / 2
     grid[dst] = 0
     pixels = (grid.reshape(h, w).numpy() * 255).astype(np.uint8)
-    return Image.fromarray(pixels).resize((w * PATCH, h * PATCH), Image.NEAREST)
+    return Image.fromarray(pixels).resize((img.width, img.height), Image.NEAREST)
 
 
 def linear_schedule(start: float, end: float, **config):
@@ -147,18 +178,38 @@ def schedule_picture(schedule=linear_schedule(0.6, 0.4, max_downsample=2), steps
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m minitome.visualize", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="docs/pictures", help="folder for the PNG files")
-    p.add_argument("--size", type=int, default=256, help="picture size in pixels (a multiple of 16)")
+    p.add_argument("--size", type=int, default=256, help="picture size in pixels (a multiple of 16; with --weights, of 8)")
+    p.add_argument("--weights", help="official file or diffusers folder: real hidden states over a generated image")
+    p.add_argument("--prompt", default="a photograph of an astronaut riding a horse")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--block", type=int, default=0, help="transformer block whose input is drawn (0–15)")
+    p.add_argument("--call", type=int, default=-1, help="UNet call whose tokens are drawn (-1: the last)")
     args = p.parse_args(argv)
-    if args.size <= 0 or args.size % 16:
-        print(f"minitome.visualize: error: --size must be a positive multiple of 16, got {args.size}", file=sys.stderr)
+    step = 8 if args.weights else 16
+    try:
+        if args.size <= 0 or args.size % step:
+            raise ValueError(f"--size must be a positive multiple of {step}, got {args.size}")
+        if args.weights:
+            import weights
+            sd = weights.load(args.weights)
+            tokens, hw, img = block_input(sd, args.prompt, args.size, args.steps, args.block, args.call)
+            what = f"block {args.block}, call {args.call}: {hw[0]}x{hw[1]} tokens"
+        else:
+            img = landscape(args.size)
+            (tokens, hw), what = patch_tokens(img), "tokens (8x8 patches)"
+    except (ValueError, OSError) as error:  # WeightsError is a ValueError
+        print(f"minitome.visualize: error: {error}", file=sys.stderr)
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    img = landscape(args.size)
-    for name, picture in (("partitions", partitions_picture()), ("merges", merges_picture(img)),
-                          ("similarity", similarity_picture(img)), ("schedule", schedule_picture())):
+    pictures = [("partitions", partitions_picture()), ("merges", merges_picture(img, tokens, hw, what=what)),
+                ("similarity", similarity_picture(img, tokens, hw)), ("schedule", schedule_picture())]
+    for name, picture in pictures:
         picture.quantize(colors=256).save(out / f"{name}.png", optimize=True)  # small files to commit
         print(out / f"{name}.png")
+    if args.weights:
+        img.save(out / "image.png")
+        print(out / "image.png")
     return 0
 
 

@@ -30,14 +30,22 @@ def test_ablate_tables(tiny_pipeline, capsys):
                  "--when-steps", "3"]) == 0
     out = capsys.readouterr().out
     for title in ("## 1. Partition", "## 2. Bipartite matching vs k-means", "## 3. What to merge", "## 4. Where",
-                  "## 5. When"):
+                  "## 5. When", "## 6. Randomness"):
         assert title in out
+    assert "input tokens of the first transformer block" in out  # with --weights: real hidden states
+    assert "| setting | s/UNet call | speed-up | ε change | PSNR dB | SSIM |" in out
+    assert "| setting | s/run | speed-up | latent change | PSNR dB | SSIM |" in out
     assert "| alternating |" in out and "| k-means, 5 iterations |" in out
     assert "| max_downsample 8 (16/16 blocks) |" in out and "| no merging | " in out and "| inf | 1.000 |" in out
     assert "| 0.6 → 0.4 over the run |" in out and "| 0.5 only while t > 500 (noisy) |" in out
+    assert "| shared by uncond and cond (tomesd) |" in out and "| one per image |" in out
+    unmerged = [line for line in out.splitlines() if line.startswith("| no merging |")]
+    assert len(unmerged) == 4 and all("| 0.0000 | inf | 1.000 |" in line for line in unmerged)
 
 
 def test_ablate_bad_input(capsys):
     assert main(["--ratio", "0.8"]) == 2
     assert main(["--size", "100"]) == 2
-    assert "must be a positive multiple of 64" in capsys.readouterr().err
+    assert main(["--weights", "/nonexistent/model.safetensors", "--skip-unet"]) == 2
+    err = capsys.readouterr().err
+    assert "must be a positive multiple of 64" in err and err.count("minitome.ablate: error:") == 3

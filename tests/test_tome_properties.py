@@ -135,6 +135,33 @@ def test_merge_is_the_mean_of_dst_and_its_src_by_hand():
     torch.testing.assert_close(plan.unmerge_attn(merged)[0], torch.stack([expected_dst, expected_dst, x[0, 2], expected_dst]))
 
 
+@settings(max_examples=100, deadline=None)
+@given(block=blocks(), B=st.integers(1, 3))
+def test_rand_per_image_gives_image_b_the_b_th_partition_drawn(block, B):
+    x, hw, cfg, seed = block
+    x = torch.randn(B, x.shape[1], x.shape[2], generator=gen(seed))
+    cfg = ToMeConfig(ratio=cfg.ratio, sx=cfg.sx, sy=cfg.sy, use_rand=True, rand_per_image=True)
+    plan = tome_plan(x, hw, ToMeArgs(cfg, hw, gen(seed)))
+    if plan is IDENTITY:
+        return
+    draws = gen(seed)
+    for b in range(B):  # each image alone, with the next partition from the same generator
+        src, dst = partition(*hw, cfg.sx, cfg.sy, draws)
+        alone = match(x[b:b + 1], src, dst, x.shape[1] - plan.num_merged)
+        assert torch.equal(plan.slot[b:b + 1], alone)
+
+
+def test_rand_per_image_draws_differ_within_the_batch_and_are_shared_without_it():
+    x = torch.randn(1, 64 * 64, 8, generator=gen(0)).expand(2, -1, -1)  # two identical images
+    for per_image, same in ((False, True), (True, False)):
+        cfg = ToMeConfig(ratio=0.5, rand_per_image=per_image)
+        slot = tome_plan(x, (64, 64), ToMeArgs(cfg, (64, 64), gen(0))).slot
+        assert torch.equal(slot[0], slot[1]) == same
+    cfg = ToMeConfig(ratio=0.5, use_rand=False, rand_per_image=True)  # no randomness: nothing to draw per image
+    slot = tome_plan(x, (64, 64), ToMeArgs(cfg, (64, 64), None)).slot
+    assert torch.equal(slot[0], slot[1])
+
+
 @pytest.mark.parametrize("max_downsample, applied", [(1, 5), (2, 10), (4, 15), (8, 16)])
 def test_plan_applies_to_5_10_15_16_of_the_16_blocks_at_64x64(max_downsample, applied):
     # SD 1.5's 16 transformer blocks at a 64×64 latent: 5 at 64², 5 at 32², 5 at 16², 1 at 8²
