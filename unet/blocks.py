@@ -34,20 +34,23 @@ class ResBlock(nn.Module):
 
     def __init__(self, channels: int, out_channels: int, emb_dim: int, groups: int):
         super().__init__()
+        # SiLU in place on the norm's fresh output (not on emb, which every ResBlock shares)
         self.in_layers = nn.Sequential(
-            group_norm(channels, groups), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
+            group_norm(channels, groups), nn.SiLU(inplace=True), nn.Conv2d(channels, out_channels, 3, padding=1))
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, out_channels))
         self.out_layers = nn.Sequential(
-            group_norm(out_channels, groups), nn.SiLU(),
+            group_norm(out_channels, groups), nn.SiLU(inplace=True),
             nn.Identity(),  # dropout in training; index kept so `out_layers.3` is the checkpoint's conv
             nn.Conv2d(out_channels, out_channels, 3, padding=1))
         # a 1×1 conv only where the width changes; the checkpoint has no tensor otherwise
         self.skip_connection = nn.Identity() if channels == out_channels else nn.Conv2d(channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        # the adds go into tensors made here (in place: no new (B, C, h, w) buffer to allocate;
+        # a + b and b + a are the same floats), never into x or emb, which the caller still holds
         h = self.in_layers(x)
-        h = h + self.emb_layers(emb)[:, :, None, None]  # (B, C, 1, 1): one shift per channel
-        return self.skip_connection(x) + self.out_layers(h)
+        h += self.emb_layers(emb)[:, :, None, None]  # (B, C, 1, 1): one shift per channel
+        return self.out_layers(h).add_(self.skip_connection(x))
 
 
 class Downsample(nn.Module):
