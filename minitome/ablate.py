@@ -13,8 +13,8 @@ Experiments:
    call's output ε moves, ‖ε − ε₀‖ / ‖ε₀‖ against the unmerged call; with --weights also the PSNR /
    SSIM of a generated image against the unmerged one;
 5. when: a whole PLMS run with classifier-free guidance and a schedule of ToMe settings over its steps
-   (constant, 60% → 40%, only on the noisy steps t > 500, only on the clean ones): seconds per run,
-   how far the final latent moves, ‖z − z₀‖ / ‖z₀‖, and PSNR / SSIM with --weights;
+   (constant, 60% → 40%, only on the noisy steps t > τ, only on the clean ones; --tau, default 500):
+   seconds per run, how far the final latent moves, ‖z − z₀‖ / ‖z₀‖, and PSNR / SSIM with --weights;
 6. randomness across the batch: one random partition shared by the guidance pair [uncond, cond] (as
    tomesd) or one per image (`rand_per_image`), measured like 5.
 Experiments 1–2 run on tokens: the 8 × 8 patches of a drawn picture (`minitome/visualize.py`), 64 × 64
@@ -194,10 +194,13 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--when-size", type=int, default=256, help="image size for the schedule runs (5, 6)")
     p.add_argument("--when-steps", type=int, default=10, help="PLMS steps for the schedule runs (5, 6)")
+    p.add_argument("--tau", type=int, default=500, help="noise-level threshold (a timestep, 0–999) for 5")
     p.add_argument("--skip-unet", action="store_true", help="only the token experiments (1–2)")
     args = p.parse_args(argv)
     try:
         ToMeConfig(ratio=args.ratio)
+        if not 0 <= args.tau < 1000:
+            raise ValueError(f"--tau must be a timestep in 0 … 999, got {args.tau}")
         for name in ("size", "when_size"):
             if getattr(args, name) <= 0 or getattr(args, name) % 64:
                 raise ValueError(f"--{name.replace('_', '-')} must be a positive multiple of 64, got {getattr(args, name)}")
@@ -226,14 +229,14 @@ def main(argv=None) -> int:
         (f"max_downsample {m} ({n}/16 blocks)", ToMeConfig(ratio=r, max_downsample=m))
         for m, n in ((1, 5), (2, 10), (4, 15), (8, 16))])), flush=True)
     from .visualize import linear_schedule
-    cfg = ToMeConfig(ratio=r)
+    cfg, tau = ToMeConfig(ratio=r), args.tau
     run_head = ["setting", "s/run", "speed-up", "latent change"] + quality
     print(f"\n## 5. When: a schedule over {args.when_steps} PLMS steps ({args.when_size}², CFG, {what})\n")
     print(markdown(run_head, when_rows(args, model, [
         ("no merging", lambda t: None), (f"{r} on every step", lambda t: cfg),
         ("0.6 → 0.4 over the run", linear_schedule(0.6, 0.4)),
-        (f"{r} only while t > 500 (noisy)", lambda t: cfg if t > 500 else None),
-        (f"{r} only while t ≤ 500 (clean)", lambda t: cfg if t <= 500 else None)])), flush=True)
+        (f"{r} only while t > {tau} (noisy)", lambda t: cfg if t > tau else None),
+        (f"{r} only while t ≤ {tau} (clean)", lambda t: cfg if t <= tau else None)])), flush=True)
     per_image = ToMeConfig(ratio=r, rand_per_image=True)
     print(f"\n## 6. Randomness: one partition for the guidance pair or one per image, ratio {r} "
           f"({args.when_steps} PLMS steps, {args.when_size}², CFG, {what})\n")

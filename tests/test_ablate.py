@@ -27,7 +27,7 @@ def test_merge_error_is_zero_for_duplicates_and_positive_otherwise():
 def test_ablate_tables(tiny_pipeline, capsys):
     _, folder = tiny_pipeline
     assert main(["--size", "64", "--weights", str(folder), "--steps", "1", "--repeats", "1", "--when-size", "64",
-                 "--when-steps", "3"]) == 0
+                 "--when-steps", "3", "--tau", "400"]) == 0
     out = capsys.readouterr().out
     for title in ("## 1. Partition", "## 2. Bipartite matching vs k-means", "## 3. What to merge", "## 4. Where",
                   "## 5. When", "## 6. Randomness"):
@@ -37,7 +37,7 @@ def test_ablate_tables(tiny_pipeline, capsys):
     assert "| setting | s/run | speed-up | latent change | PSNR dB | SSIM |" in out
     assert "| alternating |" in out and "| k-means, 5 iterations |" in out
     assert "| max_downsample 8 (16/16 blocks) |" in out and "| no merging | " in out and "| inf | 1.000 |" in out
-    assert "| 0.6 → 0.4 over the run |" in out and "| 0.5 only while t > 500 (noisy) |" in out
+    assert "| 0.6 → 0.4 over the run |" in out and "| 0.5 only while t > 400 (noisy) |" in out
     assert "| shared by uncond and cond (tomesd) |" in out and "| one per image |" in out
     unmerged = [line for line in out.splitlines() if line.startswith("| no merging |")]
     assert len(unmerged) == 4 and all("| 0.0000 | inf | 1.000 |" in line for line in unmerged)
@@ -46,6 +46,7 @@ def test_ablate_tables(tiny_pipeline, capsys):
 def test_ablate_bad_input(capsys):
     assert main(["--ratio", "0.8"]) == 2
     assert main(["--size", "100"]) == 2
+    assert main(["--tau", "1000"]) == 2
     assert main(["--weights", "/nonexistent/model.safetensors", "--skip-unet"]) == 2
     err = capsys.readouterr().err
-    assert "must be a positive multiple of 64" in err and err.count("minitome.ablate: error:") == 3
+    assert "must be a positive multiple of 64" in err and err.count("minitome.ablate: error:") == 4
