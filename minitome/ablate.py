@@ -1,7 +1,8 @@
 """`python -m minitome.ablate`: the paper's design experiments (ToMe-SD §4), rerunnable on this machine.
 
 Where this sits: beside `minitome/bench.py`; it calls `minitome/tome.py` and the UNet and prints
-markdown tables (the ones in tutorial.md come from a CPU run of this command).
+markdown tables (the ones in tutorial.md come from a CPU run of this command). The token-level
+experiments (1–2) are measured in `minitome/ablate_tokens.py`, the UNet ones (3–7) here.
 
 Experiments:
 1. partition: how dst are chosen (alternating, 2-stride grid, fully random, random one-of-2×2), by the
@@ -16,78 +17,20 @@ Experiments:
    (constant, 60% → 40%, only on the noisy steps t > τ, only on the clean ones; --tau, default 500):
    seconds per run, how far the final latent moves, ‖z − z₀‖ / ‖z₀‖, and PSNR / SSIM with --weights;
 6. randomness across the batch: one random partition shared by the guidance pair [uncond, cond] (as
-   tomesd) or one per image (`rand_per_image`), measured like 5.
+   tomesd) or one per image (`rand_per_image`), measured like 5;
+7. the partitions of 1, in the UNet (`dst_choice`, `use_rand`), measured like 3.
 Experiments 1–2 run on tokens: the 8 × 8 patches of a drawn picture (`minitome/visualize.py`), 64 × 64
 of them as in a 512² latent's first blocks, or with --weights the real input of the first transformer
 block at the last UNet call of a --steps run of --prompt (`visualize.block_input`).
 """
 import argparse
-import statistics
 import sys
 import time
 
 import torch
 
-from .tome import PARTITION_METHODS, ToMeConfig, match, merge, partition_variant, unmerge
-
-
-def merge_error(x: torch.Tensor, slot: torch.Tensor, num_merged: int) -> float:
-    """‖unmerge(merge(x)) − x‖ / ‖x‖: how much of the tokens merging loses."""
-    return ((unmerge(merge(x, slot, num_merged), slot) - x).norm() / x.norm()).item()
-
-
-def timed(fn, repeats: int = 5):
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return out, statistics.median(times)
-
-
-def kmeans_slot(x: torch.Tensor, clusters: int, iterations: int = 5, seed: int = 0) -> torch.Tensor:
-    """Cosine k-means of the tokens of each batch element into `clusters` groups: slot (B, N)."""
-    unit = x / x.norm(dim=-1, keepdim=True)
-    g = torch.Generator().manual_seed(seed)
-    centres = unit[:, torch.randperm(x.shape[1], generator=g)[:clusters]]  # (B, K, C)
-    for _ in range(iterations):
-        slot = (unit @ centres.transpose(1, 2)).argmax(dim=-1)  # (B, N): the most similar centre
-        centres = merge(unit, slot, clusters)                   # each centre: its members' mean
-        centres = centres / centres.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    return (unit @ centres.transpose(1, 2)).argmax(dim=-1)
-
-
-def partition_rows(x: torch.Tensor, hw, ratio: float) -> list:
-    rows = []
-    for method in PARTITION_METHODS:
-        def run():
-            src, dst = partition_variant(*hw, method, torch.Generator().manual_seed(0))
-            r = min(int(x.shape[1] * ratio), src.numel())
-            slot = match(x, src, dst, r)
-            return unmerge(merge(x, slot, x.shape[1] - r), slot), slot, r
-        (_, slot, r), seconds = timed(run)
-        rows.append([method, f"{r}", f"{merge_error(x, slot, x.shape[1] - r):.4f}", f"{1000 * seconds:.1f}"])
-    return rows
-
-
-def kmeans_rows(x: torch.Tensor, hw, ratio: float) -> list:
-    N = x.shape[1]
-    src, dst = partition_variant(*hw, "random2x2", torch.Generator().manual_seed(0))
-    r = min(int(N * ratio), src.numel())
-
-    def bipartite():
-        slot = match(x, src, dst, r)
-        return slot, unmerge(merge(x, slot, N - r), slot)
-
-    def kmeans():
-        slot = kmeans_slot(x, N - r)
-        return slot, unmerge(merge(x, slot, N - r), slot)
-
-    (slot_b, _), t_b = timed(bipartite)
-    (slot_k, _), t_k = timed(kmeans, repeats=3)
-    return [["bipartite (ToMe)", f"{N - r}", f"{merge_error(x, slot_b, N - r):.4f}", f"{1000 * t_b:.1f}"],
-            ["k-means, 5 iterations", f"{N - r}", f"{merge_error(x, slot_k, N - r):.4f}", f"{1000 * t_k:.1f}"]]
+from .ablate_tokens import kmeans_rows, partition_rows, timed, tokens
+from .tome import ToMeConfig
 
 
 def load_model(args):
@@ -100,17 +43,6 @@ def load_model(args):
         return sd, sd.unet
     torch.manual_seed(0)
     return None, UNetModel(UNetConfig()).eval().requires_grad_(False).channels_last()
-
-
-def tokens(args, sd):
-    """The tokens of experiments 1–2: (x (1, N, C), (h, w), a description for the titles)."""
-    from .visualize import block_input, landscape, patch_tokens
-    if sd is None:
-        x, hw = patch_tokens(landscape(args.size))
-        return x, hw, f"the {hw[0]}×{hw[1]} patch tokens of a drawn {args.size}² picture"
-    x, hw, _ = block_input(sd, args.prompt, args.size, args.steps)
-    return x, hw, f"the {hw[0]}×{hw[1]} input tokens of the first transformer block, last of {args.steps} steps"
-
 
 class Quality:
     """PSNR / SSIM of each row's image against the first row's (every table starts with "no merging")."""
@@ -196,6 +128,8 @@ def main(argv=None) -> int:
     p.add_argument("--when-steps", type=int, default=10, help="PLMS steps for the schedule runs (5, 6)")
     p.add_argument("--tau", type=int, default=500, help="noise-level threshold (a timestep, 0–999) for 5")
     p.add_argument("--skip-unet", action="store_true", help="only the token experiments (1–2)")
+    p.add_argument("--sections", type=int, nargs="+", default=list(range(1, 8)), choices=range(1, 8),
+                   metavar="N", help="which experiments to run (1–7; default all)")
     args = p.parse_args(argv)
     try:
         ToMeConfig(ratio=args.ratio)
@@ -204,46 +138,58 @@ def main(argv=None) -> int:
         for name in ("size", "when_size"):
             if getattr(args, name) <= 0 or getattr(args, name) % 64:
                 raise ValueError(f"--{name.replace('_', '-')} must be a positive multiple of 64, got {getattr(args, name)}")
-        model = load_model(args) if args.weights or not args.skip_unet else (None, None)
+        needs_unet = not args.skip_unet and any(n > 2 for n in args.sections)
+        model = load_model(args) if args.weights or needs_unet else (None, None)
         x, hw, where = tokens(args, model[0])
     except (ValueError, OSError) as error:  # WeightsError is a ValueError
         print(f"minitome.ablate: error: {error}", file=sys.stderr)
         return 2
-    print(f"## 1. Partition, ratio {args.ratio} ({where})\n")
-    print(markdown(["dst choice", "r merged", "merge error", "ms"], partition_rows(x, hw, args.ratio)))
-    print(f"\n## 2. Bipartite matching vs k-means, ratio {args.ratio} ({where})\n")
-    print(markdown(["merge", "tokens left", "merge error", "ms"], kmeans_rows(x, hw, args.ratio)), flush=True)
-    if args.skip_unet:
-        return 0
+    show = set(args.sections) & ({1, 2} if args.skip_unet else set(range(1, 8)))
+    if 1 in show:
+        print(f"## 1. Partition, ratio {args.ratio} ({where})\n")
+        print(markdown(["dst choice", "r merged", "merge error", "ms"], partition_rows(x, hw, args.ratio)), flush=True)
+    if 2 in show:
+        print(f"\n## 2. Bipartite matching vs k-means, ratio {args.ratio} ({where})\n")
+        print(markdown(["merge", "tokens left", "merge error", "ms"], kmeans_rows(x, hw, args.ratio)), flush=True)
+    unet_sections(args, model, show)
+    return 0
+
+
+def unet_sections(args, model, show: set):
+    """Experiments 3–7, each printed as soon as it is measured."""
+    from .visualize import linear_schedule
     quality = ["PSNR dB", "SSIM"] if args.weights else []
     head = ["setting", "s/UNet call", "speed-up", "ε change"] + quality
-    what = "SD 1.5 weights" if args.weights else "random SD 1.5-size weights"
-    r = args.ratio
-    print(f"\n## 3. What to merge, ratio {r}, max_downsample 1 ({args.size}², batch 2, {what})\n")
-    print(markdown(head, unet_rows(args, model, [
-        ("no merging", None), ("attn", ToMeConfig(ratio=r)),
-        ("attn + crossattn", ToMeConfig(ratio=r, merge_crossattn=True)),
-        ("attn + crossattn + mlp", ToMeConfig(ratio=r, merge_crossattn=True, merge_mlp=True))])), flush=True)
-    print(f"\n## 4. Where: max_downsample, ratio {r}, attn ({args.size}², batch 2, {what})\n")
-    print(markdown(head, unet_rows(args, model, [("no merging", None)] + [
-        (f"max_downsample {m} ({n}/16 blocks)", ToMeConfig(ratio=r, max_downsample=m))
-        for m, n in ((1, 5), (2, 10), (4, 15), (8, 16))])), flush=True)
-    from .visualize import linear_schedule
-    cfg, tau = ToMeConfig(ratio=r), args.tau
     run_head = ["setting", "s/run", "speed-up", "latent change"] + quality
-    print(f"\n## 5. When: a schedule over {args.when_steps} PLMS steps ({args.when_size}², CFG, {what})\n")
-    print(markdown(run_head, when_rows(args, model, [
-        ("no merging", lambda t: None), (f"{r} on every step", lambda t: cfg),
-        ("0.6 → 0.4 over the run", linear_schedule(0.6, 0.4)),
-        (f"{r} only while t > {tau} (noisy)", lambda t: cfg if t > tau else None),
-        (f"{r} only while t ≤ {tau} (clean)", lambda t: cfg if t <= tau else None)])), flush=True)
-    per_image = ToMeConfig(ratio=r, rand_per_image=True)
-    print(f"\n## 6. Randomness: one partition for the guidance pair or one per image, ratio {r} "
-          f"({args.when_steps} PLMS steps, {args.when_size}², CFG, {what})\n")
-    print(markdown(run_head, when_rows(args, model, [
-        ("no merging", lambda t: None), ("shared by uncond and cond (tomesd)", lambda t: cfg),
-        ("one per image", lambda t: per_image)])))
-    return 0
+    what = "SD 1.5 weights" if args.weights else "random SD 1.5-size weights"
+    call = f"{args.size}², batch 2, {what}"
+    run = f"{args.when_steps} PLMS steps, {args.when_size}², CFG, {what}"
+    r, tau = args.ratio, args.tau
+    cfg = ToMeConfig(ratio=r)
+    sections = {
+        3: (f"What to merge, ratio {r}, max_downsample 1 ({call})", head, unet_rows, [
+            ("no merging", None), ("attn", cfg), ("attn + crossattn", ToMeConfig(ratio=r, merge_crossattn=True)),
+            ("attn + crossattn + mlp", ToMeConfig(ratio=r, merge_crossattn=True, merge_mlp=True))]),
+        4: (f"Where: max_downsample, ratio {r}, attn ({call})", head, unet_rows, [("no merging", None)] + [
+            (f"max_downsample {m} ({n}/16 blocks)", ToMeConfig(ratio=r, max_downsample=m))
+            for m, n in ((1, 5), (2, 10), (4, 15), (8, 16))]),
+        5: (f"When: a schedule over the steps, ratio {r} ({run})", run_head, when_rows, [
+            ("no merging", lambda t: None), (f"{r} on every step", lambda t: cfg),
+            ("0.6 → 0.4 over the run", linear_schedule(0.6, 0.4)),
+            (f"{r} only while t > {tau} (noisy)", lambda t: cfg if t > tau else None),
+            (f"{r} only while t ≤ {tau} (clean)", lambda t: cfg if t <= tau else None)]),
+        6: (f"Randomness: one partition for the guidance pair or one per image, ratio {r} ({run})", run_head,
+            when_rows, [("no merging", lambda t: None), ("shared by uncond and cond (tomesd)", lambda t: cfg),
+                        ("one per image", lambda t: ToMeConfig(ratio=r, rand_per_image=True))]),
+        7: (f"Partition, in the UNet, ratio {r}, attn ({call})", head, unet_rows, [
+            ("no merging", None), ("random2x2 (ToMe-SD)", cfg), ("grid", ToMeConfig(ratio=r, use_rand=False)),
+            ("random", ToMeConfig(ratio=r, dst_choice="random")),
+            ("alternating", ToMeConfig(ratio=r, dst_choice="alternating"))]),
+    }
+    for number, (title, columns, rows, settings) in sections.items():
+        if number in show:
+            print(f"\n## {number}. {title}\n")
+            print(markdown(columns, rows(args, model, settings)), flush=True)
 
 
 if __name__ == "__main__":

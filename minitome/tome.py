@@ -12,6 +12,7 @@ The algorithm, for one block whose N = h·w tokens x (B, N, C) come from an h ×
    at a random position (top-left with use_rand off). Every other token is a source (src), the
    leftover bottom rows and right columns included. One partition for the whole batch (as tomesd),
    or one per image with rand_per_image (the paper's "randomness fixed across the batch or not").
+   dst_choice="random" or "alternating" swaps the cells for the paper's contrasts (its Figure 5).
 2. similarity: cosine similarity of every src to every dst, on the block input x.
 3. matching (bipartite soft matching): each src picks its most similar dst; the r = int(N · ratio)
    src with the highest similarity merge (r at most the number of src).
@@ -28,6 +29,9 @@ from dataclasses import dataclass
 import torch
 
 
+DST_CHOICES = ("cells", "random", "alternating")
+
+
 @dataclass(frozen=True)
 class ToMeConfig:
     ratio: float = 0.5            # share of a block's tokens removed by merging, r = int(N · ratio)
@@ -39,6 +43,7 @@ class ToMeConfig:
     merge_crossattn: bool = False  # merge around cross-attention
     merge_mlp: bool = False       # merge around the feed-forward
     rand_per_image: bool = False  # one random partition per image of the batch (tomesd: one for all)
+    dst_choice: str = "cells"     # "cells" (above); the paper's contrasts: "random", "alternating"
     seed: int = 0                 # seeds the partition's own generator, apart from the image noise
 
     def __post_init__(self):
@@ -46,6 +51,10 @@ class ToMeConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ToMe {name} must be an integer >= 1, got {value!r}")
+        if self.dst_choice not in DST_CHOICES:
+            raise ValueError(f"ToMe dst_choice must be one of {', '.join(DST_CHOICES)}, got {self.dst_choice!r}")
+        if self.dst_choice == "random" and not self.use_rand:
+            raise ValueError("ToMe dst_choice 'random' draws its dst, so it needs use_rand=True")
         if self.max_downsample not in (1, 2, 4, 8):
             raise ValueError(f"ToMe max_downsample must be one of 1, 2, 4, 8, got {self.max_downsample!r}")
         top = 1 - 1 / (self.sx * self.sy)
@@ -93,22 +102,23 @@ def partition(h: int, w: int, sx: int, sy: int, generator: torch.Generator = Non
 PARTITION_METHODS = ("random2x2", "grid", "random", "alternating")
 
 
-def partition_variant(h: int, w: int, method: str, generator: torch.Generator = None):
-    """The dst choices the paper compares (Figure 5), with the same number of dst as 2 × 2 cells where
-    possible: "random2x2" (ToMe-SD's: one random dst per cell), "grid" (its top-left, a 2-stride grid),
-    "random" (that many dst anywhere) and "alternating" (every other token in raster order, ToMe for
-    ViTs). Only "random2x2" and "grid" run in the UNet (`tome_plan`); the others are for comparison."""
+def partition_variant(h: int, w: int, method: str, generator: torch.Generator = None, sx: int = 2, sy: int = 2):
+    """The dst choices the paper compares (Figure 5), with as many dst as sx × sy cells where possible:
+    "random2x2" (ToMe-SD's: one random dst per cell), "grid" (its top-left, an sx-stride grid), "random"
+    (that many dst anywhere, drawn from `generator`) and "alternating" (every other token in raster
+    order, ToMe for ViTs). In the UNet they are ToMeConfig(dst_choice="cells", use_rand=True / False),
+    dst_choice="random" and dst_choice="alternating"."""
     if method == "random2x2":
-        return partition(h, w, 2, 2, generator)
+        return partition(h, w, sx, sy, generator)
     if method == "grid":
-        return partition(h, w, 2, 2, None)
+        return partition(h, w, sx, sy, None)
     N = h * w
     is_dst = torch.zeros(N, dtype=torch.bool)
     if method == "alternating":
         is_dst[::2] = True
     elif method == "random":
-        count = max(1, (h // 2) * (w // 2))
-        is_dst[torch.randperm(N, generator=generator)[:count]] = True
+        count = max(1, (h // sy) * (w // sx))
+        is_dst[torch.randperm(N, generator=generator, device=generator.device).cpu()[:count]] = True
     else:
         raise ValueError(f"partition method must be one of {', '.join(PARTITION_METHODS)}, got {method!r}")
     return (~is_dst).nonzero().squeeze(1), is_dst.nonzero().squeeze(1)
@@ -197,8 +207,9 @@ def tome_plan(x: torch.Tensor, hw: tuple, tome: ToMeArgs = None) -> Plan:
         return IDENTITY
     generator = tome.generator if cfg.use_rand else None
     draws = x.shape[0] if cfg.rand_per_image and generator is not None else 1  # partitions to draw
-    parts = [partition(hw[0], hw[1], cfg.sx, cfg.sy, generator) for _ in range(draws)]
-    if parts[0] is None:
+    method = {"cells": "random2x2" if generator is not None else "grid"}.get(cfg.dst_choice, cfg.dst_choice)
+    parts = [partition_variant(hw[0], hw[1], method, generator, cfg.sx, cfg.sy) for _ in range(draws)]
+    if parts[0] is None or parts[0][0].numel() == 0:  # no full cell, or no src (a 1-token "alternating" grid)
         return IDENTITY
     src, dst = torch.stack([s for s, _ in parts]), torch.stack([d for _, d in parts])  # (draws, ·)
     r = min(r, src.shape[1])

@@ -1,7 +1,9 @@
 """`python -m minitome.ablate` on small inputs, and its k-means merge."""
+import pytest
 import torch
 
-from minitome.ablate import kmeans_slot, main, merge_error
+from minitome.ablate import main
+from minitome.ablate_tokens import kmeans_slot, merge_error
 from minitome.tome import merge, partition, match
 
 
@@ -30,7 +32,7 @@ def test_ablate_tables(tiny_pipeline, capsys):
                  "--when-steps", "3", "--tau", "400"]) == 0
     out = capsys.readouterr().out
     for title in ("## 1. Partition", "## 2. Bipartite matching vs k-means", "## 3. What to merge", "## 4. Where",
-                  "## 5. When", "## 6. Randomness"):
+                  "## 5. When", "## 6. Randomness", "## 7. Partition, in the UNet"):
         assert title in out
     assert "input tokens of the first transformer block" in out  # with --weights: real hidden states
     assert "| setting | s/UNet call | speed-up | ε change | PSNR dB | SSIM |" in out
@@ -40,7 +42,8 @@ def test_ablate_tables(tiny_pipeline, capsys):
     assert "| 0.6 → 0.4 over the run |" in out and "| 0.5 only while t > 400 (noisy) |" in out
     assert "| shared by uncond and cond (tomesd) |" in out and "| one per image |" in out
     unmerged = [line for line in out.splitlines() if line.startswith("| no merging |")]
-    assert len(unmerged) == 4 and all("| 0.0000 | inf | 1.000 |" in line for line in unmerged)
+    assert "| random2x2 (ToMe-SD) |" in out and "| alternating | " in out
+    assert len(unmerged) == 5 and all("| 0.0000 | inf | 1.000 |" in line for line in unmerged)
 
 
 def test_ablate_bad_input(capsys):
@@ -50,3 +53,12 @@ def test_ablate_bad_input(capsys):
     assert main(["--weights", "/nonexistent/model.safetensors", "--skip-unet"]) == 2
     err = capsys.readouterr().err
     assert "must be a positive multiple of 64" in err and err.count("minitome.ablate: error:") == 4
+
+
+def test_ablate_sections_choose_the_experiments(capsys):
+    assert main(["--size", "64", "--sections", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "## 2. Bipartite" in out and "## 1." not in out and "## 3." not in out
+    with pytest.raises(SystemExit) as exit_:  # argparse: not one of 1–7
+        main(["--sections", "9"])
+    assert exit_.value.code == 2

@@ -1,12 +1,10 @@
 """Property tests of every ToMe invariant (minitome/tome.py), over random grids, cells, ratios, batches, seeds."""
-import math
-
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from minitome.tome import (IDENTITY, ToMeArgs, ToMeConfig, downsample_level, match, merge, partition, tome_plan,
-                           unmerge)
+from minitome.tome import (IDENTITY, ToMeArgs, ToMeConfig, downsample_level, match, partition, partition_variant,
+                           tome_plan)
 
 grids = st.tuples(st.integers(1, 12), st.integers(1, 12))
 cells = st.tuples(st.integers(1, 4), st.integers(1, 4))
@@ -160,6 +158,27 @@ def test_rand_per_image_draws_differ_within_the_batch_and_are_shared_without_it(
     cfg = ToMeConfig(ratio=0.5, use_rand=False, rand_per_image=True)  # no randomness: nothing to draw per image
     slot = tome_plan(x, (64, 64), ToMeArgs(cfg, (64, 64), None)).slot
     assert torch.equal(slot[0], slot[1])
+
+
+@settings(max_examples=60, deadline=None)
+@given(block=blocks(), choice=st.sampled_from(["random", "alternating"]))
+def test_dst_choice_plans_match_on_the_papers_other_partitions(block, choice):
+    x, hw, cfg, seed = block
+    cfg = ToMeConfig(ratio=min(cfg.ratio, 0.5), use_rand=True, dst_choice=choice)
+    plan = tome_plan(x, hw, ToMeArgs(cfg, hw, gen(seed)))
+    src, dst = partition_variant(*hw, choice, gen(seed))
+    r = min(int(x.shape[1] * cfg.ratio), src.numel())
+    if r == 0:
+        assert plan is IDENTITY
+        return
+    assert plan.num_merged == x.shape[1] - r and torch.equal(plan.slot, match(x, src, dst, r))
+
+
+def test_random_dst_choice_needs_use_rand_and_unknown_choices_are_errors():
+    with pytest.raises(ValueError, match="needs use_rand=True"):
+        ToMeConfig(dst_choice="random", use_rand=False)
+    with pytest.raises(ValueError, match="dst_choice must be one of cells, random, alternating"):
+        ToMeConfig(dst_choice="checkerboard")
 
 
 @pytest.mark.parametrize("max_downsample, applied", [(1, 5), (2, 10), (4, 15), (8, 16)])

@@ -3,15 +3,13 @@
 The reference is built and randomized here, saved as a diffusers folder, and loaded through
 `weights.load_unet` (so the name table is tested too). Bound: max |Δ| / max |ref| ≤ 1e-4 in float32.
 """
-import dataclasses
-
 import pytest
 import tomesd
 import torch
 
 import minitome
 import weights
-from conftest import diffusers_unet, randomize_, relative_error
+from conftest import randomize_, relative_error
 from minitome.tome import merge, partition, unmerge, match
 from unet import UNetConfig, UNetModel
 
