@@ -118,7 +118,8 @@ def partition_variant(h: int, w: int, method: str, generator: torch.Generator = 
         is_dst[::2] = True
     elif method == "random":
         count = max(1, (h // sy) * (w // sx))
-        is_dst[torch.randperm(N, generator=generator, device=generator.device).cpu()[:count]] = True
+        device = "cpu" if generator is None else generator.device
+        is_dst[torch.randperm(N, generator=generator, device=device).cpu()[:count]] = True
     else:
         raise ValueError(f"partition method must be one of {', '.join(PARTITION_METHODS)}, got {method!r}")
     return (~is_dst).nonzero().squeeze(1), is_dst.nonzero().squeeze(1)
@@ -142,9 +143,9 @@ def match(metric: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, r: int) ->
         order = best.argsort(dim=-1, descending=True, stable=True)  # src by similarity, most similar first
         merged, kept = order[:, :r], order[:, r:]                   # positions within `src`
         slot = torch.empty(B, N, dtype=torch.long, device=metric.device)
-        slots = torch.arange(num_src + num_dst, device=metric.device).expand(B, -1)
-        slot.scatter_(1, src.gather(1, kept), slots[:, :num_src - r])  # kept src: slots 0 … num_src − r − 1
-        slot.scatter_(1, dst, slots[:, num_src - r:num_src - r + num_dst])  # dst after them
+        ids = torch.arange(num_src + num_dst, device=metric.device).expand(B, -1)  # merged-token numbers
+        slot.scatter_(1, src.gather(1, kept), ids[:, :num_src - r])  # kept src: slots 0 … num_src − r − 1
+        slot.scatter_(1, dst, ids[:, num_src - r:num_src - r + num_dst])  # dst after them
         slot.scatter_(1, src.gather(1, merged), best_dst.gather(1, merged) + (num_src - r))  # merged src: their dst's
     return slot
 
@@ -207,7 +208,9 @@ def tome_plan(x: torch.Tensor, hw: tuple, tome: ToMeArgs = None) -> Plan:
         return IDENTITY
     generator = tome.generator if cfg.use_rand else None
     draws = x.shape[0] if cfg.rand_per_image and generator is not None else 1  # partitions to draw
-    method = {"cells": "random2x2" if generator is not None else "grid"}.get(cfg.dst_choice, cfg.dst_choice)
+    method = cfg.dst_choice
+    if method == "cells":
+        method = "grid" if generator is None else "random2x2"
     parts = [partition_variant(hw[0], hw[1], method, generator, cfg.sx, cfg.sy) for _ in range(draws)]
     if parts[0] is None or parts[0][0].numel() == 0:  # no full cell, or no src (a 1-token "alternating" grid)
         return IDENTITY
