@@ -131,6 +131,7 @@ def main(argv=None) -> int:
     p.add_argument("--sections", type=int, nargs="+", default=list(range(1, 8)), choices=range(1, 8),
                    metavar="N", help="which experiments to run (1–7; default all)")
     args = p.parse_args(argv)
+    show = set(args.sections) & ({1, 2} if args.skip_unet else set(range(1, 8)))
     try:
         ToMeConfig(ratio=args.ratio)
         if not 0 <= args.tau < 1000:
@@ -138,13 +139,11 @@ def main(argv=None) -> int:
         for name in ("size", "when_size"):
             if getattr(args, name) <= 0 or getattr(args, name) % 64:
                 raise ValueError(f"--{name.replace('_', '-')} must be a positive multiple of 64, got {getattr(args, name)}")
-        needs_unet = not args.skip_unet and any(n > 2 for n in args.sections)
-        model = load_model(args) if args.weights or needs_unet else (None, None)
-        x, hw, where = tokens(args, model[0])
+        model = load_model(args) if args.weights or show - {1, 2} else (None, None)
+        x, hw, where = tokens(args, model[0]) if show & {1, 2} else (None, None, None)  # with weights: a whole run
     except (ValueError, OSError) as error:  # WeightsError is a ValueError
         print(f"minitome.ablate: error: {error}", file=sys.stderr)
         return 2
-    show = set(args.sections) & ({1, 2} if args.skip_unet else set(range(1, 8)))
     if 1 in show:
         print(f"## 1. Partition, ratio {args.ratio} ({where})\n")
         print(markdown(["dst choice", "r merged", "merge error", "ms"], partition_rows(x, hw, args.ratio)), flush=True)
