@@ -44,6 +44,7 @@ def load_model(args):
     torch.manual_seed(0)
     return None, UNetModel(UNetConfig()).eval().requires_grad_(False).channels_last()
 
+
 class Quality:
     """PSNR / SSIM of each row's image against the first row's (every table starts with "no merging")."""
 
