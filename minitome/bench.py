@@ -68,7 +68,16 @@ def matmul_rate(device, dtype) -> float:
 
 
 def run_measure(settings: dict) -> dict:
+    """One configuration: timed in one process; on the CPU its memory in a second (see minitome/measure.py)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    result = measure_in_process(settings, env)
+    if settings["device"] == "cpu":
+        memory = {**env, "MALLOC_MMAP_THRESHOLD_": str(256 * 1024)}  # freed tensors go back to the system
+        result.update(measure_in_process({**settings, "part": "memory"}, memory))
+    return result
+
+
+def measure_in_process(settings: dict, env: dict) -> dict:
     done = subprocess.run([sys.executable, "-m", "minitome.measure", json.dumps(settings)], cwd=ROOT, env=env,
                           capture_output=True, text=True)
     if done.returncode != 0:

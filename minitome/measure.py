@@ -4,8 +4,15 @@ Where this sits: `minitome/bench.py` runs `python -m minitome.measure '<json set
 implementation, so every peak-memory figure belongs to that configuration alone. Prints one JSON line:
 
 - seconds: median of `repeats` UNet calls after one warm-up call;
-- peak_mb: memory above the loaded weights at the peak of those calls (CUDA: max allocated; CPU: the
-  process's peak resident set, reset after loading through /proc/self/clear_refs);
+- peak_mb: memory above the loaded weights at the peak of those calls. CUDA: max allocated. CPU: the
+  process's peak resident set (reset through /proc/self/clear_refs) during one call after a warm-up,
+  above the resident set just before it, measured in a second process of its own (settings
+  "part": "memory") that bench.py starts with glibc's MALLOC_MMAP_THRESHOLD_ at 256 KiB. With that
+  setting every freed tensor goes back to the system at once, so the resident set follows the
+  tensors alive (at 512², plain attention, it equals the profiler's count of live tensor bytes to the
+  MB: 1,134 and 331 MB at ratios 0 and 0.5); with glibc's defaults it also holds whatever freed
+  memory the allocator kept, 100–200 MB that varied by ±30 MB from run to run. The setting slows
+  calls (9.5 → 11.3 s), which is why the timing runs in the first process, with the defaults;
 - gflop: the call's floating-point operations, counted by torch's FlopCounterMode during the warm-up;
 - merge_seconds (minitome only): the same ToMe functions (plan = similarity + matching, merge, unmerge)
   timed on the block shapes of this call, outside the UNet; tokens: N → N − r for each merged block.
@@ -57,7 +64,7 @@ def build_unet(s: dict, device, dtype) -> UNetModel:
         return load_unet(s["weights"], device, dtype, s["attention"])
     torch.manual_seed(0)  # the same random weights in every process, minitome's and diffusers'
     unet = UNetModel(UNetConfig(attention=s["attention"]))
-    return unet.to(device=device, dtype=dtype).eval().requires_grad_(False).channels_last()
+    return unet.to(device=device, dtype=dtype).eval().requires_grad_(False).channels_last().pack_convolutions()
 
 
 def as_diffusers(unet: UNetModel, s: dict):
@@ -145,6 +152,12 @@ def measure(s: dict) -> dict:
         result["tokens"] = [f"{x.shape[1]}→{kept}" for x, _, kept in blocks]
         result["merge_seconds"] = time_merging(blocks, s, device) if blocks else 0.0
         del blocks
+    if s.get("part") == "memory":  # the CPU's memory process (see above): one call after a warm-up
+        call(x, t, context)
+        baseline = memory_now(device)
+        reset_peak(device)
+        call(x, t, context)
+        return {"peak_mb": memory_peak(device) - baseline}
     sync(device)
     baseline = memory_now(device)
     reset_peak(device)
@@ -157,8 +170,9 @@ def measure(s: dict) -> dict:
         call(x, t, context)
         sync(device)
         times.append(time.perf_counter() - start)
-    result.update(seconds=statistics.median(times), times=times, peak_mb=memory_peak(device) - baseline,
-                  gflop=counter.get_total_flops() / 1e9)
+    result.update(seconds=statistics.median(times), times=times, gflop=counter.get_total_flops() / 1e9)
+    if device.type == "cuda":
+        result["peak_mb"] = memory_peak(device) - baseline
     return result
 
 

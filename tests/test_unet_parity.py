@@ -6,12 +6,14 @@ The reference is built and randomized here, saved as a diffusers folder, and loa
 import pytest
 import tomesd
 import torch
+import torch.nn.functional as F
 
 import minitome
 import weights
 from conftest import randomize_, relative_error
 from minitome.tome import merge, partition, unmerge, match
 from unet import UNetConfig, UNetModel
+from unet.packed_conv import PackedConv2d
 
 BOUND = 1e-4
 
@@ -111,9 +113,24 @@ def test_full_size_unet_matches_diffusers_at_512(tmp_path_factory):
     ours = weights.load_unet(folder)
     assert ours.config == UNetConfig()
     x, t, context = inputs((64, 64), seed=4, context_dim=768)
+    # loading packed every convolution's weight for oneDNN (unet/packed_conv.py); each packed convolution
+    # must give exactly what nn.Conv2d's own call gives on the same input
+    packed = [m for m in ours.modules() if isinstance(m, PackedConv2d)]
+    assert len(packed) == 98
+    unequal = []
+
+    def same_as_conv2d(module, args, out):  # F.conv2d is nn.Conv2d's forward
+        conv = F.conv2d(args[0], module.state_dict()["weight"], module.bias, module.stride, module.padding,
+                        module.dilation, module.groups)
+        unequal.extend([] if torch.equal(conv, out) else [module])
+
+    hooks = [m.register_forward_hook(same_as_conv2d) for m in packed]
     with torch.no_grad():
         ref = reference(x, t, context).sample
         del reference
         err = relative_error(ours(x, t, context), ref)
+    for hook in hooks:
+        hook.remove()
     print(f"full-size UNet parity at 64×64: {err:.2e}")
     assert err <= BOUND
+    assert not unequal, f"{len(unequal)} of {len(packed)} packed convolutions differ from nn.Conv2d"

@@ -137,7 +137,8 @@ def load_unet_single_file(file: SafetensorsFile, device="cpu", dtype=torch.float
     config = config_from_shapes(shapes, file.path)
     config = dataclasses.replace(config, attention=attention)
     tensors = {ours: (lambda theirs=theirs: file.tensor(theirs)) for ours, theirs in names.items()}
-    return load_strict(lambda: UNetModel(config), tensors, shapes, f"{file.path} (unet)", device, dtype).channels_last()
+    unet = load_strict(lambda: UNetModel(config), tensors, shapes, f"{file.path} (unet)", device, dtype)
+    return unet.channels_last().pack_convolutions()  # the second: float32 on the CPU only
 
 
 def load_unet_diffusers(folder: Path, device="cpu", dtype=torch.float32, attention="sdpa") -> UNetModel:
@@ -160,4 +161,5 @@ def load_unet_diffusers(folder: Path, device="cpu", dtype=torch.float32, attenti
         raise WeightsError(f"{file.path}: {len(unknown)} unexpected tensor(s) for this config, first {unknown[0]!r}")
     tensors = {theirs_to_ours[name]: (lambda name=name: file.tensor(name)) for name in file.names}
     shapes = {theirs_to_ours[name]: file.shapes[name] for name in file.names}
-    return load_strict(lambda: UNetModel(config), tensors, shapes, f"{file.path} (unet)", device, dtype).channels_last()
+    unet = load_strict(lambda: UNetModel(config), tensors, shapes, f"{file.path} (unet)", device, dtype)
+    return unet.channels_last().pack_convolutions()  # the second: float32 on the CPU only
