@@ -148,7 +148,7 @@ def measure(s: dict) -> dict:
         def call(x, t, context):
             return unet(x, t, context, tome=tome, tome_generator=generator)
 
-        blocks = merged_blocks(unet, s, batch, device, dtype) if tome else []
+        blocks = merged_blocks(unet, s, batch, device, dtype) if tome and s.get("part") != "memory" else []
         result["tokens"] = [f"{x.shape[1]}→{kept}" for x, _, kept in blocks]
         result["merge_seconds"] = time_merging(blocks, s, device) if blocks else 0.0
         del blocks
