@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from unet import UNetConfig, UNetModel
+from unet import UNetConfig, UNetModel, packed_conv
 from .tome import ToMeArgs, ToMeConfig, tome_plan, IDENTITY
 
 
@@ -127,9 +127,19 @@ def time_merging(blocks, s, device, repeats: int = 5) -> float:
     return (time.perf_counter() - start) / repeats
 
 
+def flop_counter():
+    """torch's FlopCounterMode, told that a packed convolution (unet/packed_conv.py) is a convolution."""
+    from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
+
+    def packed(x_shape, w_shape, *args, out_shape=None, **kwargs):
+        return conv_flop_count(x_shape, w_shape, out_shape)
+
+    mapping = {torch.ops.mkldnn._convolution_pointwise: packed} if packed_conv.available() else {}
+    return FlopCounterMode(display=False, custom_mapping=mapping)
+
+
 @torch.no_grad()
 def measure(s: dict) -> dict:
-    from torch.utils.flop_counter import FlopCounterMode
     device, dtype = torch.device(s["device"]), getattr(torch, s["dtype"])
     unet = build_unet(s, device, dtype)
     batch, (H, W) = s["batch"], s["latent"]
@@ -161,7 +171,7 @@ def measure(s: dict) -> dict:
     sync(device)
     baseline = memory_now(device)
     reset_peak(device)
-    with FlopCounterMode(display=False) as counter:  # the warm-up call, counted
+    with flop_counter() as counter:  # the warm-up call, counted
         call(x, t, context)
     times = []
     for _ in range(s["repeats"]):

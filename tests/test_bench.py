@@ -59,3 +59,21 @@ def test_bench_bad_input(capsys, argv, message):
     import re
     assert main(argv + ["--device", "cpu"]) == 2
     assert re.search(message, capsys.readouterr().err)
+
+
+def test_flop_count_sees_packed_convolutions():
+    """GFLOP/s in the table: a packed UNet (unet/packed_conv.py) counts the same FLOPs as an unpacked one."""
+    import torch
+    from minitome.measure import flop_counter
+    from unet import UNetConfig, UNetModel
+    torch.manual_seed(0)
+    plain = UNetModel(UNetConfig.tiny()).eval().requires_grad_(False).channels_last()
+    packed = UNetModel(UNetConfig.tiny()).eval().requires_grad_(False).channels_last().pack_convolutions()
+    x, context = torch.randn(2, 4, 16, 16), torch.randn(2, 77, 32)
+    counts = []
+    for unet in (plain, packed):
+        with torch.no_grad(), flop_counter() as counter:
+            unet(x, 500, context)
+        counts.append(counter.get_total_flops())
+    convs = [m for m in plain.modules() if type(m) is torch.nn.Conv2d]
+    assert counts[0] == counts[1] and counts[0] > 0 and len(convs) > 0
