@@ -128,13 +128,19 @@ def time_merging(blocks, s, device, repeats: int = 5) -> float:
 
 
 def flop_counter():
-    """torch's FlopCounterMode, told that a packed convolution (unet/packed_conv.py) is a convolution."""
-    from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
+    """torch's FlopCounterMode, taught two operators it does not count: a packed convolution
+    (unet/packed_conv.py) and the CPU's fused attention kernel (what SDPA runs on the CPU)."""
+    from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, sdpa_flop_count
 
     def packed(x_shape, w_shape, *args, out_shape=None, **kwargs):
         return conv_flop_count(x_shape, w_shape, out_shape)
 
-    mapping = {torch.ops.mkldnn._convolution_pointwise: packed} if packed_conv.available() else {}
+    def attention(q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs):
+        return sdpa_flop_count(q_shape, k_shape, v_shape)
+
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: attention}
+    if packed_conv.available():
+        mapping[torch.ops.mkldnn._convolution_pointwise] = packed
     return FlopCounterMode(display=False, custom_mapping=mapping)
 
 

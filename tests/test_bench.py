@@ -61,13 +61,14 @@ def test_bench_bad_input(capsys, argv, message):
     assert re.search(message, capsys.readouterr().err)
 
 
-def test_flop_count_sees_packed_convolutions():
-    """GFLOP/s in the table: a packed UNet (unet/packed_conv.py) counts the same FLOPs as an unpacked one."""
+def test_flop_count_sees_packed_convolutions_and_fused_attention():
+    """GFLOP/s in the table: a packed UNet (unet/packed_conv.py) with SDPA counts the FLOPs of an unpacked one
+    with plain attention (two matmuls per attention either way; torch's counter alone sees neither)."""
     import torch
     from minitome.measure import flop_counter
     from unet import UNetConfig, UNetModel
     torch.manual_seed(0)
-    plain = UNetModel(UNetConfig.tiny()).eval().requires_grad_(False).channels_last()
+    plain = UNetModel(UNetConfig.tiny(attention="plain")).eval().requires_grad_(False).channels_last()
     packed = UNetModel(UNetConfig.tiny()).eval().requires_grad_(False).channels_last().pack_convolutions()
     x, context = torch.randn(2, 4, 16, 16), torch.randn(2, 77, 32)
     counts = []
@@ -75,5 +76,5 @@ def test_flop_count_sees_packed_convolutions():
         with torch.no_grad(), flop_counter() as counter:
             unet(x, 500, context)
         counts.append(counter.get_total_flops())
-    convs = [m for m in plain.modules() if type(m) is torch.nn.Conv2d]
-    assert counts[0] == counts[1] and counts[0] > 0 and len(convs) > 0
+    assert any(type(m) is torch.nn.Conv2d for m in plain.modules())
+    assert counts[0] == counts[1] > 0

@@ -16,18 +16,20 @@ PackedConv2d lays its weight out again whenever the input shape changes: once pe
 batch size in a sampling run. It keeps one copy of the weight only (the oneDNN one), so packing
 costs no memory; `state_dict()` still returns the weight in PyTorch's layout.
 
-The two operators are the ones torch.compile's CPU backend emits for a frozen model; they are
-internal to PyTorch (`torch.ops.mkldnn`), so `available()` checks for them and nothing is packed
-where they are missing. They are exact copies plus the same oneDNN convolution, which
-tests/test_packed_conv.py checks bit for bit against nn.Conv2d. Inference only: no gradients.
+The two operators are the ones torch.compile's CPU backend uses when it freezes a model's weights
+(torch/_inductor/fx_passes/mkldnn_fusion.py); they are internal to PyTorch, so `available()` checks
+for them (and that oneDNN is enabled) and nothing is packed otherwise. A layout change is an exact
+copy, and the convolution is oneDNN's either way: on every one of the 98 convolutions of the full-size
+UNet the output bits equal nn.Conv2d's (tests/test_unet_parity.py); on small odd shapes oneDNN may
+pick another kernel, equal within rounding (tests/test_packed_conv.py). Inference only: no gradients.
 """
 import torch
 import torch.nn as nn
 
 
 def available() -> bool:
-    return (torch.backends.mkldnn.is_available() and hasattr(torch._C._nn, "mkldnn_reorder_conv2d_weight")
-            and hasattr(torch.ops.mkldnn, "_convolution_pointwise"))
+    return (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+            and hasattr(torch._C._nn, "mkldnn_reorder_conv2d_weight") and hasattr(torch.ops.mkldnn, "_convolution_pointwise"))
 
 
 class PackedConv2d(nn.Module):
