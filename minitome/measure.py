@@ -175,8 +175,9 @@ def measure(s: dict) -> dict:
         call(x, t, context)
         return {"peak_mb": memory_peak(device) - baseline}
     sync(device)
-    baseline = memory_now(device)
-    reset_peak(device)
+    if device.type == "cuda":  # the CPU's memory figure comes from its own process ("part": "memory")
+        baseline = memory_now(device)
+        reset_peak(device)
     with flop_counter() as counter:  # the warm-up call, counted
         call(x, t, context)
     times = []
