@@ -137,7 +137,8 @@ def match(metric: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, r: int) ->
     num_src, num_dst = src.shape[1], dst.shape[1]
     with torch.no_grad():
         metric = metric / metric.norm(dim=-1, keepdim=True)
-        a, b = (metric.gather(1, i[:, :, None].expand(-1, -1, C)) for i in (src, dst))  # src and dst tokens
+        batch = torch.arange(B, device=metric.device)[:, None]
+        a, b = metric[batch, src], metric[batch, dst]               # src and dst tokens, (B, ·, C)
         scores = a @ b.transpose(1, 2)                              # (B, num_src, num_dst) cosine similarity
         best, best_dst = scores.max(dim=-1)                         # each src's most similar dst
         order = best.argsort(dim=-1, descending=True, stable=True)  # src by similarity, most similar first
@@ -153,19 +154,24 @@ def match(metric: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, r: int) ->
 def merge(x: torch.Tensor, slot: torch.Tensor, num_merged: int) -> torch.Tensor:
     """(B, N, C) → (B, num_merged, C): each merged token is the mean of the positions in its slot.
 
-    Written as a sum and a count (`scatter_add_`, then a division) rather than scatter_reduce("mean"):
-    the same numbers, 4.6× faster on the CPU (45 → 9.7 ms for a 2 × 4096 × 320 block, 1 thread).
+    Written as a sum and a count over the batch laid end to end (image b's slots numbered from
+    b · num_merged), then a division: the same numbers as scatter_reduce("mean"), and faster on the
+    CPU than a per-image scatter_add_ with an expanded index (4.5 → 1.2 ms for a 2 × 4096 × 320 block
+    at ratio 0.5, 2 threads; scatter_reduce itself took 45 ms).
     A slot nobody maps to (possible for other groupings, never for a plan's) stays 0.
     """
     B, N, C = x.shape
-    sums = x.new_zeros(B, num_merged, C).scatter_add_(1, slot[:, :, None].expand(-1, -1, C), x)
-    counts = x.new_zeros(B, num_merged).scatter_add_(1, slot, x.new_ones(B, N))
-    return sums / counts.clamp_min(1)[:, :, None]
+    flat = (slot + torch.arange(B, device=slot.device)[:, None] * num_merged).flatten()  # (B·N,)
+    sums = x.new_zeros(B * num_merged, C).index_add_(0, flat, x.flatten(0, 1))
+    counts = x.new_zeros(B * num_merged).index_add_(0, flat, x.new_ones(B * N))
+    return sums.div_(counts.clamp_min(1)[:, None]).view(B, num_merged, C)
 
 
 def unmerge(y: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
-    """(B, num_merged, C) → (B, N, C): every position copies the merged token of its slot."""
-    return y.gather(1, slot[:, :, None].expand(-1, -1, y.shape[-1]))
+    """(B, num_merged, C) → (B, N, C): every position copies the merged token of its slot.
+    Indexing, y[b, slot[b, n]], rather than gather with an index expanded over C: 4.8 → 1.4 ms for
+    a 2 × 4096 × 320 block at ratio 0.5, the same numbers."""
+    return y[torch.arange(y.shape[0], device=y.device)[:, None], slot]
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
