@@ -1,19 +1,23 @@
 """`python -m minitome.bench`: what token merging buys on this machine, measured side by side.
 
-Where this sits: a command line over `minitome/measure.py`, which times one configuration in a fresh
-process (so each peak-memory figure is that configuration's own). For every image size and attention
-kind it prints one row per ToMe ratio: seconds per UNet call, speed-up over ratio 0, peak memory above
-the weights, tokens in the merged blocks, the share of the call spent merging, and the arithmetic rate
-against this machine's measured float32 matmul rate. With `--compare`, each row is also measured on
-diffusers + tomesd with the same weights, alternating the two, and the headline is minitome / diffusers.
+Where this sits: a command line over `minitome/measure.py`. For every image size and attention kind it
+times all of the table's configurations (each ratio; with `--compare`, also diffusers + tomesd on the
+same weights) in one fresh process, interleaved round by round, then measures each configuration's
+peak memory in a process of its own. It prints one row per ToMe ratio: seconds per UNet call, speed-up
+over ratio 0, peak memory above the weights, tokens in the merged blocks, the share of the call spent
+merging, and the arithmetic rate against this machine's measured float32 matmul rate; with `--compare`
+the headline is minitome / diffusers. Ratios of two configurations are medians over rounds of the
+ratio within a round, so drift in the machine's speed cancels out.
 With `--weights` and `--quality-steps N`, each ratio's image is compared with the ratio-0 image (PSNR, SSIM).
 No download: by default the weights are random, at the full SD 1.5 size.
 """
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -43,11 +47,11 @@ def parse_args(argv=None):
     p.add_argument("--ratios", type=float, nargs="+", default=[0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
     p.add_argument("--attention", nargs="+", choices=("sdpa", "plain"), default=["sdpa", "plain"])
     p.add_argument("--max-downsample", type=int, default=1, choices=(1, 2, 4, 8))
-    p.add_argument("--repeats", type=int, default=3, help="timed calls per row, after one warm-up")
+    p.add_argument("--repeats", type=int, default=3, help="rounds of timed calls (one call per row each), after one warm-up")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"))
     p.add_argument("--weights", help="official file or diffusers folder (default: random weights, SD 1.5 size)")
-    p.add_argument("--compare", action="store_true", help="also measure diffusers + tomesd, alternating")
+    p.add_argument("--compare", action="store_true", help="also measure diffusers + tomesd, interleaved")
     p.add_argument("--quality-steps", type=int, default=0, help="with --weights: PSNR/SSIM vs ratio 0 at N steps")
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     return p.parse_args(argv)
@@ -67,23 +71,53 @@ def matmul_rate(device, dtype) -> float:
     return 2 * n ** 3 / sorted(times[1:])[1] / 1e9
 
 
-def run_measure(settings: dict) -> dict:
-    """One configuration: timed in one process; on the CPU its memory in a second (see minitome/measure.py)."""
+def run_child(settings: dict, label: str) -> dict:
+    """`python -m minitome.measure` in a fresh process; its progress lines are shown as they come, and
+    a failure becomes one line (the child's last line on stderr)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    result = measure_in_process(settings, env)
-    if settings["device"] == "cpu":
-        memory = {**env, "MALLOC_MMAP_THRESHOLD_": str(256 * 1024)}  # freed tensors go back to the system
-        result.update(measure_in_process({**settings, "part": "memory"}, memory))
-    return result
+    if settings["part"] == "memory" and settings["device"] == "cpu":
+        env["MALLOC_MMAP_THRESHOLD_"] = str(256 * 1024)  # freed tensors go back to the system (see measure.py)
+    with tempfile.TemporaryFile("w+") as out:
+        child = subprocess.Popen([sys.executable, "-m", "minitome.measure", json.dumps(settings)], cwd=ROOT, env=env,
+                                 stdout=out, stderr=subprocess.PIPE, text=True)
+        last = "no output"
+        for line in child.stderr:
+            if line.startswith("progress: "):
+                print(f"{label} {line[len('progress: '):].rstrip()}", file=sys.stderr, flush=True)
+            elif line.strip():
+                last = line.strip()
+        if child.wait() != 0:
+            raise RuntimeError(f"{label} failed: {last}")
+        out.seek(0)
+        return json.loads(out.read().strip().splitlines()[-1])
 
 
-def measure_in_process(settings: dict, env: dict) -> dict:
-    done = subprocess.run([sys.executable, "-m", "minitome.measure", json.dumps(settings)], cwd=ROOT, env=env,
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"{settings['impl']} at ratio {settings['ratio']}: {last}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def paired(a: list, b: list) -> float:
+    """a / b for two configurations timed in the same rounds: the median over rounds of a[k] / b[k]."""
+    return statistics.median(x / y for x, y in zip(a, b))
+
+
+def measure_table(settings: dict, impls: tuple, ratios: list, label: str) -> list:
+    """One table's rows: every configuration timed in one process, then each one's memory in its own."""
+    configs = [[impl, ratio] for ratio in ratios for impl in impls]
+    timed = run_child({**settings, "part": "time", "configs": configs}, label)["configs"]
+    found = {(c["impl"], c["ratio"]): c for c in timed}
+    for i, (impl, ratio) in enumerate(configs):
+        print(f"{label} memory {i + 1}/{len(configs)}: {impl} ratio {ratio:g}", file=sys.stderr, flush=True)
+        found[impl, ratio].update(run_child({**settings, "part": "memory", "impl": impl, "ratio": ratio}, label))
+    rows = []
+    for ratio in ratios:
+        m = found["minitome", ratio]
+        row = dict(ratio=ratio, seconds=m["seconds"], times=m["times"], peak_mb=m["peak_mb"], tokens=m["tokens"],
+                   gflop=m["gflop"], merge_share=m["merge_seconds"] / m["seconds"],
+                   speedup=paired(found["minitome", ratios[0]]["times"], m["times"]))
+        if "diffusers" in impls:
+            d = found["diffusers", ratio]
+            row.update(diffusers_seconds=d["seconds"], diffusers_times=d["times"], diffusers_peak_mb=d["peak_mb"],
+                       diffusers_speedup=paired(found["diffusers", ratios[0]]["times"], d["times"]),
+                       ratio_to_diffusers=paired(m["times"], d["times"]))
+        rows.append(row)
+    return rows
 
 
 def quality(args, size, device, dtype) -> dict:
@@ -136,6 +170,8 @@ def main(argv=None) -> int:
         from .tome import ToMeConfig
         for ratio in args.ratios:
             ToMeConfig(ratio=ratio, max_downsample=args.max_downsample)
+        if args.weights and not Path(args.weights).exists():
+            raise ValueError(f"--weights {args.weights}: no such file or folder")
         if args.quality_steps and not args.weights:
             raise ValueError("--quality-steps needs --weights (random weights make no image worth comparing)")
         if args.compare:
@@ -151,43 +187,31 @@ def main(argv=None) -> int:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     results = {"device": name, "dtype": str(dtype).replace("torch.", ""), "matmul_gflops": rate, "tables": []}
     print(f"# {name}, {results['dtype']}, batch {args.batch}; matmul rate {rate:.0f} GFLOP/s", file=sys.stderr)
-    total = len(args.sizes) * len(args.attention) * len(args.ratios) * (2 if args.compare else 1)
-    count = 0
-    for size in args.sizes:
-        q = quality(args, size, device, dtype) if args.quality_steps else {}
-        for attention in args.attention:
-            rows = []
-            for ratio in args.ratios:
-                settings = dict(latent=[size[1] // 8, size[0] // 8], batch=args.batch, ratio=ratio, attention=attention,
+    impls = ("minitome", "diffusers") if args.compare else ("minitome",)
+    try:
+        for size in args.sizes:
+            q = quality(args, size, device, dtype) if args.quality_steps else {}
+            for attention in args.attention:
+                settings = dict(latent=[size[1] // 8, size[0] // 8], batch=args.batch, attention=attention,
                                 max_downsample=args.max_downsample, repeats=args.repeats, device=str(device),
                                 dtype=str(dtype).replace("torch.", ""), weights=args.weights)
-                row = {"ratio": ratio}
-                for impl in ("minitome", "diffusers") if args.compare else ("minitome",):
-                    count += 1
-                    print(f"[{count}/{total}] {size[0]}x{size[1]} {attention} ratio {ratio:g}: {impl} …",
-                          file=sys.stderr, flush=True)
-                    m = run_measure({**settings, "impl": impl})
-                    if impl == "minitome":
-                        row.update(seconds=m["seconds"], peak_mb=m["peak_mb"], tokens=m["tokens"], gflop=m["gflop"],
-                                   merge_share=m["merge_seconds"] / m["seconds"])
-                    else:
-                        row.update(diffusers_seconds=m["seconds"], diffusers_peak_mb=m["peak_mb"])
-                row["gflops"] = row["gflop"] / row["seconds"]
-                row["matmul_share"] = row["gflops"] / rate
-                if ratio in q:
-                    row["psnr"], row["ssim"] = q[ratio]
-                rows.append(row)
-            base = rows[0]
-            for row in rows:
-                row["speedup"] = base["seconds"] / row["seconds"]
-                if args.compare:
-                    row["diffusers_speedup"] = base["diffusers_seconds"] / row["diffusers_seconds"]
-                    row["ratio_to_diffusers"] = row["seconds"] / row["diffusers_seconds"]
-            results["tables"].append({"size": list(size), "attention": attention, "rows": rows})
-            if not args.json:
-                print(f"\n{size[0]}×{size[1]}, {attention} attention, batch {args.batch}, {results['dtype']}, {name}"
-                      f" (speed-up against ratio {rows[0]['ratio']:g})\n")
-                print(table(rows, args.compare, bool(q)), flush=True)
+                label = f"[{size[0]}x{size[1]} {attention}]"
+                print(f"{label} timing {len(impls) * len(args.ratios)} configuration(s), interleaved: one warm-up "
+                      f"call each, then {args.repeats} round(s)", file=sys.stderr, flush=True)
+                rows = measure_table(settings, impls, args.ratios, label)
+                for row in rows:
+                    row["gflops"] = row["gflop"] / row["seconds"]
+                    row["matmul_share"] = row["gflops"] / rate
+                    if row["ratio"] in q:
+                        row["psnr"], row["ssim"] = q[row["ratio"]]
+                results["tables"].append({"size": list(size), "attention": attention, "rows": rows})
+                if not args.json:
+                    print(f"\n{size[0]}×{size[1]}, {attention} attention, batch {args.batch}, {results['dtype']}, {name}"
+                          f" (speed-up against ratio {rows[0]['ratio']:g}; ratios are medians over rounds)\n")
+                    print(table(rows, args.compare, bool(q)), flush=True)
+    except RuntimeError as error:
+        print(f"minitome.bench: error: {error}", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(results, indent=1))
     return 0

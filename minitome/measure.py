@@ -1,21 +1,30 @@
-"""One benchmark configuration, measured in a process of its own (`python -m minitome.bench` starts these).
+"""The benchmark's measurements, each in a process of its own (`python -m minitome.bench` starts these).
 
-Where this sits: `minitome/bench.py` runs `python -m minitome.measure '<json settings>'` once per row and
-implementation, so every peak-memory figure belongs to that configuration alone. Prints one JSON line:
+Where this sits: `minitome/bench.py` runs `python -m minitome.measure '<json settings>'`, once per image
+size and attention kind to time every configuration (implementation × ToMe ratio) of that table, then
+once per configuration to measure its memory. Prints one JSON line.
 
-- seconds: median of `repeats` UNet calls after one warm-up call;
-- peak_mb: memory above the loaded weights at the peak of those calls. CUDA: max allocated. CPU: the
-  process's peak resident set (reset through /proc/self/clear_refs) during one call after a warm-up,
-  above the resident set just before it, measured in a second process of its own (settings
-  "part": "memory") that bench.py starts with glibc's MALLOC_MMAP_THRESHOLD_ at 256 KiB. With that
-  setting every freed tensor goes back to the system at once, so the resident set follows the
-  tensors alive (at 512², plain attention, it equals the profiler's count of live tensor bytes to the
-  MB: 1,134 and 331 MB at ratios 0 and 0.5); with glibc's defaults it also holds whatever freed
-  memory the allocator kept, 100–200 MB that varied by ±30 MB from run to run. The setting slows
-  calls (9.5 → 11.3 s), which is why the timing runs in the first process, with the defaults;
-- gflop: the call's floating-point operations, counted by torch's FlopCounterMode during the warm-up;
-- merge_seconds (minitome only): the same ToMe functions (plan = similarity + matching, merge, unmerge)
+Timing ("part": "time"): both implementations are loaded with the same weights, every configuration
+is called once as a warm-up, then `repeats` rounds call each configuration once, in an order that
+rotates from round to round. On a shared machine the speed drifts by ±5–10% over minutes; a
+configuration timed minutes after another would carry that drift into their ratio. Interleaved, the
+calls of one round share the machine's state, so bench.py reports each ratio (speed-up, minitome /
+diffusers) as the median over rounds of that round's ratio. Per configuration:
+- times: one per round, in round order; seconds: their median;
+- gflop (minitome): the call's floating-point operations, counted by torch's FlopCounterMode during
+  the warm-up;
+- merge_seconds (minitome): the same ToMe functions (plan = similarity + matching, merge, unmerge)
   timed on the block shapes of this call, outside the UNet; tokens: N → N − r for each merged block.
+
+Memory ("part": "memory"): one configuration alone in its process, so the peak is its own: one call as
+a warm-up, then the peak of one call above the memory just before it. CUDA: max allocated. CPU: the
+process's peak resident set (reset through /proc/self/clear_refs), measured with glibc's
+MALLOC_MMAP_THRESHOLD_ at 256 KiB (bench.py sets it). With that setting every freed tensor goes back
+to the system at once, so the resident set follows the tensors alive (at 512², plain attention, it
+equals the profiler's count of live tensor bytes to the MB: 1,134 and 331 MB at ratios 0 and 0.5);
+with glibc's defaults it also holds whatever freed memory the allocator kept, 100–200 MB that varied
+by ±30 MB from run to run. The setting slows calls (9.5 → 11.3 s), which is why timing runs in a
+process with the defaults.
 """
 import json
 import statistics
@@ -68,7 +77,7 @@ def build_unet(s: dict, device, dtype) -> UNetModel:
 
 
 def as_diffusers(unet: UNetModel, s: dict):
-    """The same weights in diffusers' UNet2DConditionModel, with tomesd applied when ratio > 0."""
+    """The same weights in diffusers' UNet2DConditionModel (AttnProcessor for plain attention)."""
     from diffusers import UNet2DConditionModel
     from diffusers.models.attention_processor import AttnProcessor
     from weights.unet import diffusers_names, to_diffusers_name
@@ -82,10 +91,35 @@ def as_diffusers(unet: UNetModel, s: dict):
     reference = reference.to(next(unet.parameters()).device, next(unet.parameters()).dtype).eval().requires_grad_(False)
     if s["attention"] == "plain":
         reference.set_attn_processor(AttnProcessor())  # softmax(QKᵀ/√D)V in plain PyTorch
-    if s["ratio"] > 0:
-        import tomesd
-        tomesd.apply_patch(reference, ratio=s["ratio"], max_downsample=s["max_downsample"])
-    return lambda x, t, context: reference(x, t, context).sample
+    return reference
+
+
+class Configuration:
+    """One implementation at one ratio: `prepare()` before each call (tomesd patches the diffusers
+    model in place, so the model switches ratio there), then `call(x, t, context)`."""
+
+    def __init__(self, impl: str, ratio: float, s: dict, model):
+        self.impl, self.ratio, self.model = impl, ratio, model
+        self.max_downsample = s["max_downsample"]
+        if impl == "minitome":
+            self.tome = ToMeConfig(ratio=ratio, max_downsample=s["max_downsample"]) if ratio > 0 else None
+            self.generator = torch.Generator().manual_seed(0)
+
+    def prepare(self):
+        if self.impl == "diffusers":
+            import tomesd
+            if self.ratio > 0:
+                tomesd.apply_patch(self.model, ratio=self.ratio, max_downsample=self.max_downsample)
+            else:
+                tomesd.remove_patch(self.model)
+
+    def call(self, x, t, context):
+        if self.impl == "diffusers":
+            return self.model(x, t, context).sample
+        return self.model(x, t, context, tome=self.tome, tome_generator=self.generator)
+
+    def name(self) -> str:
+        return f"{self.impl} ratio {self.ratio:g}"
 
 
 def merged_blocks(unet: UNetModel, s: dict, batch: int, device, dtype) -> list:
@@ -144,53 +178,75 @@ def flop_counter():
     return FlopCounterMode(display=False, custom_mapping=mapping)
 
 
+def inputs(unet: UNetModel, s: dict, device, dtype):
+    """The same latent, timestep and text context in every process."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(s["batch"], 4, *s["latent"], generator=g).to(device, dtype)
+    context = torch.randn(s["batch"], 77, unet.config.context_dim, generator=g).to(device, dtype)
+    return x, torch.full((s["batch"],), 500, device=device), context
+
+
+def progress(text: str):
+    print(f"progress: {text}", file=sys.stderr, flush=True)  # bench.py shows these lines
+
+
 @torch.no_grad()
-def measure(s: dict) -> dict:
+def measure_memory(s: dict) -> dict:
+    """One configuration's peak memory above the loaded weights (see the module's docstring)."""
     device, dtype = torch.device(s["device"]), getattr(torch, s["dtype"])
     unet = build_unet(s, device, dtype)
-    batch, (H, W) = s["batch"], s["latent"]
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(batch, 4, H, W, generator=g).to(device, dtype)
-    context = torch.randn(batch, 77, unet.config.context_dim, generator=g).to(device, dtype)
-    t = torch.full((batch,), 500, device=device)
-    result = {}
+    x, t, context = inputs(unet, s, device, dtype)
     if s["impl"] == "diffusers":
-        call = as_diffusers(unet, s)
-        del unet
-    else:
-        tome = ToMeConfig(ratio=s["ratio"], max_downsample=s["max_downsample"]) if s["ratio"] > 0 else None
-        generator = torch.Generator().manual_seed(0)
-
-        def call(x, t, context):
-            return unet(x, t, context, tome=tome, tome_generator=generator)
-
-        blocks = merged_blocks(unet, s, batch, device, dtype) if tome and s.get("part") != "memory" else []
-        result["tokens"] = [f"{x.shape[1]}→{kept}" for x, _, kept in blocks]
-        result["merge_seconds"] = time_merging(blocks, s, device) if blocks else 0.0
-        del blocks
-    if s.get("part") == "memory":  # the CPU's memory process (see above): one call after a warm-up
-        call(x, t, context)
-        baseline = memory_now(device)
-        reset_peak(device)
-        call(x, t, context)
-        return {"peak_mb": memory_peak(device) - baseline}
+        unet = as_diffusers(unet, s)  # the minitome copy is dropped: only the measured model stays loaded
+    c = Configuration(s["impl"], s["ratio"], s, unet)
+    c.prepare()
+    c.call(x, t, context)
     sync(device)
-    if device.type == "cuda":  # the CPU's memory figure comes from its own process ("part": "memory")
-        baseline = memory_now(device)
-        reset_peak(device)
-    with flop_counter() as counter:  # the warm-up call, counted
-        call(x, t, context)
-    times = []
-    for _ in range(s["repeats"]):
-        sync(device)
-        start = time.perf_counter()
-        call(x, t, context)
-        sync(device)
-        times.append(time.perf_counter() - start)
-    result.update(seconds=statistics.median(times), times=times, gflop=counter.get_total_flops() / 1e9)
-    if device.type == "cuda":
-        result["peak_mb"] = memory_peak(device) - baseline
-    return result
+    baseline = memory_now(device)
+    reset_peak(device)
+    c.call(x, t, context)
+    sync(device)
+    return {"peak_mb": memory_peak(device) - baseline}
+
+
+@torch.no_grad()
+def measure_time(s: dict) -> dict:
+    """Every configuration in s["configs"] ([impl, ratio] pairs) timed, interleaved (see the module's docstring)."""
+    device, dtype = torch.device(s["device"]), getattr(torch, s["dtype"])
+    unet = build_unet(s, device, dtype)
+    x, t, context = inputs(unet, s, device, dtype)
+    reference = as_diffusers(unet, s) if any(impl == "diffusers" for impl, _ in s["configs"]) else None
+    configs = [Configuration(impl, ratio, s, unet if impl == "minitome" else reference) for impl, ratio in s["configs"]]
+    results = [{"impl": c.impl, "ratio": c.ratio, "times": []} for c in configs]
+    for i, (c, result) in enumerate(zip(configs, results)):
+        progress(f"warm-up {i + 1}/{len(configs)}: {c.name()}")
+        c.prepare()
+        if c.impl == "minitome":
+            with flop_counter() as counter:  # the warm-up call, counted
+                c.call(x, t, context)
+            blocks = merged_blocks(unet, {**s, "ratio": c.ratio}, s["batch"], device, dtype) if c.tome else []
+            result.update(gflop=counter.get_total_flops() / 1e9, tokens=[f"{b[0].shape[1]}→{b[2]}" for b in blocks],
+                          merge_seconds=time_merging(blocks, {**s, "ratio": c.ratio}, device) if blocks else 0.0)
+            del blocks
+        else:
+            c.call(x, t, context)
+    for k in range(s["repeats"]):
+        for j in range(len(configs)):
+            i = (j + k) % len(configs)  # each round starts one configuration further on
+            configs[i].prepare()
+            sync(device)
+            start = time.perf_counter()
+            configs[i].call(x, t, context)
+            sync(device)
+            results[i]["times"].append(time.perf_counter() - start)
+            progress(f"round {k + 1}/{s['repeats']}: {configs[i].name()} {results[i]['times'][-1]:.2f} s")
+    for result in results:
+        result["seconds"] = statistics.median(result["times"])
+    return {"configs": results}
+
+
+def measure(s: dict) -> dict:
+    return measure_memory(s) if s["part"] == "memory" else measure_time(s)
 
 
 if __name__ == "__main__":

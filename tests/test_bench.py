@@ -24,7 +24,7 @@ def test_psnr_and_ssim_match_scikit_image():
 def test_bench_json_with_compare_and_quality(tiny_pipeline, capsys):
     _, folder = tiny_pipeline
     argv = ["--weights", str(folder), "--sizes", "48x32", "--ratios", "0", "0.5", "--attention", "sdpa",
-            "--repeats", "1", "--compare", "--quality-steps", "2", "--json", "--device", "cpu"]
+            "--repeats", "3", "--compare", "--quality-steps", "2", "--json", "--device", "cpu"]
     assert main(argv) == 0
     out = capsys.readouterr()
     results = json.loads(out.out)
@@ -35,11 +35,18 @@ def test_bench_json_with_compare_and_quality(tiny_pipeline, capsys):
         assert base["psnr"] == float("inf") and base["ssim"] == pytest.approx(1.0)
         assert merged["psnr"] < float("inf") and 0 < merged["merge_share"] < 1
         assert base["peak_mb"] >= 0 and merged["diffusers_seconds"] > 0
-        assert merged["ratio_to_diffusers"] == pytest.approx(merged["seconds"] / merged["diffusers_seconds"])
+        assert len(merged["times"]) == len(merged["diffusers_times"]) == 3
+        assert merged["seconds"] == sorted(merged["times"])[1]
+        # ratios pair the calls of one round: the median of the three per-round ratios
+        per_round = sorted(m / d for m, d in zip(merged["times"], merged["diffusers_times"]))
+        assert merged["ratio_to_diffusers"] == pytest.approx(per_round[1])
+        assert merged["speedup"] == pytest.approx(sorted(b / m for b, m in zip(base["times"], merged["times"]))[1])
     w, h = results["tables"][0]["size"]
     N = (h // 8) * (w // 8)  # 6×4 latent: ratio 0.5 merges 12 of 24 tokens in the 5 full-resolution blocks
     assert results["tables"][0]["rows"][1]["tokens"] == [f"{N}→{N - N // 2}"] * 5
-    assert "[4/4] 48x32 sdpa ratio 0.5: diffusers" in out.err
+    for line in ("[48x32 sdpa] timing 4 configuration(s), interleaved", "[48x32 sdpa] warm-up 4/4: diffusers ratio 0.5",
+                 "[48x32 sdpa] round 3/3: minitome ratio 0", "[48x32 sdpa] memory 4/4: diffusers ratio 0.5"):
+        assert line in out.err
 
 
 def test_bench_table_output(tiny_pipeline, capsys):
@@ -51,9 +58,20 @@ def test_bench_table_output(tiny_pipeline, capsys):
     assert "| 0.3 |" in out and "64→45" in out
 
 
+def test_paired_ratio_cancels_drift():
+    """Two configurations timed in the same rounds while the machine slows down 2× and 3×: their per-round
+    ratio is 1.25 every time, which the paired median keeps (a ratio of the two medians would be 20 / 24)."""
+    from minitome.bench import paired
+    base, merged = [10.0, 20.0, 30.0], [8.0, 16.0, 24.0]
+    assert paired(base, merged) == 1.25
+    base, merged = [10.0, 20.0, 30.0], [8.0, 25.0, 24.0]  # one disturbed round
+    assert paired(base, merged) == 1.25
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--ratios", "0.9"], r"ratio must be in \[0, 0.75\]"),
     (["--quality-steps", "3"], "--quality-steps needs --weights"),
+    (["--weights", "no/such/file.safetensors"], "--weights no/such/file.safetensors: no such file or folder"),
 ])
 def test_bench_bad_input(capsys, argv, message):
     import re
