@@ -155,9 +155,9 @@ def merge(x: torch.Tensor, slot: torch.Tensor, num_merged: int) -> torch.Tensor:
     """(B, N, C) → (B, num_merged, C): each merged token is the mean of the positions in its slot.
 
     Written as a sum and a count over the batch laid end to end (image b's slots numbered from
-    b · num_merged), then a division: the same numbers as scatter_reduce("mean"), and faster on the
-    CPU than a per-image scatter_add_ with an expanded index (4.5 → 1.2 ms for a 2 × 4096 × 320 block
-    at ratio 0.5, 2 threads; scatter_reduce itself took 45 ms).
+    b · num_merged), then a division, rather than scatter_reduce("mean") (45 ms for a 2 × 4096 × 320
+    block at ratio 0.5) or a per-image scatter_add_ with an index expanded over C (4.5 ms): 1.2 ms on
+    2 CPU threads, the same bits as that scatter_add_ on 200 random shapes and partitions.
     A slot nobody maps to (possible for other groupings, never for a plan's) stays 0.
     """
     B, N, C = x.shape
