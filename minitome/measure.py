@@ -122,9 +122,9 @@ class Configuration:
         return f"{self.impl} ratio {self.ratio:g}"
 
 
-def merged_blocks(unet: UNetModel, s: dict, batch: int, device, dtype) -> list:
+def merged_blocks(unet: UNetModel, config: ToMeConfig, latent: tuple, batch: int, device, dtype) -> list:
     """(B, N, C), (h, w) and N − r of every transformer block that merges in this call."""
-    c, (H, W) = unet.config, s["latent"]
+    c, (H, W) = unet.config, latent
     grids, h, w = [], H, W
     for level, mult in enumerate(c.channel_mult):
         if level in c.attention_levels:
@@ -132,7 +132,6 @@ def merged_blocks(unet: UNetModel, s: dict, batch: int, device, dtype) -> list:
         if level != len(c.channel_mult) - 1:
             h, w = (h + 1) // 2, (w + 1) // 2
     grids.append(((h, w), c.model_channels * c.channel_mult[-1]))  # the middle block
-    config = ToMeConfig(ratio=s["ratio"], max_downsample=s["max_downsample"])
     blocks = []
     for (h, w), C in grids:
         x = torch.randn(batch, h * w, C, device=device, dtype=dtype)
@@ -142,14 +141,13 @@ def merged_blocks(unet: UNetModel, s: dict, batch: int, device, dtype) -> list:
     return blocks
 
 
-def time_merging(blocks, s, device, repeats: int = 5) -> float:
+def time_merging(blocks, config: ToMeConfig, latent: tuple, device, repeats: int = 5) -> float:
     """Seconds per UNet call spent in the ToMe functions themselves, on this call's block shapes."""
-    config = ToMeConfig(ratio=s["ratio"], max_downsample=s["max_downsample"])
     generator = torch.Generator().manual_seed(0)
 
     def once():
         for x, hw, _ in blocks:
-            plan = tome_plan(x, hw, ToMeArgs(config, tuple(s["latent"]), generator))
+            plan = tome_plan(x, hw, ToMeArgs(config, latent, generator))
             plan.unmerge_attn(plan.merge_attn(x))
 
     once()
@@ -224,9 +222,10 @@ def measure_time(s: dict) -> dict:
         if c.impl == "minitome":
             with flop_counter() as counter:  # the warm-up call, counted
                 c.call(x, t, context)
-            blocks = merged_blocks(unet, {**s, "ratio": c.ratio}, s["batch"], device, dtype) if c.tome else []
+            latent = tuple(s["latent"])
+            blocks = merged_blocks(unet, c.tome, latent, s["batch"], device, dtype) if c.tome else []
             result.update(gflop=counter.get_total_flops() / 1e9, tokens=[f"{b[0].shape[1]}→{b[2]}" for b in blocks],
-                          merge_seconds=time_merging(blocks, {**s, "ratio": c.ratio}, device) if blocks else 0.0)
+                          merge_seconds=time_merging(blocks, c.tome, latent, device) if blocks else 0.0)
             del blocks
         else:
             c.call(x, t, context)
