@@ -132,7 +132,7 @@ def match(metric: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, r: int) ->
     (num_dst,), or one per image, (B, num_src) and (B, num_dst). The merged tokens are numbered like
     tomesd's output: first the src that stay (in descending order of their best similarity), then every dst.
     """
-    B, N, C = metric.shape
+    B, N, _ = metric.shape
     src, dst = src.to(metric.device).expand(B, -1), dst.to(metric.device).expand(B, -1)  # (B, ·) either way
     num_src, num_dst = src.shape[1], dst.shape[1]
     with torch.no_grad():
