@@ -17,9 +17,10 @@ PROMPT  ?= a photograph of an astronaut riding a horse
 BENCH_ARGS ?=
 ARGS    ?=
 
-# The real CLIP vocabulary, for the tokenizer tests: read out of the open-clip-torch wheel
-# (downloaded, never installed).
-VOCAB  := .cache/bpe_simple_vocab_16e6.txt.gz
+# The real CLIP vocabulary (for the tests and the tutorial) and open_clip's SimpleTokenizer (the tests'
+# reference for CLIP's byte order and BPE), read out of the open-clip-torch wheel: downloaded, never installed.
+VOCAB     := .cache/bpe_simple_vocab_16e6.txt.gz
+OPEN_CLIP := .cache/open_clip/tokenizer.py
 OPEN_CLIP_WHEEL := open-clip-torch==3.3.0
 
 .PHONY: test weights sample bench bench-compare
@@ -35,14 +36,17 @@ $(TESTING): $(RUNTIME) requirements-test.txt
 	$(BIN)/python -m pip install -q -r requirements-test.txt
 	touch $@
 
-$(VOCAB): | $(RUNTIME)
-	rm -rf .cache/wheel && mkdir -p .cache/wheel
+$(OPEN_CLIP): | $(RUNTIME)
+	rm -rf .cache/wheel .cache/open_clip && mkdir -p .cache/wheel
 	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: -d .cache/wheel "$(OPEN_CLIP_WHEEL)"
-	$(BIN)/python -c "import zipfile, glob, sys; z = zipfile.ZipFile(glob.glob('.cache/wheel/*.whl')[0]); \
-		open(sys.argv[1], 'wb').write(z.read('open_clip/bpe_simple_vocab_16e6.txt.gz'))" $@.part && mv $@.part $@
+	$(BIN)/python -c "import zipfile, glob; z = zipfile.ZipFile(glob.glob('.cache/wheel/*.whl')[0]); \
+		z.extract('open_clip/bpe_simple_vocab_16e6.txt.gz', '.cache'); z.extract('open_clip/tokenizer.py', '.cache')"
+
+$(VOCAB): $(OPEN_CLIP)
+	cp .cache/open_clip/bpe_simple_vocab_16e6.txt.gz $@
 
 test: $(TESTING) $(VOCAB)
-	MINITOME_VOCAB=$(VOCAB) $(BIN)/python -m pytest
+	MINITOME_VOCAB=$(VOCAB) MINITOME_OPEN_CLIP=$(OPEN_CLIP) $(BIN)/python -m pytest
 
 weights: $(RUNTIME)
 	$(BIN)/python -m weights.download --dest models

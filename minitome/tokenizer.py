@@ -35,16 +35,13 @@ NUM_MERGES = 49152 - 256 - 2  # the merge list's length in CLIP: 48,894
 @lru_cache()
 def bytes_to_unicode() -> dict:
     """A printable character for each of the 256 byte values: printable bytes stand for themselves,
-    the others (controls, space, …) are moved to code points 256 and up, in order."""
+    the others (controls, space, …) are moved to code points 256 and up, in byte order.
+
+    The dict's order is the vocabulary's: the 188 printable bytes first (`!`…`~`, `¡`…`¬`, `®`…`ÿ`),
+    then the other 68, so "a" (byte 97) is id 64 and "a</w>" is 256 + 64 = 320, as in CLIP."""
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    chars, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            chars[b] = chr(b)
-        else:
-            chars[b] = chr(256 + extra)
-            extra += 1
-    return chars
+    others = [b for b in range(256) if b not in printable]
+    return {**{b: chr(b) for b in printable}, **{b: chr(256 + n) for n, b in enumerate(others)}}
 
 
 def clean(text: str) -> str:

@@ -4,7 +4,13 @@ Every parameter is drawn from an explicit generator, 1-D ones too (norm weights 
 around 0, each with its own noise), so a swapped weight and bias, or a norm left at its default,
 cannot pass a parity test.
 """
+import gzip
+import importlib.util
+import json
+import os
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -47,28 +53,48 @@ def tiny_unet_folder(tmp_path_factory):
     return model, folder
 
 
-@pytest.fixture(scope="session")
-def clip_vocab_gz():
-    """The real CLIP vocabulary (`make test` extracts it from the open-clip-torch wheel)."""
-    import os
-    from pathlib import Path
-    path = Path(os.environ.get("MINITOME_VOCAB", Path(__file__).parent.parent / ".cache/bpe_simple_vocab_16e6.txt.gz"))
+CACHE = Path(__file__).resolve().parent.parent / ".cache"
+
+
+def cached(variable: str, default: str) -> Path:
+    """A file `make test` puts in .cache/ (its path in an environment variable when run by make)."""
+    path = Path(os.environ.get(variable, CACHE / default))
     if not path.exists():
         pytest.fail(f"{path} is missing: run the tests with `make test`, which fetches it")
     return path
 
 
 @pytest.fixture(scope="session")
-def clip_tokenizer_folder(clip_vocab_gz, tmp_path_factory):
-    """The same vocabulary in diffusers' `tokenizer/` layout (vocab.json + merges.txt), as transformers reads it."""
-    import gzip
-    import json
-    from minitome.tokenizer import NUM_MERGES, Tokenizer
+def clip_vocab_gz():
+    """The real CLIP vocabulary, `bpe_simple_vocab_16e6.txt.gz` out of the open-clip-torch wheel."""
+    return cached("MINITOME_VOCAB", "bpe_simple_vocab_16e6.txt.gz")
+
+
+@pytest.fixture(scope="session")
+def open_clip_tokenizer():
+    """open_clip's SimpleTokenizer (OpenAI CLIP's tokenizer), read out of the open-clip-torch wheel with its
+    vocabulary beside it: the reference for the byte order, the vocabulary table and the BPE."""
+    path = cached("MINITOME_OPEN_CLIP", "open_clip/tokenizer.py")
+    spec = importlib.util.spec_from_file_location("open_clip_tokenizer", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # so tests can reach its clean-up functions too
+    spec.loader.exec_module(module)
+    return module.SimpleTokenizer()
+
+
+# open_clip renamed CLIP's two special tokens; the SD 1.5 repository's vocab.json keeps OpenAI's names
+OPEN_CLIP_SPECIALS = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
+
+
+@pytest.fixture(scope="session")
+def clip_tokenizer_folder(clip_vocab_gz, open_clip_tokenizer, tmp_path_factory):
+    """The vocabulary in diffusers' `tokenizer/` layout (vocab.json + merges.txt), as transformers reads it,
+    written from open_clip's own encoder table and merge list (never from minitome's tokenizer)."""
     lines = gzip.open(clip_vocab_gz, "rt", encoding="utf-8").read().split("\n")
-    merges = lines[1:NUM_MERGES + 1]
+    merges = lines[1:49152 - 256 - 2 + 1]  # CLIP's merge count, as SimpleTokenizer reads it
     folder = tmp_path_factory.mktemp("tokenizer")
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    vocab = Tokenizer([tuple(m.split()) for m in merges]).vocab
+    vocab = {OPEN_CLIP_SPECIALS.get(symbol, symbol): i for symbol, i in open_clip_tokenizer.encoder.items()}
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     return folder
 

@@ -2,6 +2,7 @@
 import random
 
 import pytest
+from hypothesis import given, settings, strategies as st
 import torch
 
 from minitome.tokenizer import Tokenizer, bytes_to_unicode
@@ -42,11 +43,43 @@ def ours(clip_vocab_gz):
     return Tokenizer.from_files(clip_vocab_gz)
 
 
-def test_vocabulary_size(ours, clip_tokenizer_folder):
-    assert len(ours.vocab) == 49408 and ours.bos_id == 49406 and ours.eos_id == 49407
-    assert len(ours.ranks) == 48894 and len(bytes_to_unicode()) == 256
-    from_folder = Tokenizer.from_files(clip_tokenizer_folder)
-    assert from_folder.vocab == ours.vocab and from_folder.ranks == ours.ranks
+@pytest.fixture(scope="module")
+def ours_from_folder(clip_tokenizer_folder):
+    return Tokenizer.from_files(clip_tokenizer_folder)
+
+
+def test_published_facts_of_the_sd15_vocabulary(ours, ours_from_folder):
+    """The SD 1.5 repository's tokenizer/vocab.json: 49,408 entries, "a</w>" 320, "photo</w>" 1125, and
+    the specials last; the same table whether read from CLIP's .txt.gz or from vocab.json + merges.txt."""
+    for tok in (ours, ours_from_folder):
+        assert len(tok.vocab) == 49408 and len(tok.ranks) == 48894
+        assert tok.vocab["a</w>"] == 320 and tok.vocab["photo</w>"] == 1125
+        assert tok.vocab["<|startoftext|>"] == tok.bos_id == 49406 and tok.vocab["<|endoftext|>"] == tok.eos_id == 49407
+    assert len(bytes_to_unicode()) == 256 and len(set(bytes_to_unicode().values())) == 256
+
+
+def test_vocabulary_table_is_open_clips(ours, ours_from_folder, open_clip_tokenizer):
+    """The whole table built from the .txt.gz, entry by entry, against open_clip's SimpleTokenizer's."""
+    from conftest import OPEN_CLIP_SPECIALS
+    expected = {OPEN_CLIP_SPECIALS.get(s, s): i for s, i in open_clip_tokenizer.encoder.items()}
+    assert ours.vocab == expected and ours_from_folder.vocab == expected
+    assert list(bytes_to_unicode().items()) == list(open_clip_tokenizer.byte_encoder.items())  # the order is the ids
+    assert ours.ranks == open_clip_tokenizer.bpe_ranks
+
+
+def test_bpe_and_byte_order_match_open_clip(ours, ours_from_folder, open_clip_tokenizer):
+    """On every prompt that open_clip's own clean-up (ftfy, HTML unescaping, stripping) leaves as it is,
+    ours and open_clip's give the same ids, from both of our vocabulary paths. Prompts that spell a
+    special token are left to the transformers tests: open_clip renamed its specials, so it reads
+    `<|startoftext|>` as text where CLIP and transformers read the special token."""
+    import sys
+    open_clip = sys.modules[type(open_clip_tokenizer).__module__]
+    unchanged = [p for p in PROMPTS if open_clip.basic_clean(p) == p and "<|" not in p]
+    assert len(unchanged) >= 150
+    for prompt in unchanged:
+        expected = open_clip_tokenizer.encode(prompt)
+        assert ours.encode(prompt) == expected, prompt
+        assert ours_from_folder.encode(prompt) == expected, prompt
 
 
 def test_tokenizer_json_as_newer_transformers_save_it(reference, ours, tmp_path):
@@ -99,3 +132,12 @@ def test_missing_tokenizer_files_are_a_clear_error(tmp_path):
         Tokenizer.from_files(tmp_path)
     with pytest.raises(FileNotFoundError, match="no tokenizer here"):
         Tokenizer.from_files(tmp_path / "nothing.txt.gz")
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cn")), max_size=40))
+def test_any_text_gives_transformers_ids(ours, reference, text):
+    """Any assigned Unicode text (controls, combining marks, emoji, every script), against CLIPTokenizer.
+    Unassigned code points (category Cn in Python's Unicode database) are left out: the `regex` module's
+    newer Unicode tables call some of them letters where the tokenizers library's tables do not."""
+    assert ours.encode(text) == reference(text, add_special_tokens=False).input_ids
