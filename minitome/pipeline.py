@@ -34,10 +34,11 @@ def check_size(sd, width: int, height: int):
 
 
 @torch.no_grad()
-def generate(sd, prompt: str, negative_prompt: str = "", steps: int = 50, guidance: float = 7.5, seed: int = 0,
-             width: int = 512, height: int = 512, batch: int = 1, sampler: str = "plms", tome=None,
-             callback=None) -> list:
-    """`batch` images (PIL) for one prompt. callback(i, t) runs after each sampler step.
+def sample_latents(sd, prompt: str, negative_prompt: str = "", steps: int = 50, guidance: float = 7.5, seed: int = 0,
+                   width: int = 512, height: int = 512, batch: int = 1, sampler: str = "plms", tome=None,
+                   callback=None) -> torch.Tensor:
+    """Stages 1–4: the final latents (B, 4, H/8, W/8) for `batch` images of one prompt.
+    callback(i, t) runs after each sampler step.
 
     tome: a ToMeConfig, None, or a schedule: a function of the timestep t (999 … 1, noisy to clean)
     returning a ToMeConfig or None for that step, e.g. `lambda t: cfg if t > 500 else None`.
@@ -78,10 +79,26 @@ def generate(sd, prompt: str, negative_prompt: str = "", steps: int = 50, guidan
         return eps_uncond + guidance * (eps_cond - eps_uncond)
 
     # 4. denoise
-    latents = SAMPLERS[sampler](eps_model, latents, steps, callback=callback)
+    return SAMPLERS[sampler](eps_model, latents, steps, callback=callback)
 
-    # 5. decode to pixels
+
+@torch.no_grad()
+def decode(sd, latents: torch.Tensor) -> torch.Tensor:
+    """Stage 5: latents → images (B, 3, 8h, 8w) as floats in [0, 1], in the latents' dtype."""
     images = sd.vae(latents / SCALE)
-    images = (images.float() * 0.5 + 0.5).clamp(0, 1)  # (x + 1) / 2, written as diffusers does, to the bit
-    pixels = (images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)  # (B, H, W, 3)
+    return (images * 0.5 + 0.5).clamp(0, 1)  # (x + 1) / 2, written as diffusers does, to the bit
+
+
+def to_pil(images: torch.Tensor) -> list:
+    """Images in [0, 1] → 8-bit PIL images: round(x · 255), computed in float32 as diffusers does."""
+    pixels = (images.float().permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)  # (B, H, W, 3)
     return [Image.fromarray(p) for p in pixels]
+
+
+def generate(sd, prompt: str, negative_prompt: str = "", steps: int = 50, guidance: float = 7.5, seed: int = 0,
+             width: int = 512, height: int = 512, batch: int = 1, sampler: str = "plms", tome=None,
+             callback=None) -> list:
+    """`batch` PIL images for one prompt: the five stages, see `sample_latents` for the arguments."""
+    latents = sample_latents(sd, prompt, negative_prompt, steps, guidance, seed, width, height, batch, sampler, tome,
+                             callback)
+    return to_pil(decode(sd, latents))

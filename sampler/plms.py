@@ -33,7 +33,7 @@ def plms_eps(eps: torch.Tensor, history: list) -> torch.Tensor:
 
 def plms_sample(eps_model, x: torch.Tensor, steps: int, callback=None) -> torch.Tensor:
     """Denoise x from t ≈ 1000 to 0 in `steps` steps. callback(i, t) runs after each step."""
-    acp = alphas_cumprod().to(x.device)
+    acp = alphas_cumprod().tolist()
     ts = timesteps(steps)
     history = []  # raw ε of the previous steps
     for i, t in enumerate(ts):
@@ -42,11 +42,11 @@ def plms_sample(eps_model, x: torch.Tensor, steps: int, callback=None) -> torch.
         if history:
             eps_prime = plms_eps(eps, history)
         elif len(ts) > 1:  # first step: Heun, with a second call at the next timestep
-            eps_next = eps_model(ddim_step(x, eps, a_t, a_prev).to(x.dtype), ts[1])
+            eps_next = eps_model(ddim_step(x, eps, a_t, a_prev), ts[1])
             eps_prime = (eps + eps_next) / 2
         else:
             eps_prime = eps
-        x = ddim_step(x, eps_prime, a_t, a_prev).to(x.dtype)
+        x = ddim_step(x, eps_prime, a_t, a_prev)
         history = (history + [eps])[-3:]
         if callback is not None:
             callback(i, t)

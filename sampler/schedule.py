@@ -13,7 +13,9 @@ NUM_TRAIN_TIMESTEPS = 1000
 
 
 def alphas_cumprod(beta_start: float = 0.00085, beta_end: float = 0.012) -> torch.Tensor:
-    """ᾱ_t for t = 0 … 999, float32 (1000,)."""
+    """ᾱ_t for t = 0 … 999, float32 (1000,). The samplers read it as Python floats (`.tolist()`): each
+    step's coefficients are then computed in double precision from these float32 values and applied to
+    the latent in its own dtype, on any device (MPS has no float64 tensors)."""
     betas = torch.linspace(beta_start ** 0.5, beta_end ** 0.5, NUM_TRAIN_TIMESTEPS, dtype=torch.float32) ** 2
     return torch.cumprod(1.0 - betas, dim=0)
 
@@ -26,17 +28,17 @@ def timesteps(steps: int, offset: int = 1) -> list:
     return [i * stride + offset for i in reversed(range(steps))]
 
 
-def alpha_prev(acp: torch.Tensor, t: int, steps: int) -> torch.Tensor:
+def alpha_prev(acp, t: int, steps: int):
     """ᾱ of the step after t: ᾱ[t − 1000 // S], or ᾱ[0] = 0.99915 past the first (not 1: set_alpha_to_one false)."""
     prev = t - NUM_TRAIN_TIMESTEPS // steps
     return acp[prev] if prev >= 0 else acp[0]
 
 
-def ddim_step(x: torch.Tensor, eps: torch.Tensor, a_t: torch.Tensor, a_prev: torch.Tensor) -> torch.Tensor:
+def ddim_step(x: torch.Tensor, eps: torch.Tensor, a_t, a_prev) -> torch.Tensor:
     """One deterministic DDIM step (η = 0) from ᾱ_t to ᾱ_prev.
 
     x̂₀ = (x_t − √(1 − ᾱ_t) · ε) / √ᾱ_t        (the clean latent the noise estimate implies)
     x_prev = √ᾱ_prev · x̂₀ + √(1 − ᾱ_prev) · ε   (re-noised to the next, lower noise level)
     """
-    x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
-    return a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+    x0 = (x - (1 - a_t) ** 0.5 * eps) / a_t ** 0.5
+    return a_prev ** 0.5 * x0 + (1 - a_prev) ** 0.5 * eps

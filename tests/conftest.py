@@ -34,6 +34,12 @@ def randomize_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
     return module
 
 
+# Parity in float64: both sides compute in float64; the errors measured are 1e-16 – 4e-14 relative, and a
+# real mistake (a norm's eps off by 10×) shows as 1e-6 or more (tests/test_teeth.py). One float32
+# smoke test per part keeps its own bound, at its measured level.
+F64_BOUND = 1e-10
+
+
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     """max |out − ref| / max |ref|, the parity measure used across the tests."""
     return ((out.double() - ref.double()).abs().max() / ref.double().abs().max()).item()
@@ -53,7 +59,13 @@ def tiny_unet_folder(tmp_path_factory):
     return model, folder
 
 
-CACHE = Path(__file__).resolve().parent.parent / ".cache"
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / ".cache"
+
+
+def child_env() -> dict:
+    """The environment for a test's child process: the repository importable from anywhere."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
 
 
 def cached(variable: str, default: str) -> Path:

@@ -3,6 +3,7 @@
 A random tiny SD-shaped pipeline saved by diffusers, and the same weights as an official single file;
 same prompt, negative prompt, seed, steps, guidance and a non-square size: every pixel within 2/255.
 """
+import copy
 import os
 import shutil
 import subprocess
@@ -14,7 +15,7 @@ import torch
 from PIL import Image
 
 import weights
-from conftest import official_single_file
+from conftest import F64_BOUND, official_single_file, relative_error
 from minitome.sample import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -98,6 +99,44 @@ def test_ddim_matches_diffusers_with_ddim_scheduler(tiny_pipeline, tmp_path):
     done = cli(folder, tmp_path / "img.png", "--sampler", "ddim", steps=4)
     assert done.returncode == 0, done.stderr
     assert max_pixel_difference(Image.open(tmp_path / "img.png"), expected) <= 2
+
+
+def diffusers_float64(pipe, sampler: str):
+    """A float64 copy of the reference pipeline: every module in float64, the scheduler's ᾱ table (float32
+    values, as ours) held in float64 so that its steps compute in float64 too."""
+    from diffusers import DDIMScheduler
+    pipe = copy.deepcopy(pipe).to(torch.float64)
+    if sampler == "ddim":
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)
+    pipe.scheduler.alphas_cumprod = pipe.scheduler.alphas_cumprod.double()
+    pipe.scheduler.final_alpha_cumprod = pipe.scheduler.final_alpha_cumprod.double()
+    return pipe
+
+
+@pytest.mark.parametrize("sampler, merged", [("plms", False), ("plms", True), ("ddim", False)])
+def test_float64_latents_and_image_match_diffusers(tiny_pipeline, sampler, merged):
+    """End to end in float64: the final latents and the decoded image before rounding to 8 bits, against
+    StableDiffusionPipeline (+ tomesd with use_rand off) on the same tiny weights."""
+    import tomesd
+    from minitome import ToMeConfig
+    from minitome.pipeline import decode, sample_latents
+    pipe, folder = tiny_pipeline
+    reference = diffusers_float64(pipe, sampler)
+    if merged:
+        tomesd.apply_patch(reference, ratio=0.5, use_rand=False)
+    s = {**SETTINGS, "steps": 4}
+    expected = reference(s["prompt"], negative_prompt=s["negative_prompt"], num_inference_steps=s["steps"],
+                         guidance_scale=s["guidance"], width=s["width"], height=s["height"], output_type="latent",
+                         generator=torch.Generator("cpu").manual_seed(s["seed"])).images
+    with torch.no_grad():
+        expected_image = (reference.vae.decode(expected / reference.vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)
+    sd = weights.load(folder, dtype=torch.float64)
+    latents = sample_latents(sd, s["prompt"], s["negative_prompt"], s["steps"], s["guidance"], s["seed"], s["width"],
+                             s["height"], sampler=sampler, tome=ToMeConfig(ratio=0.5, use_rand=False) if merged else None)
+    assert latents.dtype == expected.dtype == torch.float64
+    errors = relative_error(latents, expected), relative_error(decode(sd, latents), expected_image)
+    print(f"float64 end to end ({sampler}, merged {merged}): latents {errors[0]:.1e}, image {errors[1]:.1e}")
+    assert max(errors) <= F64_BOUND
 
 
 def test_png_parameters_and_no_overwrite(single_file, tmp_path, capsys):
