@@ -128,6 +128,7 @@ def quality(args, size, device, dtype) -> dict:
     from .quality import psnr, ssim
     from .tome import ToMeConfig
     sd = weights.load(args.weights, device=device, dtype=dtype)
+    sd.unet.pack_convolutions()
     images = {}
     for ratio in args.ratios:
         tome = ToMeConfig(ratio=ratio, max_downsample=args.max_downsample) if ratio > 0 else None

@@ -70,7 +70,7 @@ def sync(device):
 def build_unet(s: dict, device, dtype) -> UNetModel:
     if s.get("weights"):
         from weights import load_unet
-        return load_unet(s["weights"], device, dtype, s["attention"])
+        return load_unet(s["weights"], device, dtype, s["attention"]).pack_convolutions()
     torch.manual_seed(0)  # the same random weights in every process, minitome's and diffusers'
     unet = UNetModel(UNetConfig(attention=s["attention"]))
     return unet.to(device=device, dtype=dtype).eval().requires_grad_(False).channels_last().pack_convolutions()

@@ -13,12 +13,26 @@ choices as diffusers' StableDiffusionPipeline, so a seed gives the same image:
 ToMe's partitions come from their own generator (seeded with tome.seed), so turning ToMe on never
 changes the noise.
 """
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from PIL import Image
 
 from sampler import SAMPLERS
-from .vae import SCALE
+from unet import UNetModel
+from .clip import CLIPTextModel
+from .tokenizer import Tokenizer
+from .vae import SCALE, VAEDecoder
+
+
+@dataclass
+class StableDiffusion:
+    """The four parts, as `weights.load` returns them: plain modules (and the tokenizer)."""
+    unet: UNetModel
+    text_encoder: CLIPTextModel
+    tokenizer: Tokenizer
+    vae: VAEDecoder
 
 
 def vae_scale_factor(sd) -> int:

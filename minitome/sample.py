@@ -27,6 +27,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m minitome.sample", description=__doc__.splitlines()[0])
     p.add_argument("--weights", required=True, help="official .safetensors file or diffusers folder")
     p.add_argument("--tokenizer", help="tokenizer folder or bpe_simple_vocab_16e6.txt.gz (default: beside the weights)")
+    p.add_argument("--vae", help="a VAE file or folder that replaces the weights' own decoder (or supplies a missing one)")
+    p.add_argument("--ema", action="store_true", help="from a file holding two UNets (v1-5-pruned), load the EMA one")
     p.add_argument("--prompt", required=True)
     p.add_argument("--negative-prompt", default="")
     p.add_argument("--steps", type=int, default=50)
@@ -164,10 +166,23 @@ class Progress:
         print(f"step {i + 1}/{self.steps} (t={t}) · {rate:.2f} it/s · {left:.0f} s left", file=sys.stderr, flush=True)
 
 
+def one_line_warnings(message, category, *rest):
+    """Warnings as one line each on stderr: what the loader says about a file (a note), a prompt cut short."""
+    from weights import WeightsNotice
+    kind = "note" if issubclass(category, WeightsNotice) else "warning"
+    print(f"minitome.sample: {kind}: {message}", file=sys.stderr, flush=True)
+
+
 def main(argv=None) -> int:
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = one_line_warnings
+        return run(parse_args(argv))
+
+
+def run(args) -> int:
     from weights import WeightsError, load
     from .pipeline import check_size, generate
-    args = parse_args(argv)
     try:
         if args.steps < 1:
             raise ValueError(f"--steps must be >= 1, got {args.steps}")
@@ -183,7 +198,9 @@ def main(argv=None) -> int:
         check_output(out)
         seed = args.seed if args.seed is not None else random.randrange(2**32)
         print(f"seed: {seed}", file=sys.stderr)
-        sd = load(args.weights, tokenizer=args.tokenizer, device=device, dtype=dtype, attention=args.attention)
+        sd = load(args.weights, tokenizer=args.tokenizer, device=device, dtype=dtype, vae=args.vae, ema=args.ema,
+                  attention=args.attention)
+        sd.unet.pack_convolutions()  # float32 on the CPU: convolution weights laid out once (unet/packed_conv.py)
         check_size(sd, args.width, args.height)
         images = generate(sd, args.prompt, args.negative_prompt, args.steps, args.guidance, seed, args.width,
                           args.height, args.batch, args.sampler, tome, callback=Progress(args.steps))
@@ -200,5 +217,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    warnings.formatwarning = lambda message, category, *rest: f"minitome.sample: warning: {message}\n"
     sys.exit(main())

@@ -17,9 +17,11 @@ Byte-level BPE in five steps:
 A prompt becomes BOS + its first 75 ids + EOS, padded with EOS to 77.
 """
 import gzip
+import heapq
 import json
 import unicodedata
 import warnings
+import zlib
 from functools import lru_cache
 from pathlib import Path
 
@@ -49,18 +51,76 @@ def clean(text: str) -> str:
     return regex.sub(r"\s+", " ", unicodedata.normalize("NFC", text)).lower()
 
 
+class TokenizerError(ValueError):
+    """Tokenizer files that cannot be used; the message is one line naming the file and the problem."""
+
+
+def read_text(path: Path) -> str:
+    """A tokenizer file's text (gzip-compressed for .gz), every failure a TokenizerError naming the file."""
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                return f.read()
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise TokenizerError(f"{path}: not UTF-8 text") from None
+    except (OSError, EOFError, zlib.error) as error:  # gzip.BadGzipFile is an OSError; a truncated .gz an EOFError
+        raise TokenizerError(f"{path}: cannot be read ({error})") from None
+
+
+def read_json(path: Path):
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as error:
+        raise TokenizerError(f"{path}: not valid JSON ({error})") from None
+    except RecursionError:
+        raise TokenizerError(f"{path}: not valid JSON (nested too deep)") from None
+
+
+def merge_pairs(lines: list, source) -> list:
+    """The merge list: CLIP's first 48,894 "a b" lines after the version header."""
+    merges = [tuple(line.split()) for line in lines[1:NUM_MERGES + 1]]
+    if len(merges) < NUM_MERGES or any(len(pair) != 2 for pair in merges):
+        bad = next((i for i, pair in enumerate(merges) if len(pair) != 2), len(merges))
+        raise TokenizerError(f"{source}: expected a version line and {NUM_MERGES:,} merges of two symbols each, "
+                             f"line {bad + 2} is not one")
+    return merges
+
+
 class Tokenizer:
-    def __init__(self, merges: list, vocab: dict = None):
+    def __init__(self, merges: list, vocab: dict = None, source: str = "tokenizer"):
         """merges: pairs ("a", "b") in rank order. vocab: symbol → id; built from the merges when None,
-        as CLIP's own `bpe_simple_vocab_16e6.txt.gz` leaves it implicit."""
+        as CLIP's own `bpe_simple_vocab_16e6.txt.gz` leaves it implicit. Either way the table must have
+        CLIP's layout (`check_layout`); source names the files in its errors."""
+        base = list(bytes_to_unicode().values())
         if vocab is None:
-            base = list(bytes_to_unicode().values())
             symbols = base + [b + "</w>" for b in base] + ["".join(pair) for pair in merges] + [BOS, EOS]
             vocab = {symbol: i for i, symbol in enumerate(symbols)}
         self.vocab, self.ranks = vocab, {pair: rank for rank, pair in enumerate(merges)}
+        self.check_layout(merges, source)
         self.bos_id, self.eos_id = vocab[BOS], vocab[EOS]
         self.byte_chars = bytes_to_unicode()
         self.cache = {}
+
+    def check_layout(self, merges: list, source):
+        """CLIP's vocabulary layout, which every id the BPE can produce relies on: ids 0–255 are the byte
+        symbols, 256–511 the same with </w>, the merge of rank k is id 512 + k and is made of symbols
+        that exist before it, then the two specials. A shuffled or foreign merges.txt breaks it."""
+        if not isinstance(self.vocab, dict) or not all(isinstance(i, int) for i in self.vocab.values()):
+            raise TokenizerError(f"{source}: the vocabulary must map symbols to integer ids")
+        base = list(bytes_to_unicode().values())
+        expected = [(b, i) for i, b in enumerate(base)] + [(b + "</w>", 256 + i) for i, b in enumerate(base)]
+        expected += [(BOS, 512 + len(merges)), (EOS, 513 + len(merges))]
+        for symbol, i in expected:
+            if self.vocab.get(symbol) != i:
+                raise TokenizerError(f"{source}: {symbol!r} should be id {i} in CLIP's vocabulary, "
+                                     f"found {self.vocab.get(symbol)}")
+        for rank, (a, b) in enumerate(merges):
+            made, limit = self.vocab.get(a + b), 512 + rank
+            if made != limit or not self.vocab.get(a, limit) < limit or not self.vocab.get(b, limit) < limit:
+                raise TokenizerError(f"{source}: merge {rank + 1} ({a} {b}) does not match the vocabulary "
+                                     f"(CLIP's merge of rank k is id 512 + k, made of earlier symbols); "
+                                     "are vocab.json and merges.txt from the same tokenizer?")
 
     @classmethod
     def from_files(cls, path) -> "Tokenizer":
@@ -69,42 +129,61 @@ class Tokenizer:
         path = Path(path)
         if path.is_dir():
             vocab_file, merges_file, single = path / "vocab.json", path / "merges.txt", path / "tokenizer.json"
-            if not (vocab_file.exists() and merges_file.exists()) and single.exists():
-                model = json.loads(single.read_text(encoding="utf-8"))["model"]
-                merges = [tuple(m.split()) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-                return cls(merges[:NUM_MERGES], model["vocab"])
-            missing = [f.name for f in (vocab_file, merges_file) if not f.exists()]
+            if not (vocab_file.is_file() and merges_file.is_file()) and single.is_file():
+                model = read_json(single)
+                model = model.get("model") if isinstance(model, dict) else None
+                if not isinstance(model, dict) or not isinstance(model.get("merges"), list):
+                    raise TokenizerError(f"{single}: no BPE model (\"model\" with \"vocab\" and \"merges\")")
+                lines = ["#version"] + [m if isinstance(m, str) else " ".join(map(str, m)) for m in model["merges"]]
+                return cls(merge_pairs(lines, single), model.get("vocab"), str(single))
+            missing = [f.name for f in (vocab_file, merges_file) if not f.is_file()]
             if missing:
-                raise FileNotFoundError(f"{path}: tokenizer files missing: {', '.join(missing)} (or tokenizer.json)")
-            lines = merges_file.read_text(encoding="utf-8").split("\n")
-            vocab = json.loads(vocab_file.read_text(encoding="utf-8"))
-        elif path.name.endswith(".txt.gz") and path.exists():
-            lines, vocab = gzip.open(path, "rt", encoding="utf-8").read().split("\n"), None
+                raise TokenizerError(f"{path}: tokenizer files missing: {', '.join(missing)} (or tokenizer.json)")
+            merges, vocab, source = merge_pairs(read_text(merges_file).split("\n"), merges_file), read_json(vocab_file), path
+        elif path.name.endswith(".txt.gz") and path.is_file():
+            merges, vocab, source = merge_pairs(read_text(path).split("\n"), path), None, path
         else:
-            raise FileNotFoundError(f"{path}: no tokenizer here (need a folder with vocab.json + merges.txt, "
-                                    "or bpe_simple_vocab_16e6.txt.gz)")
-        merges = [tuple(line.split()) for line in lines[1:NUM_MERGES + 1]]  # line 0 is a version header
-        return cls(merges, vocab)
+            raise TokenizerError(f"{path}: no tokenizer here (need a folder with vocab.json + merges.txt, "
+                                 "or bpe_simple_vocab_16e6.txt.gz)")
+        return cls(merges, vocab, str(source))
 
     def bpe(self, piece: str) -> list:
-        """Step 4 on one piece (already spelled in byte characters): its list of vocabulary symbols."""
+        """Step 4 on one piece (already spelled in byte characters): its list of vocabulary symbols.
+
+        The rule: merge the adjacent pair of lowest rank, everywhere it occurs (left to right), until no
+        pair is in the list. Done literally, that rescans the whole word after every merge, n² for a word
+        of n symbols. Here the candidate pairs wait in a heap ordered by (rank, position), the symbols sit
+        in a linked list, and each merge only adds the two pairs it creates: n log n, the same symbols.
+        This order is the rule's because a pair that contains a merged symbol always ranks after the merge
+        that made it (checked by `check_layout`), and position breaks ties left to right.
+        """
         if piece in self.cache:
             return self.cache[piece]
-        word = list(piece[:-1]) + [piece[-1] + "</w>"]
-        while len(word) > 1:
-            pairs = set(zip(word, word[1:]))
-            best = min(pairs, key=lambda pair: self.ranks.get(pair, float("inf")))
-            if best not in self.ranks:
-                break
-            merged, i = [], 0
-            while i < len(word):  # merge every occurrence of the best pair, left to right
-                if i < len(word) - 1 and (word[i], word[i + 1]) == best:
-                    merged.append(word[i] + word[i + 1])
-                    i += 2
-                else:
-                    merged.append(word[i])
-                    i += 1
-            word = merged
+        symbols = list(piece[:-1]) + [piece[-1] + "</w>"]
+        after = list(range(1, len(symbols))) + [None]   # the linked list: the next live symbol's index
+        before = [None] + list(range(len(symbols) - 1))
+        heap = []
+
+        def push(i, j):  # the pair starting at symbol i, if it is a merge
+            rank = self.ranks.get((symbols[i], symbols[j]))
+            if rank is not None:
+                heapq.heappush(heap, (rank, i, symbols[i], symbols[j]))
+
+        for i in range(len(symbols) - 1):
+            push(i, i + 1)
+        while heap:
+            _, i, a, b = heapq.heappop(heap)
+            j = after[i]
+            if symbols[i] != a or j is None or symbols[j] != b:
+                continue  # stale: one of the two was merged into something else since
+            symbols[i], symbols[j] = a + b, None  # j leaves the list
+            after[i] = after[j]
+            if after[j] is not None:
+                before[after[j]] = i
+                push(i, after[j])
+            if before[i] is not None:
+                push(before[i], i)
+        word = [s for s in symbols if s is not None]
         self.cache[piece] = word
         return word
 

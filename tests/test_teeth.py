@@ -11,6 +11,8 @@ import torch
 import torch.nn as nn
 
 import weights
+from weights.clip import text_encoder_part_diffusers
+from weights.vae import vae_part_diffusers
 from conftest import F64_BOUND, TINY_TEXT, TINY_VAE, diffusers_text_encoder, diffusers_vae, relative_error
 from test_text_vae_parity import save_pipeline_parts, text_error, vae_error
 from test_unet_parity import inputs
@@ -39,9 +41,8 @@ def test_unet(tiny_unet_folder, norm):
 
 
 def test_text_encoder(tmp_path):
-    from weights.text_vae import text_encoder_from_folder
     reference = diffusers_text_encoder(seed=3, **TINY_TEXT)
-    ours = text_encoder_from_folder(save_pipeline_parts(tmp_path, text_encoder=reference), "cpu", torch.float64)
+    ours = text_encoder_part_diffusers(save_pipeline_parts(tmp_path, text_encoder=reference)).load("cpu", torch.float64)
     reference = reference.double()
     assert text_error(reference, ours) <= F64_BOUND
     divide_eps(ours, nn.LayerNorm)
@@ -49,9 +50,8 @@ def test_text_encoder(tmp_path):
 
 
 def test_vae_decoder(tmp_path):
-    from weights.text_vae import vae_from_folder
     reference = diffusers_vae(seed=4, **TINY_VAE)
-    ours = vae_from_folder(save_pipeline_parts(tmp_path, vae=reference), "cpu", torch.float64)
+    ours = vae_part_diffusers(save_pipeline_parts(tmp_path, vae=reference)).load("cpu", torch.float64)
     reference = reference.double()
     assert vae_error(reference, ours) <= F64_BOUND
     divide_eps(ours, nn.GroupNorm)

@@ -7,6 +7,8 @@ import pytest
 import torch
 
 import weights
+from weights.clip import text_encoder_part_diffusers
+from weights.vae import vae_part_diffusers
 from conftest import (F64_BOUND, SD15_VAE, TINY_TEXT, TINY_VAE, diffusers_text_encoder, diffusers_vae,
                       official_single_file, relative_error)
 from minitome.clip import CLIPTextModel
@@ -45,39 +47,35 @@ def vae_error(reference, ours, hw=(8, 8), dtype=torch.float64) -> float:
 
 @pytest.mark.parametrize("size", ["tiny", "full"])
 def test_text_encoder_matches_transformers(tmp_path, size):
-    from weights.text_vae import text_encoder_from_folder
     config = TINY_TEXT if size == "tiny" else dict(vocab_size=49408, max_position_embeddings=77)
     reference = diffusers_text_encoder(seed=3, **config)
     if size == "full":
         assert sum(p.numel() for p in CLIPTextModel().parameters()) == 123_060_480
     folder = save_pipeline_parts(tmp_path, text_encoder=reference)
-    ours = text_encoder_from_folder(folder, "cpu", torch.float64)
+    ours = text_encoder_part_diffusers(folder).load("cpu", torch.float64)
     assert text_error(reference.double(), ours) <= F64_BOUND
 
 
 def test_text_encoder_float32_smoke(tmp_path):
-    from weights.text_vae import text_encoder_from_folder
     reference = diffusers_text_encoder(seed=3, **TINY_TEXT)
-    ours = text_encoder_from_folder(save_pipeline_parts(tmp_path, text_encoder=reference), "cpu", torch.float32)
+    ours = text_encoder_part_diffusers(save_pipeline_parts(tmp_path, text_encoder=reference)).load("cpu", torch.float32)
     assert text_error(reference, ours) <= F32_TEXT_BOUND
 
 
 @pytest.mark.parametrize("size, hw", [("tiny", (8, 8)), ("tiny", (5, 7)), ("full", (16, 16))])
 def test_vae_decoder_matches_diffusers(tmp_path, size, hw):
-    from weights.text_vae import vae_from_folder
     reference = diffusers_vae(seed=4, **(TINY_VAE if size == "tiny" else SD15_VAE))
     if size == "full":
         from minitome.vae import VAEDecoder
         assert sum(p.numel() for p in VAEDecoder().parameters()) == \
             sum(p.numel() for n, p in reference.named_parameters() if n.startswith(("decoder.", "post_quant_conv.")))
-    ours = vae_from_folder(save_pipeline_parts(tmp_path, vae=reference), "cpu", torch.float64)
+    ours = vae_part_diffusers(save_pipeline_parts(tmp_path, vae=reference)).load("cpu", torch.float64)
     assert vae_error(reference.double(), ours, hw) <= F64_BOUND
 
 
 def test_vae_decoder_float32_smoke(tmp_path):
-    from weights.text_vae import vae_from_folder
     reference = diffusers_vae(seed=4, **TINY_VAE)
-    ours = vae_from_folder(save_pipeline_parts(tmp_path, vae=reference), "cpu", torch.float32)
+    ours = vae_part_diffusers(save_pipeline_parts(tmp_path, vae=reference)).load("cpu", torch.float32)
     assert vae_error(reference, ours, (5, 7), torch.float32) <= F32_VAE_BOUND
 
 

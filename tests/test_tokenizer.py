@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 import torch
 
-from minitome.tokenizer import Tokenizer, bytes_to_unicode
+from minitome.tokenizer import Tokenizer, TokenizerError, bytes_to_unicode
 
 HAND_WRITTEN = [
     "a photo of a cat", "A PHOTO OF A CAT", "", " ", "astronaut riding a horse, 8k, trending on artstation",
@@ -128,9 +128,9 @@ def test_show_work_explains_each_step(ours):
 
 
 def test_missing_tokenizer_files_are_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"tokenizer files missing: vocab.json, merges.txt \(or tokenizer.json\)"):
+    with pytest.raises(TokenizerError, match=r"tokenizer files missing: vocab.json, merges.txt \(or tokenizer.json\)"):
         Tokenizer.from_files(tmp_path)
-    with pytest.raises(FileNotFoundError, match="no tokenizer here"):
+    with pytest.raises(TokenizerError, match="no tokenizer here"):
         Tokenizer.from_files(tmp_path / "nothing.txt.gz")
 
 

@@ -76,9 +76,9 @@ def edited_copy(folder, tmp_path, edit):
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda t: t.pop("down_blocks.0.resnets.0.norm1.weight"), r"1 tensor\(s\) missing .*input_blocks.1.0.in_layers.0.weight"),
+    (lambda t: t.pop("down_blocks.0.resnets.0.norm1.weight"), r"1 tensor\(s\) missing .*'down_blocks.0.resnets.0.norm1.weight'"),
     (lambda t: t.update(extra=torch.zeros(1)), r"1 unexpected tensor\(s\) .*'extra'"),
-    (lambda t: t.update({"conv_in.weight": torch.zeros(32, 4, 1, 1)}), r"'input_blocks.0.0.weight' has shape \[32, 4, 1, 1\], expected \[32, 4, 3, 3\]"),
+    (lambda t: t.update({"conv_in.weight": torch.zeros(32, 4, 1, 1)}), r"tensor 'conv_in.weight' has shape \[32, 4, 1, 1\], expected \[32, 4, 3, 3\]"),
 ])
 def test_strict_loading_names_the_problem(tiny_unet_folder, tmp_path, edit, message):
     _, folder = tiny_unet_folder
@@ -91,7 +91,7 @@ def test_single_file_strictness(tiny_unet_folder, tmp_path):
     unet = weights.load_unet(folder)
     path = tmp_path / "bad.safetensors"
     write_single_file(path, unet, {PREFIX + "input_blocks.1.1.bogus": torch.zeros(3)})
-    with pytest.raises(weights.WeightsError, match=r"unexpected tensor\(s\).*'input_blocks.1.1.bogus'"):
+    with pytest.raises(weights.WeightsError, match=r"unexpected tensor\(s\).*'model.diffusion_model.input_blocks.1.1.bogus'"):
         weights.load_unet(path)
     save_file({"alphas_cumprod": torch.rand(10)}, str(path))
     with pytest.raises(weights.WeightsError, match="no SD UNet tensors"):
@@ -134,15 +134,21 @@ def test_truncated_file_is_a_clear_error(tiny_unet_folder, tmp_path):
         weights.load_unet(path)
 
 
-def test_safetensors_reader_agrees_with_the_library(tmp_path):
+def test_checkpoint_reads_every_float_dtype_into_fresh_memory(tmp_path):
+    """Each tensor comes back converted to the load dtype (float8 included), equal to what the safetensors
+    library reads converted by torch, in memory of its own (not a view of the file's memory map)."""
     from safetensors.torch import load_file
-    from weights.checkpoint import SafetensorsFile
-    tensors = {"f": torch.randn(3, 4), "h": torch.randn(5).half(), "b": torch.randn(2, 2).bfloat16(),
-               "i": torch.arange(7), "scalar": torch.tensor(3.5), "empty": torch.zeros(0, 3),
-               "bool": torch.tensor([True, False])}
+    from weights.checkpoint import Checkpoint
+    g = torch.Generator().manual_seed(0)
+    tensors = {"f": torch.randn(3, 4, generator=g), "h": torch.randn(5, generator=g).half(),
+               "b": torch.randn(2, 2, generator=g).bfloat16(), "d": torch.randn(4, generator=g).double(),
+               "e4m3": torch.randn(6, generator=g).to(torch.float8_e4m3fn),
+               "e5m2": torch.randn(6, generator=g).to(torch.float8_e5m2), "scalar": torch.tensor(3.5), "empty": torch.zeros(0, 3)}
     save_file(tensors, str(tmp_path / "all.safetensors"))
-    ours, reference = SafetensorsFile(tmp_path / "all.safetensors"), load_file(str(tmp_path / "all.safetensors"))
-    for name in tensors:
-        got = ours.tensor(name)
-        assert got.dtype == reference[name].dtype and torch.equal(got, reference[name])
-        assert got.data_ptr() % 64 == 0 or got.numel() == 0  # fresh aligned memory, not a view of the file
+    ours, reference = Checkpoint(tmp_path / "all.safetensors"), load_file(str(tmp_path / "all.safetensors"))
+    assert ours.dtypes["e4m3"] == "F8_E4M3" and ours.shapes["f"] == (3, 4)
+    for dtype in (torch.float32, torch.float64, torch.float16):
+        for name in tensors:
+            got = ours.tensor(name, dtype=dtype)
+            assert got.dtype == dtype and torch.equal(got, reference[name].to(dtype))
+            assert got.data_ptr() % 64 == 0 or got.numel() == 0  # fresh aligned memory

@@ -1,11 +1,12 @@
-"""Loading the official Stable Diffusion 1.5 weights into minitome's modules (strict, safetensors only).
+"""Loading Stable Diffusion 1.x weights into minitome's modules (strict, safetensors only).
 
 `load(path)`: all four parts (`weights/load.py`); `load_unet(path)`: the UNet alone (`weights/unet.py`).
-The text encoder and VAE decoder loaders are in `weights/text_vae.py`; reading the file and the
-strict fill of each module in `weights/checkpoint.py`.
+What each tensor of a single file is: `weights/single_file.py`; the text encoder and the VAE decoder:
+`weights/clip.py`, `weights/vae.py`; reading files and the strict fill of each module:
+`weights/checkpoint.py`; diffusers' `config.json` files: `weights/config_files.py`.
 """
-from .checkpoint import WeightsError
-from .load import StableDiffusion, load
+from .checkpoint import WeightsError, WeightsNotice
+from .load import load
 from .unet import load_unet
 
-__all__ = ["StableDiffusion", "WeightsError", "load", "load_unet"]
+__all__ = ["WeightsError", "WeightsNotice", "load", "load_unet"]

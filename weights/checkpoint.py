@@ -1,90 +1,96 @@
-"""Reading safetensors files, and the strict loading every part of the model goes through.
+"""Reading checkpoint files, and the strict loading every part of the model goes through.
 
-Where this sits: `weights/unet.py` (and the text encoder and VAE loaders) name the tensors they
-need; this file opens the file, checks it, and moves each tensor into a module built on the
-`meta` device, so the weights exist once in memory (no second copy in a state dict).
+Where this sits: `weights/unet.py`, `weights/clip.py` and `weights/vae.py` say which tensors of a
+file belong to which parameter; this file opens the file, checks it, and moves each tensor into a
+module built on the `meta` device, so the weights exist once in memory (no second copy in a state dict).
 
-Strict means: every tensor of the part is used or on a named ignore list; a missing or unexpected
-name, or a wrong shape, is a `WeightsError` naming it. Pickle checkpoints (`.ckpt`, `.pt`) are
-refused: unpickling runs arbitrary code.
+The file format is read by the `safetensors` library, which validates the header (JSON of the right
+form, offsets that tile the data, nothing truncated) and knows every dtype (float8 included). What
+the format cannot know is checked here, before any tensor is read: which names a part needs, their
+shapes, and that they hold floating-point numbers. Strict means every tensor of a part is used or on
+a named ignore list; a missing or unexpected name, a wrong shape or dtype is a `WeightsError` naming
+it. Pickle checkpoints (`.ckpt`, `.pt`, `.bin`) are refused: unpickling runs arbitrary code.
 """
-import json
+import stat
 from pathlib import Path
 
 import torch
 import torch.nn as nn
+from safetensors import SafetensorError, safe_open
 
 
 class WeightsError(ValueError):
-    """A checkpoint that cannot be loaded; the message is one line that names the problem."""
+    """A checkpoint that cannot be loaded; the message is one line that names the file and the problem."""
 
 
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+class WeightsNotice(UserWarning):
+    """Something worth one line to the user about a checkpoint that loads: what was ignored or chosen."""
 
 
-# safetensors dtype names → torch dtypes
-DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-          "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-          "BOOL": torch.bool}
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")  # safetensors' names of the dtypes a weight may have
 
 
-class SafetensorsFile:
-    """The tensors of one .safetensors file: names and shapes from its header, data read on demand.
+def existing_file(path) -> Path:
+    """path, if it is a regular file that may be read; FIFOs, devices and sockets are refused by type
+    (reading a FIFO would wait forever for a writer)."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise WeightsError(f"{path}: no such file") from None
+    except OSError as error:
+        raise WeightsError(f"{path}: cannot be read ({error.strerror})") from None
+    if stat.S_ISDIR(mode):
+        raise WeightsError(f"{path}: a folder, not a .safetensors file")
+    if not stat.S_ISREG(mode):
+        raise WeightsError(f"{path}: not a regular file (a FIFO, device or socket)")
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise WeightsError(f"{path}: pickle checkpoints are refused (loading one can run arbitrary code); "
+                           "convert it to .safetensors first, e.g. with safetensors.torch.save_file")
+    return path
 
-    The format: 8 bytes (little-endian length n), n bytes of JSON {name: {dtype, shape,
-    data_offsets: [begin, end]}, "__metadata__": {...}}, then the tensors' bytes. Each tensor is read
-    straight into a fresh (aligned) tensor with `readinto`: no memory map stays resident beside the
-    loaded weights, so loading needs the weights' size plus one tensor.
+
+class Checkpoint:
+    """The tensors of one .safetensors file: names, shapes and dtypes from its header, data read on demand.
+
+    Each tensor is read on its own (the file opened, one tensor copied out of its memory map into fresh,
+    aligned memory of the wanted dtype and device, the map closed), so loading needs the weights'
+    size plus one tensor, not twice the file.
     """
 
     def __init__(self, path):
-        self.path = Path(path)
-        if not self.path.exists():
-            raise WeightsError(f"{self.path}: no such file")
-        if self.path.suffix in PICKLE_SUFFIXES:
-            raise WeightsError(f"{self.path}: pickle checkpoints are refused (loading one can run arbitrary code); "
-                               "convert it to .safetensors first, e.g. with safetensors.torch.save_file")
-        if self.path.is_dir():
-            raise WeightsError(f"{self.path}: a folder, not a .safetensors file")
-        size = self.path.stat().st_size
-        with open(self.path, "rb") as f:
-            head = f.read(8)
-            n = int.from_bytes(head, "little") if len(head) == 8 else -1
-            if not 2 <= n <= min(size - 8, 100 << 20):
-                raise self._unreadable("no safetensors header")
-            try:
-                header = json.loads(f.read(n))
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                raise self._unreadable("its header is not JSON") from None
-        self.data_start = 8 + n
-        header.pop("__metadata__", None)
-        self.entries = {}
-        for name, info in header.items():
-            try:
-                dtype, shape, (begin, end) = DTYPES[info["dtype"]], tuple(info["shape"]), info["data_offsets"]
-            except (KeyError, TypeError, ValueError):
-                raise self._unreadable(f"bad header entry for {name!r}") from None
-            numel = 1
-            for dim in shape:
-                numel *= dim
-            if end - begin != numel * dtype.itemsize or begin < 0:
-                raise self._unreadable(f"tensor {name!r} has {end - begin} bytes for shape {list(shape)}")
-            if self.data_start + end > size:
-                raise self._unreadable(f"truncated: tensor {name!r} ends past the file's {size} bytes")
-            self.entries[name] = (dtype, shape, begin)
-        self.names = list(self.entries)
-        self.shapes = {name: entry[1] for name, entry in self.entries.items()}
+        self.path = existing_file(path)
+        try:
+            with safe_open(self.path, framework="pt") as f:
+                slices = {name: f.get_slice(name) for name in f.keys()}
+                self.shapes = {name: tuple(s.get_shape()) for name, s in slices.items()}
+                self.dtypes = {name: s.get_dtype() for name, s in slices.items()}
+        except SafetensorError as error:
+            raise WeightsError(f"{self.path}: not a readable safetensors file ({error})") from None
+        except OSError as error:
+            raise WeightsError(f"{self.path}: cannot be read ({error.strerror or error})") from None
+        self.names = list(self.shapes)
 
-    def _unreadable(self, reason: str) -> WeightsError:
-        return WeightsError(f"{self.path}: not a readable safetensors file ({reason})")
-
-    def tensor(self, name: str) -> torch.Tensor:
-        dtype, shape, begin = self.entries[name]
-        out = torch.empty(shape, dtype=dtype)
-        with open(self.path, "rb") as f:
-            f.seek(self.data_start + begin)
-            f.readinto(out.reshape(-1).view(torch.uint8).numpy())  # bytes straight into the tensor
+    def tensor(self, name: str, device="cpu", dtype=torch.float32) -> torch.Tensor:
+        with safe_open(self.path, framework="pt") as f:
+            stored = f.get_tensor(name)  # a view of the file's memory map
+            out = torch.empty(stored.shape, dtype=dtype, device=device)
+            out.copy_(stored)            # converted to dtype and copied out, before the map closes
+            if out.is_floating_point() and not torch.isfinite(out).all():  # would make a black or noise image
+                why = ("holds NaN or infinity" if not torch.isfinite(stored.double()).all()
+                       else f"has values beyond the range of {str(dtype).replace('torch.', '')}")
+                raise WeightsError(f"{self.path}: tensor {name!r} {why}")
         return out
+
+
+def dims(shapes: dict, name: str, ndim: int, source) -> tuple:
+    """The shape of tensor `name`, which the configuration is read from: it must exist with `ndim` dimensions."""
+    if name not in shapes:
+        raise WeightsError(f"{source}: no tensor {name!r}, which gives the model's shape")
+    if len(shapes[name]) != ndim:
+        raise WeightsError(f"{source}: tensor {name!r} has shape {list(shapes[name])}, expected {ndim} dimensions")
+    return shapes[name]
 
 
 def find_safetensors(folder: Path, stem: str) -> Path:
@@ -98,25 +104,47 @@ def find_safetensors(folder: Path, stem: str) -> Path:
     raise WeightsError(f"{folder}: no {stem}.safetensors")
 
 
-def load_strict(make_module, tensors: dict, shapes: dict, what: str, device="cpu", dtype=torch.float32) -> nn.Module:
-    """Build `make_module()` on the meta device and fill it from `tensors`.
+class Part:
+    """One part of the model (UNet, text encoder, VAE decoder) as found in a checkpoint, checked but not read.
 
-    tensors: our parameter name → a function returning the tensor (read when needed).
-    shapes: our parameter name → its shape in the checkpoint, to check before anything is read.
-    what: the part's name for error messages, e.g. "unet".
+    make_module: builds the part (on the meta device here: shapes only). names: our parameter name →
+    the checkpoint's, for the part's tensors in the file. name_of: what the file would call a parameter
+    it lacks (for the error; our own name when not given). reshape: our names whose tensor is stored as
+    a Linear (C, C) where we have a 1×1 convolution (C, C, 1, 1). Everything is checked on construction,
+    from the header alone, so a bad file fails before any tensor is read; `load` then reads the tensors.
     """
-    with torch.device("meta"):
-        module = make_module()
-    expected = {name: tuple(p.shape) for name, p in module.state_dict().items()}
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing:
-        raise WeightsError(f"{what}: {len(missing)} tensor(s) missing from the checkpoint, first {missing[0]!r}")
-    if unexpected:
-        raise WeightsError(f"{what}: {len(unexpected)} unexpected tensor(s) in the checkpoint, first {unexpected[0]!r}")
-    for name, shape in expected.items():
-        if shapes[name] != shape:
-            raise WeightsError(f"{what}: tensor {name!r} has shape {list(shapes[name])}, expected {list(shape)}")
-    state = {name: read().to(device=device, dtype=dtype) for name, read in tensors.items()}
-    module.load_state_dict(state, strict=True, assign=True)
-    return module.eval().requires_grad_(False)
+
+    def __init__(self, make_module, checkpoint: Checkpoint, names: dict, what: str, reshape=frozenset(),
+                 name_of=None):
+        self.make_module, self.checkpoint, self.names, self.reshape = make_module, checkpoint, names, reshape
+        source = f"{checkpoint.path} ({what})"
+        try:
+            with torch.device("meta"):
+                module = make_module()
+        except (ValueError, RuntimeError) as error:  # e.g. a width no GroupNorm can split into its groups
+            raise WeightsError(f"{source}: its shapes describe no model that can be built ({error})") from None
+        self.config = module.config
+        expected = {name: tuple(p.shape) for name, p in module.state_dict().items()}
+        missing = sorted((name_of or str)(ours) for ours in set(expected) - set(names))
+        unexpected = sorted(names[ours] for ours in set(names) - set(expected))
+        if missing:
+            raise WeightsError(f"{source}: {len(missing)} tensor(s) missing from the checkpoint, first {missing[0]!r}")
+        if unexpected:
+            raise WeightsError(f"{source}: {len(unexpected)} unexpected tensor(s) in the checkpoint, first {unexpected[0]!r}")
+        for ours, theirs in names.items():
+            shape = checkpoint.shapes[theirs] + ((1, 1) if ours in reshape else ())
+            if shape != expected[ours]:
+                raise WeightsError(f"{source}: tensor {theirs!r} has shape {list(checkpoint.shapes[theirs])}, "
+                                   f"expected {list(expected[ours])}")
+            if checkpoint.dtypes[theirs] not in FLOAT_DTYPES:
+                raise WeightsError(f"{source}: tensor {theirs!r} is {checkpoint.dtypes[theirs]}, "
+                                   f"expected floating point ({', '.join(FLOAT_DTYPES)})")
+        self.expected = expected
+
+    def load(self, device="cpu", dtype=torch.float32) -> nn.Module:
+        with torch.device("meta"):
+            module = self.make_module()
+        state = {ours: self.checkpoint.tensor(theirs, device, dtype).reshape(self.expected[ours])
+                 for ours, theirs in self.names.items()}
+        module.load_state_dict(state, strict=True, assign=True)
+        return module.eval().requires_grad_(False)

@@ -12,13 +12,13 @@ the `model.diffusion_model.` prefix. So:
   the same walk `UNetModel.__init__` does. Inside a SpatialTransformer both layouts agree.
 """
 import dataclasses
-import json
 from pathlib import Path
 
 import torch
 
 from unet import UNetConfig, UNetModel
-from .checkpoint import SafetensorsFile, WeightsError, find_safetensors, load_strict
+from .checkpoint import Checkpoint, Part, WeightsError, dims, find_safetensors
+from .config_files import field, read_json
 
 PREFIX = "model.diffusion_model."
 
@@ -71,95 +71,114 @@ def to_diffusers_name(name: str, table: dict) -> str:
     raise KeyError(name)
 
 
+def check_text_to_image(in_channels: int, out_channels: int, source):
+    """SD 1.x text-to-image UNets take and predict the 4-channel latent; variants that take more are named."""
+    if in_channels != 4:
+        kind = KNOWN_INPUTS.get(in_channels, f"a UNet with {in_channels} input channels")
+        raise WeightsError(f"{source}: {kind}; minitome generates from text, with 4 input channels")
+    if out_channels != 4:
+        raise WeightsError(f"{source}: a UNet with {out_channels} output channels; SD 1.x predicts the 4-channel noise")
+
+
+KNOWN_INPUTS = {9: "an inpainting UNet (9 input channels: the latent, the mask, the masked image's latent)",
+                8: "an instruct-pix2pix UNet (8 input channels: the latent and the input image's latent)"}
+
+
 def config_from_diffusers(config: dict, source) -> UNetConfig:
     """Our UNetConfig from diffusers' `unet/config.json`; anything that is not SD 1.x is an error."""
     def refuse(why):
         raise WeightsError(f"{source}: {why}; minitome loads SD 1.x UNets")
 
-    if config.get("use_linear_projection"):
+    if field(config, "use_linear_projection", False, source, "flag"):
         refuse("use_linear_projection=true (an SD 2.x UNet)")
     for key in ("addition_embed_type", "class_embed_type", "encoder_hid_dim_type", "time_cond_proj_dim"):
         if config.get(key) is not None:
             refuse(f"{key}={config[key]!r} is set (an SDXL-style or conditioned UNet)")
-    if config.get("transformer_layers_per_block", 1) not in (1, [1] * len(config.get("block_out_channels", []))):
-        refuse(f"transformer_layers_per_block={config['transformer_layers_per_block']!r}")
-    heads = config.get("num_attention_heads") or config.get("attention_head_dim", 8)  # SD 1.x misnames heads
-    if isinstance(heads, list):
-        if len(set(heads)) != 1:
-            refuse(f"a different head count per level {heads}")
-        heads = heads[0]
-    widths = config["block_out_channels"]
+    widths = field(config, "block_out_channels", [320, 640, 1280, 1280], source, "positive ints")
     if any(w % widths[0] for w in widths):
         refuse(f"block_out_channels {widths} are not multiples of the first")
-    down = config.get("down_block_types", [])
+    layers = config.get("transformer_layers_per_block", 1)
+    if layers != 1 and layers != [1] * len(widths):
+        refuse(f"transformer_layers_per_block={layers!r}")
+    name = "num_attention_heads" if config.get("num_attention_heads") is not None else "attention_head_dim"
+    heads = config.get(name, 8)  # SD 1.x's config misnames its head count attention_head_dim
+    heads = field({name: heads if isinstance(heads, list) else [heads]}, name, None, source, "positive ints")
+    if len(set(heads)) != 1:
+        refuse(f"a different head count per level {heads}")
+    down = field(config, "down_block_types", ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"], source, "texts")
+    if len(down) != len(widths):
+        raise WeightsError(f"{source}: {len(down)} down_block_types for {len(widths)} block_out_channels")
+    in_channels, out_channels = field(config, "in_channels", 4, source), field(config, "out_channels", 4, source)
+    check_text_to_image(in_channels, out_channels, source)
+    heads, norm_groups = heads[0], field(config, "norm_num_groups", 32, source)
+    for width in widths:
+        if width % heads or width % norm_groups:
+            raise WeightsError(f"{source}: width {width} is not divisible by {heads} heads and {norm_groups} norm groups")
     return UNetConfig(
-        in_channels=config.get("in_channels", 4), out_channels=config.get("out_channels", 4),
-        model_channels=widths[0], channel_mult=tuple(w // widths[0] for w in widths),
-        num_res_blocks=config.get("layers_per_block", 2),
+        in_channels=in_channels, out_channels=out_channels, model_channels=widths[0],
+        channel_mult=tuple(w // widths[0] for w in widths), num_res_blocks=field(config, "layers_per_block", 2, source),
         attention_levels=tuple(i for i, kind in enumerate(down) if kind.startswith("CrossAttn")),
-        num_heads=heads, context_dim=config.get("cross_attention_dim", 768),
-        norm_groups=config.get("norm_num_groups", 32))
+        num_heads=heads, context_dim=field(config, "cross_attention_dim", 768, source), norm_groups=norm_groups)
 
 
 def config_from_shapes(shapes: dict, source) -> UNetConfig:
-    """Our UNetConfig read off an official-layout UNet's tensor shapes (names without the prefix)."""
-    if "input_blocks.0.0.weight" not in shapes or "out.2.weight" not in shapes:
+    """Our UNetConfig read off an official-layout UNet's tensor shapes (our names: the file's without its prefix)."""
+    if "input_blocks.0.0.weight" not in shapes:
         raise WeightsError(f"{source}: no SD UNet tensors (input_blocks.0.0, out.2) under {PREFIX!r}")
     if any(name.endswith("proj_in.weight") and len(shape) == 2 for name, shape in shapes.items()):
         raise WeightsError(f"{source}: linear proj_in (an SD 2.x or SDXL UNet); minitome loads SD 1.x UNets")
-    model_channels, in_channels = shapes["input_blocks.0.0.weight"][:2]
-    entries = 1 + max(int(name.split(".")[1]) for name in shapes if name.startswith("input_blocks."))
+    model_channels, in_channels = dims(shapes, "input_blocks.0.0.weight", 4, source)[:2]
+    check_text_to_image(in_channels, dims(shapes, "out.2.weight", 4, source)[0], source)
+    entries = 1 + max(int(part) for part in (name.split(".")[1] for name in shapes if name.startswith("input_blocks."))
+                      if part.isdigit())
     levels = 1 + sum(1 for name in shapes if name.startswith("input_blocks.") and name.endswith(".0.op.weight"))
     res_blocks = entries // levels - 1
+    if res_blocks < 1 or entries != levels * (res_blocks + 1):
+        raise WeightsError(f"{source}: {entries} input blocks do not make {levels} levels of ResBlocks and a downsample")
     mult, attention = [], []
     for level in range(levels):
         first = 1 + level * (res_blocks + 1)  # the level's first ResBlock
-        mult.append(shapes[f"input_blocks.{first}.0.out_layers.3.weight"][0] // model_channels)
+        mult.append(dims(shapes, f"input_blocks.{first}.0.out_layers.3.weight", 4, source)[0] // model_channels)
         if f"input_blocks.{first}.1.proj_in.weight" in shapes:
             attention.append(level)
-    context = next((shape[1] for name, shape in shapes.items() if name.endswith("attn2.to_k.weight")), 768)
-    return UNetConfig(in_channels=in_channels, out_channels=shapes["out.2.weight"][0], model_channels=model_channels,
+    context = next((shape[-1] for name, shape in shapes.items() if name.endswith("attn2.to_k.weight")), 768)
+    return UNetConfig(in_channels=in_channels, out_channels=4, model_channels=model_channels,
                       channel_mult=tuple(mult), num_res_blocks=res_blocks, attention_levels=tuple(attention),
                       context_dim=context)
 
 
-def load_unet(path, device="cpu", dtype=torch.float32, attention: str = "sdpa") -> UNetModel:
-    """The UNet of an official single file (.safetensors) or of a diffusers folder."""
-    path = Path(path)
-    if path.is_dir():
-        return load_unet_diffusers(path, device, dtype, attention)
-    return load_unet_single_file(SafetensorsFile(path), device, dtype, attention)
-
-
-def load_unet_single_file(file: SafetensorsFile, device="cpu", dtype=torch.float32, attention="sdpa") -> UNetModel:
-    names = {name[len(PREFIX):]: name for name in file.names if name.startswith(PREFIX)}
-    shapes = {ours: file.shapes[theirs] for ours, theirs in names.items()}
-    config = config_from_shapes(shapes, file.path)
+def unet_part(checkpoint: Checkpoint, names: dict, attention: str = "sdpa", name_of=None) -> Part:
+    """The UNet of an official single file; names: our parameter name → the file's (with the prefix or EMA form);
+    name_of: the file's name for a parameter it lacks."""
+    config = config_from_shapes({ours: checkpoint.shapes[theirs] for ours, theirs in names.items()}, checkpoint.path)
     config = dataclasses.replace(config, attention=attention)
-    tensors = {ours: (lambda theirs=theirs: file.tensor(theirs)) for ours, theirs in names.items()}
-    unet = load_strict(lambda: UNetModel(config), tensors, shapes, f"{file.path} (unet)", device, dtype)
-    return unet.channels_last().pack_convolutions()  # the second: float32 on the CPU only
+    return Part(lambda: UNetModel(config), checkpoint, names, "unet", name_of=name_of)
 
 
-def load_unet_diffusers(folder: Path, device="cpu", dtype=torch.float32, attention="sdpa") -> UNetModel:
-    config_path = folder / "unet" / "config.json"
-    if not config_path.exists():
-        raise WeightsError(f"{folder}: no unet/config.json (not a diffusers pipeline folder)")
-    try:
-        raw = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise WeightsError(f"{config_path}: not valid JSON ({error})") from None
-    config = config_from_diffusers(raw, config_path)
+def unet_part_diffusers(folder: Path, attention: str = "sdpa") -> Part:
+    """The UNet of a diffusers folder: unet/config.json + unet/diffusion_pytorch_model.safetensors."""
+    config = config_from_diffusers(read_json(folder / "unet" / "config.json"), folder / "unet" / "config.json")
     config = dataclasses.replace(config, attention=attention)
-    file = SafetensorsFile(find_safetensors(folder / "unet", "diffusion_pytorch_model"))
+    checkpoint = Checkpoint(find_safetensors(folder / "unet", "diffusion_pytorch_model"))
     with torch.device("meta"):
         ours = UNetModel(config).state_dict().keys()
     table = diffusers_names(config)
-    theirs_to_ours = {to_diffusers_name(name, table): name for name in ours}
-    unknown = [name for name in file.names if name not in theirs_to_ours]
+    ours_to_theirs = {name: to_diffusers_name(name, table) for name in ours}
+    unknown = sorted(set(checkpoint.names) - set(ours_to_theirs.values()))
     if unknown:
-        raise WeightsError(f"{file.path}: {len(unknown)} unexpected tensor(s) for this config, first {unknown[0]!r}")
-    tensors = {theirs_to_ours[name]: (lambda name=name: file.tensor(name)) for name in file.names}
-    shapes = {theirs_to_ours[name]: file.shapes[name] for name in file.names}
-    unet = load_strict(lambda: UNetModel(config), tensors, shapes, f"{file.path} (unet)", device, dtype)
-    return unet.channels_last().pack_convolutions()  # the second: float32 on the CPU only
+        raise WeightsError(f"{checkpoint.path}: {len(unknown)} unexpected tensor(s) for this config, first {unknown[0]!r}")
+    present = {o: t for o, t in ours_to_theirs.items() if t in checkpoint.shapes}  # a missing one is named by Part
+    return Part(lambda: UNetModel(config), checkpoint, present, "unet", name_of=ours_to_theirs.get)
+
+
+def load_unet(path, device="cpu", dtype=torch.float32, attention: str = "sdpa", ema: bool = False) -> UNetModel:
+    """The UNet of an official single file (.safetensors) or of a diffusers folder.
+    ema: from a file holding both UNets, the EMA copy (the non-EMA one by default, said in a WeightsNotice)."""
+    from .single_file import unet_names, unet_name_of
+    path = Path(path)
+    if path.is_dir():
+        part = unet_part_diffusers(path, attention)
+    else:
+        checkpoint = Checkpoint(path)
+        part = unet_part(checkpoint, unet_names(checkpoint, ema), attention, unet_name_of(ema))
+    return part.load(device, dtype).channels_last()

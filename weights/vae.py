@@ -1,0 +1,110 @@
+"""Loading the VAE decoder: baked into a single file, from a VAE file of its own, or from a diffusers folder.
+
+Where this sits: `weights/load.py` calls these for `weights.load(path, vae=...)`. Our attribute names
+are the official file's `first_stage_model.*` names (the LDM layout) without the prefix. VAEs
+circulate in two namings, and both appear baked into single files too:
+
+- LDM (the official file, `vae-ft-mse-840000-ema-pruned.safetensors`): `decoder.up.3.block.0.conv1`,
+  `decoder.mid.attn_1.q`, …, numbered in the order of the encoder, so `up.3` runs first;
+- diffusers (`vae/diffusion_pytorch_model.safetensors`): `decoder.up_blocks.0.resnets.0.conv1`,
+  `decoder.mid_block.attentions.0.to_q` (older diffusers: `query`), numbered in the order they run.
+The mid-block attention's q, k, v and output projection are 1×1 convolutions (C, C, 1, 1) in LDM
+files and Linear layers (C, C) in diffusers files; either shape loads in either naming. Text-to-image
+never encodes, so the encoder and `quant_conv` are ignored by name. Widths are read off the shapes.
+"""
+import re
+from pathlib import Path
+
+from minitome.vae import SCALE, VAEConfig, VAEDecoder
+from .checkpoint import Checkpoint, Part, WeightsError, dims, find_safetensors
+from .config_files import field, read_json
+
+ENCODER = ("encoder.", "quant_conv.")           # the encoding half: never used here
+PREFIXES = ("first_stage_model.", "vae.")       # how a VAE file extracted from a full checkpoint may name it
+ATTENTION = {"group_norm": "norm", "to_q": "q", "query": "q", "to_k": "k", "key": "k", "to_v": "v", "value": "v",
+             "to_out.0": "proj_out", "proj_attn": "proj_out"}  # diffusers' names (new, old) → LDM's
+
+
+def ldm_name(name: str, levels: int) -> str:
+    """A diffusers decoder name → the LDM name, e.g. decoder.up_blocks.0.resnets.1.conv_shortcut.weight →
+    decoder.up.3.block.1.nin_shortcut.weight (levels: how many up blocks; diffusers counts them the other way)."""
+    rules = [
+        (r"^decoder\.conv_norm_out\.", lambda m: "decoder.norm_out."),
+        (r"^decoder\.mid_block\.resnets\.(\d+)\.", lambda m: f"decoder.mid.block_{int(m[1]) + 1}."),
+        (r"^decoder\.mid_block\.attentions\.0\.(" + "|".join(map(re.escape, ATTENTION)) + r")\.",
+         lambda m: f"decoder.mid.attn_1.{ATTENTION[m[1]]}."),
+        (r"^decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.", lambda m: f"decoder.up.{levels - 1 - int(m[1])}.block.{m[2]}."),
+        (r"^decoder\.up_blocks\.(\d+)\.upsamplers\.0\.", lambda m: f"decoder.up.{levels - 1 - int(m[1])}.upsample."),
+        (r"\.conv_shortcut\.", lambda m: ".nin_shortcut."),
+    ]
+    for pattern, replacement in rules:
+        name = re.sub(pattern, replacement, name)
+    return name
+
+
+def our_names(names: list) -> dict:
+    """Our parameter name → the given name, for the decoder's tensors among `names` (no prefix), either naming."""
+    decoder = [n for n in names if not n.startswith(ENCODER)]
+    if any(n.startswith(("decoder.up_blocks.", "decoder.mid_block.")) for n in decoder):  # the diffusers naming
+        ups = [int(n.split(".")[2]) for n in decoder if n.startswith("decoder.up_blocks.") and n.split(".")[2].isdigit()]
+        levels = 1 + max(ups, default=-1)
+        return {ldm_name(n, levels): n for n in decoder}
+    return {n: n for n in decoder}
+
+
+def config_from_shapes(shapes: dict, source, groups: int = 32) -> VAEConfig:
+    """Our VAEConfig read off the decoder's tensor shapes (our names)."""
+    if "decoder.conv_out.weight" not in shapes and "post_quant_conv.weight" not in shapes:
+        raise WeightsError(f"{source}: no VAE decoder tensors (decoder.conv_out, post_quant_conv)")
+    out_channels, ch = dims(shapes, "decoder.conv_out.weight", 4, source)[:2]
+    levels = 1 + max((int(n.split(".")[2]) for n in shapes if n.startswith("decoder.up.") and n.split(".")[2].isdigit()),
+                     default=-1)
+    blocks = 1 + max((int(n.split(".")[4]) for n in shapes if n.startswith("decoder.up.0.block.")
+                      and n.split(".")[4].isdigit()), default=-1)
+    if levels < 1 or blocks < 2:
+        raise WeightsError(f"{source}: no decoder levels with two ResBlocks or more (decoder.up.0.block.1)")
+    mult = tuple(dims(shapes, f"decoder.up.{i}.block.0.conv2.weight", 4, source)[0] // ch for i in range(levels))
+    return VAEConfig(ch=ch, ch_mult=mult, num_res_blocks=blocks - 1, out_channels=out_channels, groups=groups,
+                     z_channels=dims(shapes, "post_quant_conv.weight", 4, source)[0])
+
+
+def vae_part(checkpoint: Checkpoint, names: dict, groups: int = 32) -> Part:
+    """names: the decoder's tensors, our parameter name → the file's (see `our_names`)."""
+    source = f"{checkpoint.path} (vae)"
+    config = config_from_shapes({ours: checkpoint.shapes[theirs] for ours, theirs in names.items()}, source, groups)
+    reshape = {ours for ours, theirs in names.items()  # Linear (C, C) weights where we have 1×1 convolutions
+               if re.fullmatch(r"decoder\.mid\.attn_1\.(q|k|v|proj_out)\.weight", ours) and len(checkpoint.shapes[theirs]) == 2}
+    return Part(lambda: VAEDecoder(config), checkpoint, names, "vae", reshape)
+
+
+def vae_part_from_file(path) -> Part:
+    """A VAE file of its own (e.g. vae-ft-mse-840000-ema-pruned.safetensors, LDM names, or a diffusers VAE's
+    diffusion_pytorch_model.safetensors), its names bare or under `first_stage_model.` / `vae.`."""
+    checkpoint = Checkpoint(path)
+    prefix = next((p for p in PREFIXES if any(n.startswith(p) for n in checkpoint.names)), "")
+    foreign = [n for n in checkpoint.names if not n.startswith(prefix)]
+    if foreign:
+        raise WeightsError(f"{checkpoint.path}: {len(foreign)} tensor(s) outside the VAE ({prefix or 'no prefix'}), "
+                           f"first {foreign[0]!r}; pass a VAE file, or a whole checkpoint as the weights")
+    names = our_names([n[len(prefix):] for n in checkpoint.names])
+    return vae_part(checkpoint, {ours: prefix + theirs for ours, theirs in names.items()})
+
+
+def vae_part_diffusers(folder: Path) -> Part:
+    """A diffusers VAE: `folder/config.json` + `folder/diffusion_pytorch_model.safetensors`, where folder is a
+    VAE folder or a pipeline folder's `vae/`."""
+    folder = folder / "vae" if (folder / "vae").is_dir() else folder
+    path = folder / "config.json"
+    raw = read_json(path)
+    scale = field(raw, "scaling_factor", SCALE, path, "number")
+    if scale != SCALE:
+        raise WeightsError(f"{path}: scaling_factor {scale}, SD 1.x's VAE uses {SCALE} (another model's VAE?)")
+    checkpoint = Checkpoint(find_safetensors(folder, "diffusion_pytorch_model"))
+    return vae_part(checkpoint, our_names(checkpoint.names), field(raw, "norm_num_groups", 32, path))
+
+
+def vae_part_from(path) -> Part:
+    """`weights.load(..., vae=path)`: a VAE file or folder."""
+    path = Path(path)
+    return vae_part_diffusers(path) if path.is_dir() else vae_part_from_file(path)
+
