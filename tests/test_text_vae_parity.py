@@ -126,7 +126,7 @@ def test_interface_returns_eps_for_a_tiny_checkpoint(tiny_pipeline):
 
 
 def test_text_encoder_ignores_a_corrupted_position_ids(tiny_pipeline, tmp_path):
-    _, folder = tiny_pipeline
+    pipe, folder = tiny_pipeline
     sd = weights.load(folder)
     path = official_single_file(sd, tmp_path / "merged.safetensors")
     from safetensors.torch import load_file, save_file
@@ -134,6 +134,6 @@ def test_text_encoder_ignores_a_corrupted_position_ids(tiny_pipeline, tmp_path):
     tensors["cond_stage_model.transformer.text_model.embeddings.position_ids"] = torch.full((1, 77), 3)  # corrupted
     save_file(tensors, str(path))
     loaded = weights.load(path, tokenizer=folder / "tokenizer")
-    ids = sd.tokenizer(["a cat"])
+    ids = torch.tensor([[49406, 320, 2368] + [49407] * 74])  # "a cat"
     with torch.no_grad():
-        assert torch.equal(loaded.text_encoder(ids), sd.text_encoder(ids))
+        assert relative_error(loaded.text_encoder(ids), pipe.text_encoder(ids).last_hidden_state) <= F32_TEXT_BOUND
