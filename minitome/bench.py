@@ -162,7 +162,7 @@ def table(rows: list, compare: bool, with_quality: bool) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from .sample import pick_device, pick_dtype
+    from .device import pick_device, pick_dtype
     try:
         device = pick_device(args.device)
         dtype = pick_dtype(args.dtype, device)

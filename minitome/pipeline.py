@@ -13,6 +13,7 @@ choices as diffusers' StableDiffusionPipeline, so a seed gives the same image:
 ToMe's partitions come from their own generator (seeded with tome.seed), so turning ToMe on never
 changes the noise.
 """
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +21,7 @@ import torch
 from PIL import Image
 
 from sampler import SAMPLERS
+from sampler.schedule import check_steps
 from unet import UNetModel
 from .clip import CLIPTextModel
 from .tokenizer import Tokenizer
@@ -58,8 +60,9 @@ def sample_latents(sd, prompt: str, negative_prompt: str = "", steps: int = 50, 
     returning a ToMeConfig or None for that step, e.g. `lambda t: cfg if t > 500 else None`.
     """
     check_size(sd, width, height)
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    check_steps(steps)
+    if not math.isfinite(guidance):
+        raise ValueError(f"guidance must be a finite number, got {guidance}")
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
     unet = sd.unet
@@ -93,13 +96,18 @@ def sample_latents(sd, prompt: str, negative_prompt: str = "", steps: int = 50, 
         return eps_uncond + guidance * (eps_cond - eps_uncond)
 
     # 4. denoise
-    return SAMPLERS[sampler](eps_model, latents, steps, callback=callback)
+    latents = SAMPLERS[sampler](eps_model, latents, steps, callback=callback)
+    if not torch.isfinite(latents).all():  # would decode to a black or noise image
+        raise ValueError(f"the sampled latents are not finite (NaN or infinity): guidance {guidance:g} may be too "
+                         f"large, or the weights overflow in {str(dtype).replace('torch.', '')}")
+    return latents
 
 
 @torch.no_grad()
 def decode(sd, latents: torch.Tensor) -> torch.Tensor:
-    """Stage 5: latents → images (B, 3, 8h, 8w) as floats in [0, 1], in the latents' dtype."""
-    images = sd.vae(latents / SCALE)
+    """Stage 5: latents → images (B, 3, 8h, 8w) as floats in [0, 1], in the latents' dtype. One image at a
+    time: the decoder's full-resolution activations are its memory peak, so a batch would multiply it."""
+    images = torch.cat([sd.vae(z[None] / SCALE) for z in latents])
     return (images * 0.5 + 0.5).clamp(0, 1)  # (x + 1) / 2, written as diffusers does, to the bit
 
 

@@ -1,39 +1,46 @@
 """`python -m minitome.sample`: one prompt to PNG files, on CPU, CUDA or MPS, with ToMe knobs.
 
-Where this sits: the command line around `minitome/pipeline.py`. It checks every input before any
-work (a bad one is a one-line error and exit status 2, never a traceback and never an output file),
-loads the weights (`weights.load`), generates, and writes each image atomically, under a new name if
-the file exists. The PNG carries an A1111-style `parameters` text chunk so the settings travel with it.
+Where this sits: the command line around `minitome/pipeline.py`. In order, each step failing fast:
+
+1. every flag is checked (`check`), with no file touched;
+2. the output files are reserved (`minitome/output.py`): an unwritable path fails now, not after sampling;
+3. the weights are loaded (`weights.load`, which checks every header before reading a tensor), and the
+   run's memory is estimated against what is free (`minitome/device.py`);
+4. the PNG metadata (model hash included) is made, then the images are sampled and written whole.
+Bad input is one line on stderr and exit status 2, never a traceback and never a file left behind;
+Ctrl-C and SIGTERM remove the reserved files too (exit 130 and 143).
 """
 import argparse
-import os
+import math
 import random
+import signal
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
 
 import torch
-from PIL.PngImagePlugin import PngInfo
 
-from weights.download import sha256_of
+from sampler.schedule import check_steps
+from .device import check_fits, pick_device, pick_dtype
+from .output import Outputs, model_hash
 from .tome import ToMeConfig
 
 MERGE_TARGETS = ("attn", "crossattn", "mlp")
+SEEDS = 2 ** 64  # torch.Generator takes seeds in [0, 2⁶⁴)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m minitome.sample", description=__doc__.splitlines()[0])
-    p.add_argument("--weights", required=True, help="official .safetensors file or diffusers folder")
+    p.add_argument("--weights", required=True, help="SD 1.x .safetensors file or diffusers folder")
     p.add_argument("--tokenizer", help="tokenizer folder or bpe_simple_vocab_16e6.txt.gz (default: beside the weights)")
     p.add_argument("--vae", help="a VAE file or folder that replaces the weights' own decoder (or supplies a missing one)")
     p.add_argument("--ema", action="store_true", help="from a file holding two UNets (v1-5-pruned), load the EMA one")
     p.add_argument("--prompt", required=True)
     p.add_argument("--negative-prompt", default="")
-    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--steps", type=int, default=50, help="sampler steps: 10 to 999 (some counts are refused, see README)")
     p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (≤ 1: off)")
-    p.add_argument("--seed", type=int, help="default: random, and printed")
+    p.add_argument("--seed", type=int, help="0 ≤ seed < 2⁶⁴; default: random, and printed")
     p.add_argument("--width", type=int, default=512)
     p.add_argument("--height", type=int, default=512)
     p.add_argument("--batch", type=int, default=1, help="images for the prompt")
@@ -64,93 +71,48 @@ def tome_config(args) -> ToMeConfig:
     unknown = [t for t in targets if t not in MERGE_TARGETS]
     if unknown or not targets:
         raise ValueError(f"--tome-merge takes a comma list of {', '.join(MERGE_TARGETS)}, got {args.tome_merge!r}")
+    if not 0 <= args.tome_seed < SEEDS:
+        raise ValueError(f"--tome-seed must be in [0, 2^64), got {args.tome_seed}")
     return ToMeConfig(ratio=args.tome_ratio, max_downsample=args.tome_max_downsample, sx=args.tome_sx,
                       sy=args.tome_sy, use_rand=not args.tome_no_rand, merge_attn="attn" in targets,
                       merge_crossattn="crossattn" in targets, merge_mlp="mlp" in targets, seed=args.tome_seed)
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+def check(args):
+    """Every flag, before anything is read or written; a ValueError names the flag."""
     try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device {name!r} is not a device (auto, cpu, cuda, cuda:N, mps)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("--device mps: MPS is not available")
-    return device
+        check_steps(args.steps)
+    except ValueError as error:
+        raise ValueError(f"--steps: {error}") from None
+    if not math.isfinite(args.guidance):
+        raise ValueError(f"--guidance must be a finite number, got {args.guidance}")
+    if args.batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    for name in ("width", "height"):
+        if getattr(args, name) <= 0 or getattr(args, name) % 8:
+            raise ValueError(f"--{name} must be a positive multiple of 8, got {getattr(args, name)}")
+    if args.seed is not None and not 0 <= args.seed < SEEDS:
+        raise ValueError(f"--seed must be in [0, 2^64), got {args.seed}")
+    for name in ("prompt", "negative_prompt"):
+        try:
+            getattr(args, name).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"--{name.replace('_', '-')} is not valid UTF-8 text") from None
 
 
-def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    return getattr(torch, name)
-
-
-def model_hash(path: Path) -> str:
-    """A1111's short hash: the first 10 hex digits of the file's sha256 (cached beside the file by `make weights`)."""
-    if path.is_dir():
-        return ""
-    sidecar = path.with_name(path.name + ".sha256")
-    if sidecar.exists() and sidecar.stat().st_mtime >= path.stat().st_mtime:
-        return sidecar.read_text().split()[0][:10]
-    return sha256_of(path)[:10]
-
-
-def parameters_text(args, seed: int, tome: ToMeConfig, weights: Path) -> str:
+def parameters_text(args, seed: int, tome: ToMeConfig, short_hash: str) -> str:
     """The A1111 `parameters` chunk: prompt, negative prompt, then one line of settings."""
     settings = [f"Steps: {args.steps}", f"Sampler: {args.sampler.upper()}", f"CFG scale: {args.guidance:g}",
                 f"Seed: {seed}", f"Size: {args.width}x{args.height}"]
-    short_hash = model_hash(weights)
     if short_hash:
         settings.append(f"Model hash: {short_hash}")
-    settings.append(f"Model: {weights.stem}")
+    settings.append(f"Model: {Path(args.weights).stem}")
     if tome is not None:
         merged = "+".join(t for t, on in zip(MERGE_TARGETS, (tome.merge_attn, tome.merge_crossattn, tome.merge_mlp)) if on)
         settings.append(f"ToMe: ratio {tome.ratio:g}, max_downsample {tome.max_downsample}, sx {tome.sx}, sy {tome.sy}, "
                         f"use_rand {tome.use_rand}, merge {merged}, seed {tome.seed}")
     lines = [args.prompt] + ([f"Negative prompt: {args.negative_prompt}"] if args.negative_prompt else [])
     return "\n".join(lines + [", ".join(settings)])
-
-
-def free_path(path: Path) -> Path:
-    """path itself if free, else the first free `stem-N.suffix`."""
-    candidate, n = path, 1
-    while candidate.exists():
-        candidate, n = path.with_name(f"{path.stem}-{n}{path.suffix}"), n + 1
-    return candidate
-
-
-def check_output(out: Path):
-    if out.suffix.lower() != ".png":
-        raise ValueError(f"--out {out}: the output is a PNG, name it .png")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ValueError(f"--out {out}: cannot create folder {out.parent} ({error.strerror})") from None
-    if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
-        raise ValueError(f"--out {out}: folder {out.parent} is not writable")
-
-
-def save_png(image, out: Path, text: str) -> Path:
-    """Write atomically (a temporary file renamed into place): no half-written PNG, never over an existing file."""
-    info = PngInfo()
-    info.add_text("parameters", text)
-    fd, tmp = tempfile.mkstemp(suffix=".png.part", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG", pnginfo=info)
-        target = free_path(out)
-        os.link(tmp, target)  # fails rather than replaces if the name was taken meanwhile
-    finally:
-        os.unlink(tmp)
-    return target
 
 
 class Progress:
@@ -166,6 +128,14 @@ class Progress:
         print(f"step {i + 1}/{self.steps} (t={t}) · {rate:.2f} it/s · {left:.0f} s left", file=sys.stderr, flush=True)
 
 
+class Terminated(Exception):
+    """SIGTERM, raised where the program is, so that cleaning up runs as for Ctrl-C."""
+
+
+def terminate(signum, frame):
+    raise Terminated()
+
+
 def one_line_warnings(message, category, *rest):
     """Warnings as one line each on stderr: what the loader says about a file (a note), a prompt cut short."""
     from weights import WeightsNotice
@@ -173,47 +143,69 @@ def one_line_warnings(message, category, *rest):
     print(f"minitome.sample: {kind}: {message}", file=sys.stderr, flush=True)
 
 
+def out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(error, RuntimeError) and "can't allocate memory" in str(error))
+
+
 def main(argv=None) -> int:
-    with warnings.catch_warnings():
-        warnings.simplefilter("always")
-        warnings.showwarning = one_line_warnings
-        return run(parse_args(argv))
+    args = parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = one_line_warnings
+            return run(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run(args) -> int:
     from weights import WeightsError, load
     from .pipeline import check_size, generate
+    outputs, finished = None, False
     try:
-        if args.steps < 1:
-            raise ValueError(f"--steps must be >= 1, got {args.steps}")
-        if args.batch < 1:
-            raise ValueError(f"--batch must be >= 1, got {args.batch}")
-        for name in ("width", "height"):
-            if getattr(args, name) <= 0 or getattr(args, name) % 8:
-                raise ValueError(f"--{name} must be a positive multiple of 8, got {getattr(args, name)}")
+        check(args)
         tome = tome_config(args)
         device = pick_device(args.device)
         dtype = pick_dtype(args.dtype, device)
-        out = Path(args.out)
-        check_output(out)
+        outputs = Outputs(Path(args.out), args.batch)
         seed = args.seed if args.seed is not None else random.randrange(2**32)
         print(f"seed: {seed}", file=sys.stderr)
         sd = load(args.weights, tokenizer=args.tokenizer, device=device, dtype=dtype, vae=args.vae, ema=args.ema,
                   attention=args.attention)
         sd.unet.pack_convolutions()  # float32 on the CPU: convolution weights laid out once (unet/packed_conv.py)
         check_size(sd, args.width, args.height)
+        c = sd.vae.config
+        check_fits(args.width, args.height, args.batch, args.guidance > 1, args.attention, sd.unet.config.num_heads,
+                   dtype, device, c.ch * (c.ch_mult[0] + c.ch_mult[1]))
+        text = parameters_text(args, seed, tome, model_hash(Path(args.weights)))
         images = generate(sd, args.prompt, args.negative_prompt, args.steps, args.guidance, seed, args.width,
                           args.height, args.batch, args.sampler, tome, callback=Progress(args.steps))
-        text = parameters_text(args, seed, tome, Path(args.weights))
-        for image in images:
-            print(save_png(image, out, text))
+        for i, image in enumerate(images):
+            print(outputs.write(i, image, text))
+        finished = True
+        return 0
     except (ValueError, WeightsError, OSError) as error:
-        print(f"minitome.sample: error: {error}", file=sys.stderr)
-        return 2
+        return fail(f"error: {error}", 2)
     except KeyboardInterrupt:
-        print("minitome.sample: interrupted", file=sys.stderr)
-        return 130
-    return 0
+        return fail("interrupted", 130)
+    except Terminated:
+        return fail("terminated", 143)
+    except (RuntimeError, MemoryError) as error:
+        if not out_of_memory(error):
+            raise
+        first_line = str(error).strip().split("\n")[0]
+        return fail(f"error: out of memory at --width {args.width} --height {args.height} --batch {args.batch} "
+                    f"({first_line})", 1)
+    finally:
+        if outputs is not None and not finished:
+            outputs.abandon()  # reservations not written and temporary files: nothing half-done is left
+
+
+def fail(message: str, status: int) -> int:
+    print(f"minitome.sample: {message}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

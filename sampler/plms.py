@@ -15,7 +15,7 @@ current and the last few noise estimates, the Adams–Bashforth formulas of orde
 where ε₋k is the raw estimate of k steps ago (only raw estimates are kept, at most three).
 The coefficients are the integrals of the Lagrange polynomials through the past estimates,
 e.g. order 2: extrapolating linearly from ε₋₁ to ε over the next interval gives ε + (ε − ε₋₁)/2.
-S steps take S + 1 model calls (S = 1 takes one, as in diffusers: there is no next timestep).
+S steps take S + 1 model calls (`schedule.check_steps` accepts 10 steps and up, so there is always a next timestep).
 """
 import torch
 
@@ -41,11 +41,9 @@ def plms_sample(eps_model, x: torch.Tensor, steps: int, callback=None) -> torch.
         eps = eps_model(x, t)
         if history:
             eps_prime = plms_eps(eps, history)
-        elif len(ts) > 1:  # first step: Heun, with a second call at the next timestep
+        else:  # first step: Heun, with a second call at the next timestep
             eps_next = eps_model(ddim_step(x, eps, a_t, a_prev), ts[1])
             eps_prime = (eps + eps_next) / 2
-        else:
-            eps_prime = eps
         x = ddim_step(x, eps_prime, a_t, a_prev)
         history = (history + [eps])[-3:]
         if callback is not None:

@@ -28,8 +28,8 @@ def test_merge_error_is_zero_for_duplicates_and_positive_otherwise():
 
 def test_ablate_tables(tiny_pipeline, capsys):
     _, folder = tiny_pipeline
-    assert main(["--size", "64", "--weights", str(folder), "--steps", "1", "--repeats", "1", "--when-size", "64",
-                 "--when-steps", "3", "--tau", "400"]) == 0
+    assert main(["--size", "64", "--weights", str(folder), "--steps", "10", "--repeats", "1", "--when-size", "64",
+                 "--when-steps", "10", "--tau", "400"]) == 0
     out = capsys.readouterr().out
     for title in ("## 1. Partition", "## 2. Bipartite matching vs k-means", "## 3. What to merge", "## 4. Where",
                   "## 5. When", "## 6. Randomness", "## 7. Partition, in the UNet"):

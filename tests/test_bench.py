@@ -24,7 +24,7 @@ def test_psnr_and_ssim_match_scikit_image():
 def test_bench_json_with_compare_and_quality(tiny_pipeline, capsys):
     _, folder = tiny_pipeline
     argv = ["--weights", str(folder), "--sizes", "48x32", "--ratios", "0", "0.5", "--attention", "sdpa",
-            "--repeats", "3", "--compare", "--quality-steps", "2", "--json", "--device", "cpu"]
+            "--repeats", "3", "--compare", "--quality-steps", "10", "--json", "--device", "cpu"]
     assert main(argv) == 0
     out = capsys.readouterr()
     results = json.loads(out.out)

@@ -185,7 +185,7 @@ def test_command_line_says_what_it_ignored_and_takes_vae_and_ema(base, tmp_path,
     tensors = {**official_tensors(pipe, unet_names, vae=None, ema_unet=randomize_(copy.deepcopy(pipe.unet), 3)), **EXTRAS}
     path = write(tmp_path, tensors)
     pipe.vae.save_pretrained(tmp_path / "vae")
-    argv = ["--weights", str(path), "--tokenizer", str(folder / "tokenizer"), "--prompt", "a cat", "--steps", "1",
+    argv = ["--weights", str(path), "--tokenizer", str(folder / "tokenizer"), "--prompt", "a cat", "--steps", "10",
             "--width", "16", "--height", "16", "--seed", "1", "--vae", str(tmp_path / "vae")]
     assert main(argv + ["--out", str(tmp_path / "a.png")]) == 0
     notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("minitome.sample: note: ")]

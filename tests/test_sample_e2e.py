@@ -19,7 +19,7 @@ from conftest import F64_BOUND, official_single_file, relative_error
 from minitome.sample import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SETTINGS = dict(prompt="a red fox in the snow, watercolor", negative_prompt="blurry", steps=5, guidance=7.5,
+SETTINGS = dict(prompt="a red fox in the snow, watercolor", negative_prompt="blurry", steps=10, guidance=7.5,
                 seed=1234, width=72, height=56)  # a 9×7 latent: non-square and odd
 
 
@@ -74,7 +74,7 @@ def test_sample_matches_diffusers(tiny_pipeline, single_file, references, tmp_pa
     image = Image.open(tmp_path / "img.png")
     assert image.size == (72, 56)
     assert max_pixel_difference(image, references[0]) <= 2
-    assert "seed: 1234" in done.stderr and "step 5/5" in done.stderr
+    assert "seed: 1234" in done.stderr and "step 10/10" in done.stderr
 
 
 @pytest.mark.parametrize("layout", ["folder", "single file"])
@@ -93,10 +93,10 @@ def test_ddim_matches_diffusers_with_ddim_scheduler(tiny_pipeline, tmp_path):
     original = pipe.scheduler
     pipe.scheduler = DDIMScheduler.from_config(original.config, clip_sample=False)  # as SD 1.5's scheduler_config.json
     try:
-        expected = reference_image(pipe, steps=4)
+        expected = reference_image(pipe, steps=10)
     finally:
         pipe.scheduler = original
-    done = cli(folder, tmp_path / "img.png", "--sampler", "ddim", steps=4)
+    done = cli(folder, tmp_path / "img.png", "--sampler", "ddim", steps=10)
     assert done.returncode == 0, done.stderr
     assert max_pixel_difference(Image.open(tmp_path / "img.png"), expected) <= 2
 
@@ -124,7 +124,7 @@ def test_float64_latents_and_image_match_diffusers(tiny_pipeline, sampler, merge
     reference = diffusers_float64(pipe, sampler)
     if merged:
         tomesd.apply_patch(reference, ratio=0.5, use_rand=False)
-    s = {**SETTINGS, "steps": 4}
+    s = {**SETTINGS, "steps": 10}
     expected = reference(s["prompt"], negative_prompt=s["negative_prompt"], num_inference_steps=s["steps"],
                          guidance_scale=s["guidance"], width=s["width"], height=s["height"], output_type="latent",
                          generator=torch.Generator("cpu").manual_seed(s["seed"])).images
@@ -141,7 +141,7 @@ def test_float64_latents_and_image_match_diffusers(tiny_pipeline, sampler, merge
 
 def test_png_parameters_and_no_overwrite(single_file, tmp_path, capsys):
     out = tmp_path / "same.png"
-    argv = ["--weights", str(single_file), "--prompt", "a cat", "--negative-prompt", "dog", "--steps", "1",
+    argv = ["--weights", str(single_file), "--prompt", "a cat", "--negative-prompt", "dog", "--steps", "10",
             "--seed", "7", "--width", "16", "--height", "24", "--batch", "2", "--tome-ratio", "0.3", "--out", str(out)]
     assert main(argv) == 0
     assert main(argv) == 0
@@ -150,14 +150,14 @@ def test_png_parameters_and_no_overwrite(single_file, tmp_path, capsys):
     text = Image.open(out).text["parameters"]
     lines = text.split("\n")
     assert lines[0] == "a cat" and lines[1] == "Negative prompt: dog"
-    assert lines[2].startswith("Steps: 1, Sampler: PLMS, CFG scale: 7.5, Seed: 7, Size: 16x24, Model hash: ")
+    assert lines[2].startswith("Steps: 10, Sampler: PLMS, CFG scale: 7.5, Seed: 7, Size: 16x24, Model hash: ")
     import hashlib
     assert f"Model hash: {hashlib.sha256(single_file.read_bytes()).hexdigest()[:10]}," in lines[2]
     assert "ToMe: ratio 0.3, max_downsample 1, sx 2, sy 2, use_rand True, merge attn, seed 0" in lines[2]
 
 
 def test_random_seed_is_printed_and_reproduces(single_file, tmp_path, capsys):
-    base = ["--weights", str(single_file), "--prompt", "a cat", "--steps", "1", "--width", "16", "--height", "16"]
+    base = ["--weights", str(single_file), "--prompt", "a cat", "--steps", "10", "--width", "16", "--height", "16"]
     assert main(base + ["--out", str(tmp_path / "a.png")]) == 0
     seed = int(capsys.readouterr().err.split("seed: ")[1].split()[0])
     assert main(base + ["--seed", str(seed), "--out", str(tmp_path / "b.png")]) == 0
@@ -224,7 +224,7 @@ def assert_clean_failure(capsys, argv, pattern, out_dir):
 def test_bad_weights(tiny_pipeline, single_file, tmp_path, capsys, kind):
     path = bad_weights(tiny_pipeline, single_file, tmp_path, kind)
     out_dir = tmp_path / "out"
-    argv = ["--weights", str(path), "--prompt", "x", "--steps", "1", "--width", "16", "--height", "16",
+    argv = ["--weights", str(path), "--prompt", "x", "--steps", "10", "--width", "16", "--height", "16",
             "--out", str(out_dir / "x.png")]
     assert_clean_failure(capsys, argv, BAD_WEIGHTS[kind], out_dir)
 
@@ -233,7 +233,9 @@ def test_bad_weights(tiny_pipeline, single_file, tmp_path, capsys, kind):
     (["--width", "70"], "--width must be a positive multiple of 8, got 70"),
     (["--height", "0"], "--height must be a positive multiple of 8, got 0"),
     (["--width", "-8"], "--width must be a positive multiple of 8, got -8"),
-    (["--steps", "0"], "--steps must be >= 1, got 0"),
+    (["--steps", "0"], "--steps: steps must be a whole number >= 1, got 0"),
+    (["--steps", "400"], "--steps: 400 steps would start at t = 799.*the nearest counts that work: 333 or 451"),
+    (["--steps", "1000"], "--steps: 1000 steps do not fit on the 1000 timesteps"),
     (["--tome-ratio", "0.9"], r"ratio must be in \[0, 0.75\]"),
     (["--tome-ratio", "0.5", "--tome-merge", "attn,ffn"], "--tome-merge takes a comma list"),
     (["--tome-no-rand"], "--tome-\\* options need --tome-ratio"),
@@ -241,7 +243,7 @@ def test_bad_weights(tiny_pipeline, single_file, tmp_path, capsys, kind):
 ])
 def test_bad_settings(single_file, tmp_path, capsys, extra, pattern):
     out_dir = tmp_path / "out"
-    argv = ["--weights", str(single_file), "--prompt", "x", "--steps", "1", "--width", "16", "--height", "16",
+    argv = ["--weights", str(single_file), "--prompt", "x", "--steps", "10", "--width", "16", "--height", "16",
             "--out", str(out_dir / "x.png"), *extra]
     assert_clean_failure(capsys, argv, pattern, out_dir)
 
@@ -249,7 +251,7 @@ def test_bad_settings(single_file, tmp_path, capsys, extra, pattern):
 def test_unwritable_output_folder(single_file, tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    argv = ["--weights", str(single_file), "--prompt", "x", "--steps", "1", "--width", "16", "--height", "16",
+    argv = ["--weights", str(single_file), "--prompt", "x", "--steps", "10", "--width", "16", "--height", "16",
             "--out", str(blocker / "x.png")]
     assert_clean_failure(capsys, argv, "cannot create folder", tmp_path)
 

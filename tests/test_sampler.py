@@ -14,7 +14,7 @@ from diffusers import DDIMScheduler, PNDMScheduler
 from conftest import F64_BOUND, relative_error
 from sampler import ddim_sample, plms_sample
 from sampler.plms import plms_eps
-from sampler.schedule import alphas_cumprod, timesteps
+from sampler.schedule import alphas_cumprod, timesteps, usable
 
 # SD 1.5's scheduler_config.json; from_config drops the keys a scheduler does not take, as pipelines do
 SD15_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
@@ -62,13 +62,16 @@ def compare(ours_fn, scheduler, steps, dtype=torch.float64, bound=F64_BOUND):
     return model.calls
 
 
-@pytest.mark.parametrize("steps", [1, 7, 10, 25, 30, 50])
+COUNTS = [10, 11, 25, 30, 50, 114, 999]
+
+
+@pytest.mark.parametrize("steps", COUNTS)
 def test_plms_matches_pndm_scheduler(steps):
     calls = compare(plms_sample, PNDMScheduler.from_config(SD15_SCHEDULER), steps)
-    assert len(calls) == (steps + 1 if steps > 1 else 1)
+    assert len(calls) == steps + 1
 
 
-@pytest.mark.parametrize("steps", [1, 7, 10, 25, 30, 50])
+@pytest.mark.parametrize("steps", COUNTS)
 def test_ddim_matches_ddim_scheduler(steps):
     calls = compare(ddim_sample, DDIMScheduler.from_config(SD15_SCHEDULER), steps)
     assert len(calls) == steps
@@ -81,13 +84,33 @@ def test_float32_smoke(sampler, scheduler):
     compare(sampler, scheduler.from_config(SD15_SCHEDULER), 50, torch.float32, bound=1e-6)
 
 
+@pytest.mark.parametrize("steps", [1, 2, 5, 9, 112, 400, 600, 1000, 5000])
+def test_step_counts_that_start_far_below_the_top_are_refused(steps):
+    """With "leading" spacing these start from pure noise at t = 1, 501, 801, 889, 889, 799, 600, or past the
+    table's end: the schedulers take them (diffusers' PNDM makes a poor image, or fails at 1000)."""
+    with pytest.raises(ValueError, match=f"^{steps} steps .* the nearest count"):
+        timesteps(steps)
+    for sampler in (plms_sample, ddim_sample):
+        with pytest.raises(ValueError, match=f"^{steps} steps"):
+            sampler(FakeModel(), torch.zeros(1, 4, 2, 2), steps)
+
+
+def test_accepted_counts_start_near_the_top():
+    accepted = [s for s in range(1, 2000) if usable(s)]
+    assert accepted[0] == 10 and accepted[-1] == 999 and 50 in accepted and 100 in accepted
+    scheduler = PNDMScheduler.from_config(SD15_SCHEDULER)
+    for steps in accepted:  # the first timestep diffusers would visit
+        scheduler.set_timesteps(steps)
+        assert timesteps(steps)[0] == int(scheduler.timesteps[0]) >= 900
+
+
 def test_schedule_facts():
     acp = alphas_cumprod()
     reference = PNDMScheduler.from_config(SD15_SCHEDULER).alphas_cumprod
     assert torch.equal(acp, reference)
     assert abs(acp[0].item() - 0.99915) < 1e-7
     assert timesteps(50)[:3] == [981, 961, 941] and timesteps(50)[-1] == 1
-    assert timesteps(7) == [i * 142 + 1 for i in reversed(range(7))]
+    assert timesteps(11) == [i * 90 + 1 for i in reversed(range(11))]
 
 
 def test_multistep_coefficients_integrate_the_extrapolating_polynomial():

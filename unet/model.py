@@ -99,6 +99,8 @@ class UNetModel(nn.Module):
         cheapest). A sampling run passes one generator for all its steps, so each step and block
         gets its own partition; when None, a fresh one seeded with tome.seed is used for this call.
         """
+        if x.ndim != 4 or x.shape[1] != self.config.in_channels:
+            raise ValueError(f"the UNet takes latents (B, {self.config.in_channels}, H, W), got {tuple(x.shape)}")
         t = torch.as_tensor(t, device=x.device)
         t = t.expand(x.shape[0]) if t.ndim == 0 else t
         emb = self.time_embed(timestep_embedding(t, self.config.model_channels).to(x.dtype))

@@ -1,0 +1,85 @@
+"""Where the model runs: the device and dtype a command line asks for, and whether a run fits in memory.
+
+Where this sits: `python -m minitome.sample` and the lab's benchmark pick their device and dtype here,
+and the sampler checks here, before any model work, that an image size and batch fit in the memory
+available now. The estimate is a sum of the large tensors alive at each stage's peak, per image:
+
+- UNet call (float32, SDPA): about 23 kB per latent cell per image of the CFG batch (the skip
+  connections and the widest activations); plain attention adds its (N × N) score matrix per head;
+- VAE decoder (one image at a time): about two float32 tensors per pixel as wide as its last two levels
+  (128 + 256 channels in SD 1.5), 3 kB per pixel: 0.75 GiB at 512², 3 GiB at 1024² (as measured).
+Scaled by the dtype's size. Not exact, but a run it refuses could not have finished, and the
+allocator's own failure mid-run (after minutes of sampling) is what it prevents.
+"""
+import torch
+
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def pick_device(name: str) -> torch.device:
+    """"auto" (cuda, then mps, then cpu) or a device torch knows that the model can run on."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {name!r} is not a device (auto, cpu, cuda, cuda:N, mps)") from None
+    if device.type not in DEVICE_TYPES:
+        raise ValueError(f"--device {name!r}: minitome runs on {', '.join(DEVICE_TYPES)}, not {device.type}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA device is available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: there are {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("--device mps: MPS is not available")
+    return device
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    """"auto" is float16 on CUDA, float32 elsewhere; or float32, float16, bfloat16."""
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+def available_bytes(device: torch.device):
+    """Memory free for new tensors now: CUDA's free memory, or MemAvailable on Linux; None where unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return None
+
+
+def estimate_bytes(width: int, height: int, batch: int, guided: bool, attention: str, heads: int,
+                   dtype: torch.dtype, decoder_channels: int = 384) -> int:
+    """Peak memory of one sampling run above the loaded weights (see the module's docstring)."""
+    scale = torch.finfo(dtype).bits / 32
+    cells, images = (width // 8) * (height // 8), batch * (2 if guided else 1)
+    unet = 23_000 * cells * images
+    if attention == "plain":
+        unet += 4 * heads * cells ** 2 * images
+    decoder = 8 * width * height * decoder_channels
+    return int(scale * max(unet, decoder))
+
+
+def check_fits(width: int, height: int, batch: int, guided: bool, attention: str, heads: int, dtype: torch.dtype,
+               device: torch.device, decoder_channels: int = 384):
+    """A ValueError naming the size and batch when the run needs more memory than `device` has free now."""
+    free = available_bytes(device)
+    needed = estimate_bytes(width, height, batch, guided, attention, heads, dtype, decoder_channels)
+    if free is not None and needed > free:
+        raise ValueError(f"--width {width} --height {height} --batch {batch}: needs about {needed / 2**30:,.1f} GiB "
+                         f"for its activations, {free / 2**30:,.1f} GiB of {device.type} memory is free now; "
+                         "use a smaller size or batch")

@@ -1,0 +1,97 @@
+"""Where `python -m minitome.sample` puts its images: PNG files reserved before sampling, written whole.
+
+Where this sits: `minitome/sample.py` reserves the files before it loads anything, and fills them
+once the images exist. A finished image is never lost to a bad output path, and no half-written
+file is ever left behind:
+
+- reserve: each image's name is created empty and exclusively (the first free one of `out.png`,
+  `out-1.png`, …; a dangling symlink counts as taken), so an unwritable folder, a name too long for
+  the file system or a full disk fails in milliseconds, before any model work;
+- write: the PNG goes to a hidden temporary file in the same folder, which then replaces the
+  reservation in one rename, with the mode the reservation got from the umask;
+- abandon: on failure, Ctrl-C or SIGTERM, the reservations not yet written and any temporary file
+  are removed.
+The PNG carries an A1111-style `parameters` text chunk (prompt, negative prompt, settings, model hash).
+"""
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+from PIL.PngImagePlugin import PngInfo
+
+
+def model_hash(path: Path, log=sys.stderr) -> str:
+    """A1111's short hash: the first 10 hex digits of the file's sha256 (kept beside the file by `make weights`).
+    A sidecar that is stale or not a sha256 is ignored, said in one line, and the hash computed."""
+    from weights.download import sha256_of
+    if path.is_dir():
+        return ""
+    sidecar = path.with_name(path.name + ".sha256")
+    if sidecar.is_file():
+        try:
+            text = sidecar.read_text(encoding="utf-8", errors="replace").split()
+        except OSError:
+            text = []
+        if text and re.fullmatch(r"[0-9a-f]{64}", text[0]) and sidecar.stat().st_mtime >= path.stat().st_mtime:
+            return text[0][:10]
+        print(f"minitome.sample: warning: ignored {sidecar}: not a current sha256 of the weights; computing it",
+              file=log)
+    return sha256_of(path)[:10]
+
+
+def png_info(parameters: str) -> PngInfo:
+    info = PngInfo()
+    info.add_text("parameters", parameters)
+    return info
+
+
+class Outputs:
+    """`count` PNG paths reserved from `out` on; `write(i, image, parameters)` fills the i-th; `abandon()` clears up."""
+
+    def __init__(self, out: Path, count: int):
+        if out.suffix.lower() != ".png":
+            raise ValueError(f"--out {out}: the output is a PNG, name it .png")
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ValueError(f"--out {out}: cannot create folder {out.parent} ({error.strerror})") from None
+        self.paths, self.written, self.temporary = [], set(), None
+        try:
+            for _ in range(count):
+                self.paths.append(self.reserve(out))
+        except BaseException:
+            self.abandon()
+            raise
+
+    @staticmethod
+    def reserve(out: Path) -> Path:
+        candidate, n = out, 1
+        while True:
+            try:
+                os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # 0o666 less the umask
+                return candidate
+            except FileExistsError:  # a file, a folder or a (dangling) symlink: take the next name
+                candidate, n = out.with_name(f"{out.stem}-{n}{out.suffix}"), n + 1
+            except OSError as error:
+                raise ValueError(f"--out {candidate}: cannot create it ({error.strerror})") from None
+
+    def write(self, i: int, image, parameters: str) -> Path:
+        target = self.paths[i]
+        fd, self.temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+        with os.fdopen(fd, "wb") as f:
+            image.save(f, format="PNG", pnginfo=png_info(parameters))
+        os.chmod(self.temporary, target.stat().st_mode & 0o777)  # mkstemp makes it 0600; the reservation has the umask's
+        os.replace(self.temporary, target)
+        self.temporary = None
+        self.written.add(i)
+        return target
+
+    def abandon(self):
+        for i, path in enumerate(self.paths):
+            if i not in self.written:
+                path.unlink(missing_ok=True)
+        if self.temporary is not None:
+            Path(self.temporary).unlink(missing_ok=True)
+            self.temporary = None
