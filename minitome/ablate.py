@@ -30,6 +30,7 @@ import time
 import torch
 
 from .ablate_tokens import kmeans_rows, partition_rows, timed, tokens
+from .checks import check_steps_flag
 from .tome import ToMeConfig
 
 
@@ -135,6 +136,11 @@ def main(argv=None) -> int:
     show = set(args.sections) & ({1, 2} if args.skip_unet else set(range(1, 8)))
     try:
         ToMeConfig(ratio=args.ratio)
+        if args.repeats < 1:
+            raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
+        check_steps_flag(args.when_steps, "--when-steps")
+        if args.weights:
+            check_steps_flag(args.steps, "--steps")
         if not 0 <= args.tau < 1000:
             raise ValueError(f"--tau must be a timestep in 0 … 999, got {args.tau}")
         for name in ("size", "when_size"):

@@ -162,6 +162,7 @@ def table(rows: list, compare: bool, with_quality: bool) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from .checks import check_steps_flag
     from .device import pick_device, pick_dtype
     try:
         device = pick_device(args.device)
@@ -175,6 +176,8 @@ def main(argv=None) -> int:
             raise ValueError(f"--weights {args.weights}: no such file or folder")
         if args.quality_steps and not args.weights:
             raise ValueError("--quality-steps needs --weights (random weights make no image worth comparing)")
+        if args.quality_steps:
+            check_steps_flag(args.quality_steps, "--quality-steps")
         if args.compare:
             import diffusers  # noqa: F401
             import tomesd  # noqa: F401

@@ -22,7 +22,7 @@ from pathlib import Path
 from PIL.PngImagePlugin import PngInfo
 
 
-def model_hash(path: Path, log=sys.stderr) -> str:
+def model_hash(path: Path) -> str:
     """A1111's short hash: the first 10 hex digits of the file's sha256 (kept beside the file by `make weights`).
     A sidecar that is stale or not a sha256 is ignored, said in one line, and the hash computed."""
     from weights.download import sha256_of
@@ -37,7 +37,7 @@ def model_hash(path: Path, log=sys.stderr) -> str:
         if text and re.fullmatch(r"[0-9a-f]{64}", text[0]) and sidecar.stat().st_mtime >= path.stat().st_mtime:
             return text[0][:10]
         print(f"minitome.sample: warning: ignored {sidecar}: not a current sha256 of the weights; computing it",
-              file=log)
+              file=sys.stderr)
     return sha256_of(path)[:10]
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from sampler.schedule import check_steps
+from .checks import check_steps_flag
 from .device import check_fits, pick_device, pick_dtype
 from .output import Outputs, model_hash
 from .tome import ToMeConfig
@@ -80,10 +80,7 @@ def tome_config(args) -> ToMeConfig:
 
 def check(args):
     """Every flag, before anything is read or written; a ValueError names the flag."""
-    try:
-        check_steps(args.steps)
-    except ValueError as error:
-        raise ValueError(f"--steps: {error}") from None
+    check_steps_flag(args.steps, "--steps")
     if not math.isfinite(args.guidance):
         raise ValueError(f"--guidance must be a finite number, got {args.guidance}")
     if args.batch < 1:

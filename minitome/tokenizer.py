@@ -139,7 +139,8 @@ class Tokenizer:
             missing = [f.name for f in (vocab_file, merges_file) if not f.is_file()]
             if missing:
                 raise TokenizerError(f"{path}: tokenizer files missing: {', '.join(missing)} (or tokenizer.json)")
-            merges, vocab, source = merge_pairs(read_text(merges_file).split("\n"), merges_file), read_json(vocab_file), path
+            merges, vocab = merge_pairs(read_text(merges_file).split("\n"), merges_file), read_json(vocab_file)
+            source = f"{path} (vocab.json + merges.txt)"
         elif path.name.endswith(".txt.gz") and path.is_file():
             merges, vocab, source = merge_pairs(read_text(path).split("\n"), path), None, path
         else:

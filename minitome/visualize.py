@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from .checks import check_steps_flag, writable_folder
 from .tome import IDENTITY, PARTITION_METHODS, ToMeArgs, ToMeConfig, match, partition, partition_variant, tome_plan
 
 PATCH = 8
@@ -189,7 +190,9 @@ def main(argv=None) -> int:
     try:
         if args.size <= 0 or args.size % step:
             raise ValueError(f"--size must be a positive multiple of {step}, got {args.size}")
+        out = writable_folder(Path(args.out), "--out")
         if args.weights:
+            check_steps_flag(args.steps, "--steps")
             import weights
             sd = weights.load(args.weights)
             tokens, hw, img = block_input(sd, args.prompt, args.size, args.steps, args.block, args.call)
@@ -200,16 +203,16 @@ def main(argv=None) -> int:
     except (ValueError, OSError) as error:  # WeightsError is a ValueError
         print(f"minitome.visualize: error: {error}", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     pictures = [("partitions", partitions_picture()), ("merges", merges_picture(img, tokens, hw, what=what)),
                 ("similarity", similarity_picture(img, tokens, hw)), ("schedule", schedule_picture())]
-    for name, picture in pictures:
-        picture.quantize(colors=256).save(out / f"{name}.png", optimize=True)  # small files to commit
-        print(out / f"{name}.png")
-    if args.weights:
-        img.save(out / "image.png")
-        print(out / "image.png")
+    pictures = [(name, picture.quantize(colors=256)) for name, picture in pictures]  # small files to commit
+    try:
+        for name, picture in pictures + ([("image", img)] if args.weights else []):
+            picture.save(out / f"{name}.png", optimize=True)
+            print(out / f"{name}.png")
+    except OSError as error:
+        print(f"minitome.visualize: error: {out}: {error.strerror or error}", file=sys.stderr)
+        return 1
     return 0
 
 

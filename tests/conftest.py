@@ -158,3 +158,14 @@ def official_single_file(sd, path, extra=None):
     tensors["alphas_cumprod"] = torch.rand(1000)
     save_file({**tensors, **(extra or {})}, str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def single_file(tiny_pipeline, tmp_path_factory):
+    """The tiny pipeline's weights as an official single file, with its tokenizer beside it."""
+    import shutil
+    import weights
+    _, folder = tiny_pipeline
+    where = tmp_path_factory.mktemp("single")
+    shutil.copytree(folder / "tokenizer", where / "tokenizer")
+    return official_single_file(weights.load(folder), where / "tiny-sd.safetensors")

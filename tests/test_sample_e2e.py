@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 import weights
-from conftest import F64_BOUND, official_single_file, relative_error
+from conftest import F64_BOUND, relative_error
 from minitome.sample import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,15 +42,6 @@ def max_pixel_difference(a, b) -> int:
     a, b = np.asarray(a, dtype=np.int16), np.asarray(b, dtype=np.int16)
     assert a.shape == b.shape
     return int(np.abs(a - b).max())
-
-
-@pytest.fixture(scope="module")
-def single_file(tiny_pipeline, tmp_path_factory):
-    """The tiny pipeline's weights as an official single file, with its tokenizer beside it."""
-    _, folder = tiny_pipeline
-    where = tmp_path_factory.mktemp("single")
-    shutil.copytree(folder / "tokenizer", where / "tokenizer")
-    return official_single_file(weights.load(folder), where / "tiny-sd.safetensors")
 
 
 @pytest.fixture(scope="module")

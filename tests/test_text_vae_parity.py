@@ -1,8 +1,6 @@
 """The CLIP text encoder against transformers' CLIPTextModel, the VAE decoder against diffusers'
 AutoencoderKL.decode, and the whole `weights.load` in both layouts. Both sides run in float64, bound
 F64_BOUND (conftest.py); one float32 smoke test per part, bound at its measured level."""
-import copy
-
 import pytest
 import torch
 
