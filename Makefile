@@ -3,12 +3,17 @@
 #   make sample    make an image (downloads the weights first if missing); PROMPT="..." ARGS="--tome-ratio 0.5"
 #   make bench     what merging buys on this machine (random SD 1.5 weights, no download); BENCH_ARGS="..."
 #   make bench-compare   the same, side by side with diffusers + tomesd (installs them)
+#   make tutorial  what tutorial.md's snippets need (the runtime and the CLIP vocabulary), fast
 #   make test      the whole test suite (adds pytest, hypothesis and the pinned references)
-# TORCH names the torch requirement installed first: torch==2.13.0 is a CPU build on CPU-only
-# machines that carry it locally; on a CUDA machine set TORCH to the build you want.
+# TORCH names the torch requirement installed first, TORCH_INDEX where it comes from. On a machine
+# without an NVIDIA GPU (no nvidia-smi) the default index is PyTorch's CPU wheel index, so that a plain
+# install does not pull the multi-GB CUDA build; with a GPU, pip's configured index. When TORCH_INDEX
+# cannot be reached (machines that see only their configured registries), pip's configured index is
+# used instead. Override either: make test TORCH_INDEX=https://download.pytorch.org/whl/cu128
 PYTHON  ?= python3
 VENV    ?= .venv
 TORCH   ?= torch==2.13.0
+TORCH_INDEX ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,https://download.pytorch.org/whl/cpu)
 BIN     := $(VENV)/bin
 RUNTIME := $(VENV)/.runtime-installed
 TESTING := $(VENV)/.test-installed
@@ -23,12 +28,19 @@ VOCAB     := .cache/bpe_simple_vocab_16e6.txt.gz
 OPEN_CLIP := .cache/open_clip/tokenizer.py
 OPEN_CLIP_WHEEL := open-clip-torch==3.3.0
 
-.PHONY: test weights sample bench bench-compare
+.PHONY: test tutorial weights sample bench bench-compare
 
 $(RUNTIME): requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH)"
+	@if [ -n "$(TORCH_INDEX)" ] && $(BIN)/python -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)" \
+			"$(TORCH_INDEX)/" >/dev/null 2>&1; then \
+		echo "installing $(TORCH) from $(TORCH_INDEX)"; \
+		$(BIN)/python -m pip install -q "$(TORCH)" --index-url "$(TORCH_INDEX)"; \
+	else \
+		echo "installing $(TORCH) from pip's configured index$(if $(TORCH_INDEX), ($(TORCH_INDEX) cannot be reached))"; \
+		$(BIN)/python -m pip install -q "$(TORCH)"; \
+	fi
 	$(BIN)/python -m pip install -q -r requirements.txt
 	touch $@
 
@@ -48,6 +60,9 @@ $(VOCAB): $(OPEN_CLIP)
 test: $(TESTING) $(VOCAB)
 	MINITOME_VOCAB=$(VOCAB) MINITOME_OPEN_CLIP=$(OPEN_CLIP) $(BIN)/python -m pytest
 
+tutorial: $(RUNTIME) $(VOCAB)
+	@echo "ready: run tutorial.md's snippets with $(BIN)/python from this folder"
+
 weights: $(RUNTIME)
 	$(BIN)/python -m weights.download --dest models
 
@@ -56,7 +71,7 @@ sample: $(RUNTIME)
 	$(BIN)/python -m minitome.sample --weights $(WEIGHTS) --prompt "$(PROMPT)" $(ARGS)
 
 bench: $(RUNTIME)
-	$(BIN)/python -m minitome.bench $(BENCH_ARGS)
+	$(BIN)/python -m minitome.lab.bench $(BENCH_ARGS)
 
 bench-compare: $(TESTING)
-	$(BIN)/python -m minitome.bench --compare $(BENCH_ARGS)
+	$(BIN)/python -m minitome.lab.bench --compare $(BENCH_ARGS)

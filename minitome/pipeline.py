@@ -23,8 +23,10 @@ from PIL import Image
 from sampler import SAMPLERS
 from sampler.schedule import check_steps
 from unet import UNetModel
+from .checks import check_size
 from .clip import CLIPTextModel
 from .tokenizer import Tokenizer
+from .tome import ToMeConfig
 from .vae import SCALE, VAEDecoder
 
 
@@ -42,11 +44,9 @@ def vae_scale_factor(sd) -> int:
     return 2 ** (len(sd.vae.config.ch_mult) - 1)
 
 
-def check_size(sd, width: int, height: int):
-    factor = vae_scale_factor(sd)
-    for name, value in (("width", width), ("height", height)):
-        if value <= 0 or value % factor:
-            raise ValueError(f"{name} must be a positive multiple of {factor}, got {value}")
+def check_image_size(sd, width: int, height: int):
+    """Width and height positive multiples of the VAE's pixels per latent cell (8 for SD)."""
+    check_size(width, height, vae_scale_factor(sd))
 
 
 @torch.no_grad()
@@ -59,7 +59,7 @@ def sample_latents(sd, prompt: str, negative_prompt: str = "", steps: int = 50, 
     tome: a ToMeConfig, None, or a schedule: a function of the timestep t (999 … 1, noisy to clean)
     returning a ToMeConfig or None for that step, e.g. `lambda t: cfg if t > 500 else None`.
     """
-    check_size(sd, width, height)
+    check_image_size(sd, width, height)
     check_steps(steps)
     if not math.isfinite(guidance):
         raise ValueError(f"guidance must be a finite number, got {guidance}")
@@ -79,21 +79,7 @@ def sample_latents(sd, prompt: str, negative_prompt: str = "", steps: int = 50, 
     latents = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed), dtype=dtype).to(device)
 
     # 3. the guided noise estimate the sampler calls; ToMe's partitions draw from their own generator
-    schedule = tome if callable(tome) else (lambda t: tome)
-    tome_generators = {}  # seed → generator, one per run
-
-    def eps_model(x, t):
-        x_in = torch.cat([x, x]) if guided else x
-        t_in = torch.full((x_in.shape[0],), t, device=device)
-        config = schedule(t)
-        generator = None
-        if config is not None:
-            generator = tome_generators.setdefault(config.seed, torch.Generator().manual_seed(config.seed))
-        eps = unet(x_in, t_in, context, tome=config, tome_generator=generator)
-        if not guided:
-            return eps
-        eps_uncond, eps_cond = eps.chunk(2)
-        return eps_uncond + guidance * (eps_cond - eps_uncond)
+    eps_model = noise_estimate(unet, context, guidance, tome)
 
     # 4. denoise
     latents = SAMPLERS[sampler](eps_model, latents, steps, callback=callback)
@@ -101,6 +87,34 @@ def sample_latents(sd, prompt: str, negative_prompt: str = "", steps: int = 50, 
         raise ValueError(f"the sampled latents are not finite (NaN or infinity): guidance {guidance:g} may be too "
                          f"large, or the weights overflow in {str(dtype).replace('torch.', '')}")
     return latents
+
+
+def noise_estimate(unet, context: torch.Tensor, guidance: float, tome=None):
+    """ε(x, t) as the sampler calls it: the UNet on [uncond, cond] in one batch with classifier-free guidance,
+    ε = ε_uncond + g · (ε_cond − ε_uncond), or on [cond] alone when g ≤ 1 (context holds the prompts
+    in that order). tome: a ToMeConfig, None, or a schedule t → ToMeConfig or None; its random partitions
+    draw from a generator of their own per seed, one for the whole run."""
+    guided = guidance > 1
+    schedule = tome if callable(tome) else (lambda t: tome)
+    generators = {}  # seed → generator
+
+    def eps_model(x, t):
+        x_in = torch.cat([x, x]) if guided else x
+        t_in = torch.full((x_in.shape[0],), t, device=x.device)
+        config = schedule(t)
+        generator = None if config is None else generators.setdefault(config.seed, torch.Generator().manual_seed(config.seed))
+        eps = unet(x_in, t_in, context, tome=config, tome_generator=generator)
+        if not guided:
+            return eps
+        eps_uncond, eps_cond = eps.chunk(2)
+        return eps_uncond + guidance * (eps_cond - eps_uncond)
+
+    return eps_model
+
+
+def linear_schedule(start: float, end: float, **config):
+    """A ToMe schedule for `generate`: the ratio going from `start` at t = 1000 to `end` at t = 0."""
+    return lambda t: ToMeConfig(ratio=round(end + (start - end) * t / 1000, 4), **config)
 
 
 @torch.no_grad()

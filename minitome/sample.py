@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .checks import check_steps_flag
+from .checks import check_size, check_steps_flag
 from .device import check_fits, pick_device, pick_dtype
 from .output import Outputs, model_hash
 from .tome import ToMeConfig
@@ -85,9 +85,7 @@ def check(args):
         raise ValueError(f"--guidance must be a finite number, got {args.guidance}")
     if args.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
-    for name in ("width", "height"):
-        if getattr(args, name) <= 0 or getattr(args, name) % 8:
-            raise ValueError(f"--{name} must be a positive multiple of 8, got {getattr(args, name)}")
+    check_size(args.width, args.height, 8, ("--width", "--height"))
     if args.seed is not None and not 0 <= args.seed < SEEDS:
         raise ValueError(f"--seed must be in [0, 2^64), got {args.seed}")
     for name in ("prompt", "negative_prompt"):
@@ -159,7 +157,7 @@ def main(argv=None) -> int:
 
 def run(args) -> int:
     from weights import WeightsError, load
-    from .pipeline import check_size, generate
+    from .pipeline import check_image_size, generate
     outputs, finished = None, False
     try:
         check(args)
@@ -172,7 +170,7 @@ def run(args) -> int:
         sd = load(args.weights, tokenizer=args.tokenizer, device=device, dtype=dtype, vae=args.vae, ema=args.ema,
                   attention=args.attention)
         sd.unet.pack_convolutions()  # float32 on the CPU: convolution weights laid out once (unet/packed_conv.py)
-        check_size(sd, args.width, args.height)
+        check_image_size(sd, args.width, args.height)
         c = sd.vae.config
         check_fits(args.width, args.height, args.batch, args.guidance > 1, args.attention, sd.unet.config.num_heads,
                    dtype, device, c.ch * (c.ch_mult[0] + c.ch_mult[1]))

@@ -1,9 +1,9 @@
-"""`python -m minitome.ablate` on small inputs, and its k-means merge."""
+"""`python -m minitome.lab.ablate` on small inputs, and its k-means merge."""
 import pytest
 import torch
 
-from minitome.ablate import main
-from minitome.ablate_tokens import kmeans_slot, merge_error
+from minitome.lab.ablate import main
+from minitome.lab.ablate_tokens import kmeans_slot, merge_error
 from minitome.tome import merge, partition, match
 
 
@@ -42,7 +42,7 @@ def test_ablate_tables(tiny_pipeline, capsys):
     assert "| 0.6 → 0.4 over the run |" in out and "| 0.5 only while t > 400 (noisy) |" in out
     assert "| shared by uncond and cond (tomesd) |" in out and "| one per image |" in out
     unmerged = [line for line in out.splitlines() if line.startswith("| no merging |")]
-    assert "| random2x2 (ToMe-SD) |" in out and "| alternating | " in out
+    assert "| random 2×2 (ToMe-SD) |" in out and "| 2-stride grid |" in out and "| alternating | " in out
     assert len(unmerged) == 5 and all("| 0.0000 | inf | 1.000 |" in line for line in unmerged)
 
 
@@ -52,7 +52,7 @@ def test_ablate_bad_input(capsys):
     assert main(["--tau", "1000"]) == 2
     assert main(["--weights", "/nonexistent/model.safetensors", "--skip-unet"]) == 2
     err = capsys.readouterr().err
-    assert "must be a positive multiple of 64" in err and err.count("minitome.ablate: error:") == 4
+    assert "must be a positive multiple of 64" in err and err.count("minitome.lab.ablate: error:") == 4
 
 
 def test_ablate_sections_choose_the_experiments(capsys):

@@ -417,7 +417,7 @@ def test_tools_give_one_line_for_bad_options(tmp_path, capsys, tool, argv, patte
     import re
     (tmp_path / "file").write_text("x")
     argv = [a.format(file=tmp_path / "file" / "sub") for a in argv]  # a folder inside a file: cannot be made
-    module = importlib.import_module(f"minitome.{tool}")
+    module = importlib.import_module(f"minitome.lab.{tool}")
     assert module.main(argv) == 2
     lines = capsys.readouterr().err.strip().split("\n")
-    assert lines[-1].startswith(f"minitome.{tool}: error: ") and re.search(pattern, lines[-1]), lines
+    assert lines[-1].startswith(f"minitome.lab.{tool}: error: ") and re.search(pattern, lines[-1]), lines

@@ -3,7 +3,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from minitome.tome import (IDENTITY, ToMeArgs, ToMeConfig, downsample_level, match, partition, partition_variant,
+from minitome.tome import (IDENTITY, BlockSettings, ToMeConfig, downsample_level, match, partition,
                            tome_plan)
 
 grids = st.tuples(st.integers(1, 12), st.integers(1, 12))
@@ -36,9 +36,18 @@ def test_partition_covers_each_token_once_with_one_dst_per_full_cell(grid, cell,
 
 @settings(max_examples=50, deadline=None)
 @given(grid=grids, cell=cells, seed=seeds)
-def test_same_seed_same_partition(grid, cell, seed):
-    a, b = partition(*grid, *cell, gen(seed)), partition(*grid, *cell, gen(seed))
-    assert (a is None and b is None) or all(torch.equal(x, y) for x, y in zip(a, b))
+def test_random_partitions_draw_from_their_own_generator_only(grid, cell, seed):
+    """Turning ToMe on never changes an image's noise: a partition's draw leaves torch's global generator as it was."""
+    before = torch.random.get_rng_state()
+    for kind in ("cells", "random"):
+        partition(*grid, *cell, gen(seed), kind)
+    assert torch.equal(torch.random.get_rng_state(), before)
+
+
+def test_every_position_in_a_cell_can_be_the_dst():
+    """The random dst is drawn from all sy·sx positions of a cell (here a 3 × 2 cell: six)."""
+    drawn = {partition(2, 3, 3, 2, gen(seed))[1].item() for seed in range(200)}
+    assert drawn == set(range(6))
 
 
 def group_means(x, slot):
@@ -68,7 +77,7 @@ def blocks(draw):
 def test_merge_unmerge_invariants(block):
     x, (h, w), cfg, seed = block
     B, N, C = x.shape
-    plan = tome_plan(x, (h, w), ToMeArgs(cfg, (h, w), gen(seed)))
+    plan = tome_plan(x, (h, w), BlockSettings(cfg, (h, w), gen(seed)))
     parts = partition(h, w, cfg.sx, cfg.sy, gen(seed) if cfg.use_rand else None)
     r = int(N * cfg.ratio)
     if r <= 0 or parts is None:
@@ -119,14 +128,14 @@ def test_matching_merges_the_r_most_similar_src_into_their_best_dst(block):
 def test_merging_equal_tokens_returns_them_unchanged(block):
     x, hw, cfg, seed = block
     same = x[:, :1].expand_as(x).contiguous()
-    plan = tome_plan(same, hw, ToMeArgs(cfg, hw, gen(seed)))
+    plan = tome_plan(same, hw, BlockSettings(cfg, hw, gen(seed)))
     torch.testing.assert_close(plan.unmerge_attn(plan.merge_attn(same)), same, rtol=1e-6, atol=1e-6)
 
 
 def test_merge_is_the_mean_of_dst_and_its_src_by_hand():
     """A 2×2 grid, one cell, dst top-left (token 0); ratio 0.5 → r = 2 of the 3 src merge."""
     x = torch.tensor([[[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [1.0, 0.2]]])  # tokens 1 and 3 point near token 0
-    plan = tome_plan(x, (2, 2), ToMeArgs(ToMeConfig(ratio=0.5, use_rand=False), (2, 2)))
+    plan = tome_plan(x, (2, 2), BlockSettings(ToMeConfig(ratio=0.5, use_rand=False), (2, 2)))
     merged = plan.merge_attn(x)
     expected_dst = (x[0, 0] + x[0, 1] + x[0, 3]) / 3
     torch.testing.assert_close(merged, torch.stack([x[0, 2], expected_dst])[None])
@@ -139,13 +148,13 @@ def test_rand_per_image_gives_image_b_the_b_th_partition_drawn(block, B):
     x, hw, cfg, seed = block
     x = torch.randn(B, x.shape[1], x.shape[2], generator=gen(seed))
     cfg = ToMeConfig(ratio=cfg.ratio, sx=cfg.sx, sy=cfg.sy, use_rand=True, rand_per_image=True)
-    plan = tome_plan(x, hw, ToMeArgs(cfg, hw, gen(seed)))
+    plan = tome_plan(x, hw, BlockSettings(cfg, hw, gen(seed)))
     if plan is IDENTITY:
         return
     draws = gen(seed)
     for b in range(B):  # each image alone, with the next partition from the same generator
         src, dst = partition(*hw, cfg.sx, cfg.sy, draws)
-        alone = match(x[b:b + 1], src, dst, x.shape[1] - plan.num_merged)
+        alone = match(x[b:b + 1], src, dst, x.shape[1] - plan.tokens_left)
         assert torch.equal(plan.slot[b:b + 1], alone)
 
 
@@ -153,39 +162,64 @@ def test_rand_per_image_draws_differ_within_the_batch_and_are_shared_without_it(
     x = torch.randn(1, 64 * 64, 8, generator=gen(0)).expand(2, -1, -1)  # two identical images
     for per_image, same in ((False, True), (True, False)):
         cfg = ToMeConfig(ratio=0.5, rand_per_image=per_image)
-        slot = tome_plan(x, (64, 64), ToMeArgs(cfg, (64, 64), gen(0))).slot
+        slot = tome_plan(x, (64, 64), BlockSettings(cfg, (64, 64), gen(0))).slot
         assert torch.equal(slot[0], slot[1]) == same
     cfg = ToMeConfig(ratio=0.5, use_rand=False, rand_per_image=True)  # no randomness: nothing to draw per image
-    slot = tome_plan(x, (64, 64), ToMeArgs(cfg, (64, 64), None)).slot
+    slot = tome_plan(x, (64, 64), BlockSettings(cfg, (64, 64), None)).slot
     assert torch.equal(slot[0], slot[1])
 
 
 @settings(max_examples=60, deadline=None)
 @given(block=blocks(), choice=st.sampled_from(["random", "alternating"]))
-def test_dst_choice_plans_match_on_the_papers_other_partitions(block, choice):
+def test_plans_match_on_the_papers_other_partitions(block, choice):
     x, hw, cfg, seed = block
-    cfg = ToMeConfig(ratio=min(cfg.ratio, 0.5), use_rand=True, dst_choice=choice)
-    plan = tome_plan(x, hw, ToMeArgs(cfg, hw, gen(seed)))
-    src, dst = partition_variant(*hw, choice, gen(seed))
+    cfg = ToMeConfig(ratio=min(cfg.ratio, 0.5), use_rand=True, partition=choice)
+    plan = tome_plan(x, hw, BlockSettings(cfg, hw, gen(seed)))
+    src, dst = partition(*hw, generator=gen(seed), kind=choice)
     r = min(int(x.shape[1] * cfg.ratio), src.numel())
     if r == 0:
         assert plan is IDENTITY
         return
-    assert plan.num_merged == x.shape[1] - r and torch.equal(plan.slot, match(x, src, dst, r))
+    assert plan.tokens_left == x.shape[1] - r and torch.equal(plan.slot, match(x, src, dst, r))
 
 
-def test_random_dst_choice_needs_use_rand_and_unknown_choices_are_errors():
+def test_random_partition_needs_use_rand_and_unknown_partitions_are_errors():
     with pytest.raises(ValueError, match="needs use_rand=True"):
-        ToMeConfig(dst_choice="random", use_rand=False)
-    with pytest.raises(ValueError, match="dst_choice must be one of cells, random, alternating"):
-        ToMeConfig(dst_choice="checkerboard")
+        ToMeConfig(partition="random", use_rand=False)
+    with pytest.raises(ValueError, match="partition must be one of cells, random, alternating"):
+        ToMeConfig(partition="checkerboard")
+    with pytest.raises(ValueError, match="partition must be one of cells, random, alternating"):
+        partition(4, 4, kind="checkerboard")
+
+
+@pytest.mark.parametrize("kind", ["cells", "random", "alternating"])
+@pytest.mark.parametrize("h, w", [(16, 16), (7, 9)])
+def test_every_partition_covers_every_token_once(kind, h, w):
+    for generator in ([gen(0), None] if kind == "cells" else [gen(0)]):
+        src, dst = partition(h, w, 2, 2, generator, kind)
+        assert torch.equal(torch.cat([src, dst]).sort().values, torch.arange(h * w))
+        if kind in ("cells", "random"):  # as many dst as full 2 × 2 cells
+            assert dst.numel() == (h // 2) * (w // 2)
+        if kind == "alternating":
+            assert dst.tolist() == list(range(0, h * w, 2))
+
+
+def test_the_unet_geometry_is_the_published_one():
+    """SD 1.5's 16 transformer blocks at a 64×64 latent (512²): 5 at 64², 5 at 32², 5 at 16², 1 at 8², with the
+    widths 320, 640, 1280, 1280; the order is the way down, the middle, the way up."""
+    from unet import UNetConfig
+    grids = UNetConfig().transformer_grids((64, 64))
+    assert [(h, c) for h, w, c in grids] == [(64, 320)] * 2 + [(32, 640)] * 2 + [(16, 1280)] * 2 + [(8, 1280)] + \
+        [(16, 1280)] * 3 + [(32, 640)] * 3 + [(64, 320)] * 3
+    assert all(h == w for h, w, _ in grids)
+    assert [h for h, _, _ in UNetConfig().transformer_grids((65, 105))][:7] == [65, 65, 33, 33, 17, 17, 9]
 
 
 @pytest.mark.parametrize("max_downsample, applied", [(1, 5), (2, 10), (4, 15), (8, 16)])
 def test_plan_applies_to_5_10_15_16_of_the_16_blocks_at_64x64(max_downsample, applied):
     # SD 1.5's 16 transformer blocks at a 64×64 latent: 5 at 64², 5 at 32², 5 at 16², 1 at 8²
     grids = [64] * 5 + [32] * 5 + [16] * 5 + [8]
-    args = ToMeArgs(ToMeConfig(ratio=0.5, max_downsample=max_downsample), (64, 64), gen(0))
+    args = BlockSettings(ToMeConfig(ratio=0.5, max_downsample=max_downsample), (64, 64), gen(0))
     plans = [tome_plan(torch.randn(2, s * s, 8), (s, s), args) for s in grids]
     assert sum(p is not IDENTITY for p in plans) == applied
 
@@ -220,7 +254,7 @@ def test_tiny_latent_misclassified_level_has_no_full_cell():
     # whatever max_downsample says
     (H, W), bottom = (3, 5), level_grids(3, 5)[-1]
     assert bottom == (1, 1) and downsample_level((H, W), 1) == 4
-    args = ToMeArgs(ToMeConfig(ratio=0.5, max_downsample=4), (H, W), gen(0))
+    args = BlockSettings(ToMeConfig(ratio=0.5, max_downsample=4), (H, W), gen(0))
     assert tome_plan(torch.randn(2, 1, 8), bottom, args) is IDENTITY
 
 
@@ -241,4 +275,4 @@ def test_config_rejects_out_of_range_values(kwargs, message):
 def test_ratio_zero_and_none_are_identity():
     x = torch.randn(2, 64, 4)
     assert tome_plan(x, (8, 8), None) is IDENTITY
-    assert tome_plan(x, (8, 8), ToMeArgs(ToMeConfig(ratio=0.0), (8, 8), gen(0))) is IDENTITY
+    assert tome_plan(x, (8, 8), BlockSettings(ToMeConfig(ratio=0.0), (8, 8), gen(0))) is IDENTITY

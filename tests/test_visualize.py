@@ -1,45 +1,24 @@
-"""`python -m minitome.visualize` and the partition variants it draws."""
+"""`python -m minitome.lab.visualize`: the pictures, and the real block inputs it draws."""
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from minitome.tome import PARTITION_METHODS, partition, partition_variant
-from minitome.visualize import main
-
-
-@pytest.mark.parametrize("method", PARTITION_METHODS)
-@pytest.mark.parametrize("h, w", [(16, 16), (7, 9)])
-def test_partition_variants_cover_every_token_once(method, h, w):
-    src, dst = partition_variant(h, w, method, torch.Generator().manual_seed(0))
-    assert torch.equal(torch.cat([src, dst]).sort().values, torch.arange(h * w))
-    if method in ("random2x2", "grid", "random"):
-        assert dst.numel() == (h // 2) * (w // 2)
-    if method == "alternating":
-        assert dst.tolist() == list(range(0, h * w, 2))
-    if method == "grid":
-        assert torch.equal(dst, partition(h, w, 2, 2)[1])
-
-
-def test_unknown_partition_method_is_an_error():
-    with pytest.raises(ValueError, match="partition method must be one of"):
-        partition_variant(4, 4, "checkerboard")
+from minitome.lab.visualize import main
 
 
 def test_pictures_are_written(tmp_path, capsys):
     assert main(["--out", str(tmp_path), "--size", "128"]) == 0
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["merges.png", "partitions.png", "schedule.png", "similarity.png"]
-    assert Image.open(tmp_path / "similarity.png").size == (128, 128)
-    merges = Image.open(tmp_path / "merges.png")
-    assert merges.width > 4 * 128  # the picture and three ratios side by side
+    assert Image.open(tmp_path / "similarity.png").width > 2 * 128  # the picture and its similarity map
+    assert Image.open(tmp_path / "merges.png").width > 4 * 128    # the picture and three ratios side by side
     assert main(["--out", str(tmp_path), "--size", "100"]) == 2
 
 
 def test_block_input_catches_the_real_tokens_of_a_chosen_block_and_call(tiny_pipeline):
     import weights
     from minitome.pipeline import generate
-    from minitome.visualize import block_input
+    from minitome.lab.common import block_input
     sd = weights.load(str(tiny_pipeline[1]))
     first, hw, image = block_input(sd, "a red house", 64, 10, block=0, call=0)
     last, hw_last, _ = block_input(sd, "a red house", 64, 10, block=0, call=-1)
@@ -61,8 +40,8 @@ def test_pictures_with_weights(tiny_pipeline, tmp_path, capsys):
     assert main(["--out", str(tmp_path), "--size", "64", "--weights", folder, "--steps", "10"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["image.png", "merges.png", "partitions.png",
                                                            "schedule.png", "similarity.png"]
-    assert Image.open(tmp_path / "similarity.png").size == Image.open(tmp_path / "image.png").size == (64, 64)
+    assert Image.open(tmp_path / "image.png").size == (64, 64) and Image.open(tmp_path / "similarity.png").width > 128
     assert main(["--out", str(tmp_path), "--size", "64", "--weights", folder, "--steps", "10", "--call", "11"]) == 2
     assert main(["--out", str(tmp_path), "--weights", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
-    assert "call must be -1 or in" in err and err.count("minitome.visualize: error:") == 2
+    assert "call must be -1 or in" in err and err.count("minitome.lab.visualize: error:") == 2

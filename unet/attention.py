@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minitome.tome import ToMeArgs, tome_plan
+from minitome.tome import BlockSettings, tome_plan
 
 
 class CrossAttention(nn.Module):
@@ -38,7 +38,7 @@ class CrossAttention(nn.Module):
             # to_q's output is ours (q · s is the same float either way)
             weights = q.mul_(q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B, heads, N, T)
             # softmax written over its own input: no second (N, T) matrix to allocate and fault in
-            # (0.33 s of 1.23 s for that attention on 2 CPU cores), and half the peak memory
+            # (about a quarter of that attention's time on the CPU), and half the peak memory
             out = torch.softmax(weights, dim=-1, out=weights) @ v      # (B, heads, N, D)
         else:  # the same formula, fused: never materialises the (N, T) weights
             out = F.scaled_dot_product_attention(q, k, v)
@@ -75,9 +75,9 @@ class BasicTransformerBlock(nn.Module):
         self.attn2 = CrossAttention(dim, context_dim, heads, attention)  # cross-attention to the text
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, hw: tuple, tome: ToMeArgs = None) -> torch.Tensor:
-        """x (B, N, C) with N = h·w; context (B, T, context_dim). tome=None: plain SD 1.5."""
-        plan = tome_plan(x, hw, tome)  # identity when tome is None or the block is too small
+    def forward(self, x: torch.Tensor, context: torch.Tensor, hw: tuple, settings: BlockSettings = None) -> torch.Tensor:
+        """x (B, N, C) with N = h·w; context (B, T, context_dim). settings=None: plain SD 1.5."""
+        plan = tome_plan(x, hw, settings)  # identity without ToMe settings, or when the block is too small
         x = x + plan.unmerge_attn(self.attn1(plan.merge_attn(self.norm1(x))))             # self-attention
         x = x + plan.unmerge_cross(self.attn2(plan.merge_cross(self.norm2(x)), context))  # cross-attention
         x = x + plan.unmerge_mlp(self.ff(plan.merge_mlp(self.norm3(x))))                  # feed-forward
@@ -95,9 +95,9 @@ class SpatialTransformer(nn.Module):
             BasicTransformerBlock(channels, context_dim, heads, attention) for _ in range(depth))
         self.proj_out = nn.Conv2d(channels, channels, 1)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, tome: ToMeArgs = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor, settings: BlockSettings = None) -> torch.Tensor:
         B, C, h, w = x.shape
         tokens = self.proj_in(self.norm(x)).flatten(2).transpose(1, 2)  # (B, N, C), raster order
         for block in self.transformer_blocks:
-            tokens = block(tokens, context, (h, w), tome)
+            tokens = block(tokens, context, (h, w), settings)
         return x + self.proj_out(tokens.transpose(1, 2).unflatten(2, (h, w)))  # (B, C, h, w)

@@ -13,6 +13,15 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
+class Layer:
+    """One layer of the UNet, where the checkpoint has it: what it is, its level, its widths."""
+    kind: str         # "conv_in", "res" (ResBlock), "attn" (SpatialTransformer), "down" (Downsample), "up" (Upsample)
+    level: int        # 0 at the latent's resolution; each level halves it
+    channels: int     # width out
+    in_channels: int  # width in (a ResBlock on the way up also takes the skip)
+
+
+@dataclass(frozen=True)
 class UNetConfig:
     in_channels: int = 4              # latent channels in
     out_channels: int = 4             # predicted noise channels out
@@ -32,6 +41,51 @@ class UNetConfig:
     @property
     def time_embed_dim(self) -> int:
         return 4 * self.model_channels
+
+    def layout(self) -> dict:
+        """The whole architecture, block by block, as `UNetModel` builds it and the checkpoint numbers it:
+        {"input_blocks": [[Layer, …], …], "middle_block": [Layer, …], "output_blocks": [[Layer, …], …]}.
+        The one place the UNet's shape is worked out: the model, the diffusers name table and the
+        tools that need each transformer block's grid all read it here."""
+        widths = [self.model_channels * m for m in self.channel_mult]
+        last = len(widths) - 1
+        ch = self.model_channels
+        input_blocks, skips = [[Layer("conv_in", 0, ch, self.in_channels)]], [ch]
+        for level, width in enumerate(widths):  # the way down: each block's output is a skip for the way up
+            for _ in range(self.num_res_blocks):
+                block = [Layer("res", level, width, ch)] + ([Layer("attn", level, width, width)]
+                                                             if level in self.attention_levels else [])
+                input_blocks.append(block)
+                ch = width
+                skips.append(ch)
+            if level != last:
+                input_blocks.append([Layer("down", level, ch, ch)])
+                skips.append(ch)
+        middle = [Layer("res", last, ch, ch), Layer("attn", last, ch, ch), Layer("res", last, ch, ch)]
+        output_blocks = []
+        for level, width in reversed(list(enumerate(widths))):  # the way up: one more ResBlock per level
+            for i in range(self.num_res_blocks + 1):
+                block = [Layer("res", level, width, ch + skips.pop())]
+                ch = width
+                block += [Layer("attn", level, ch, ch)] if level in self.attention_levels else []
+                block += [Layer("up", level, ch, ch)] if level != 0 and i == self.num_res_blocks else []
+                output_blocks.append(block)
+        return {"input_blocks": input_blocks, "middle_block": middle, "output_blocks": output_blocks}
+
+    def transformer_grids(self, latent_hw: tuple) -> list:
+        """(h, w, channels) of every transformer block, in the order a call runs them, for an H × W latent
+        (each level halves the grid, rounding up: 64 → 32 → 16 → 8, and 65 → 33 → 17 → 9)."""
+        layout = self.layout()
+        layers = [layer for block in layout["input_blocks"] for layer in block] + layout["middle_block"] + \
+            [layer for block in layout["output_blocks"] for layer in block]
+        grids = []
+        for layer in layers:
+            if layer.kind == "attn":
+                h, w = latent_hw
+                for _ in range(layer.level):
+                    h, w = (h + 1) // 2, (w + 1) // 2
+                grids.append((h, w, layer.channels))
+        return grids
 
     @classmethod
     def tiny(cls, **overrides) -> "UNetConfig":

@@ -24,7 +24,7 @@ generator down to each transformer block as plain arguments; `tome=None` is exac
 import torch
 import torch.nn as nn
 
-from minitome.tome import ToMeArgs, ToMeConfig
+from minitome.tome import BlockSettings, ToMeConfig
 from .attention import SpatialTransformer
 from .blocks import Downsample, ResBlock, Upsample, timestep_embedding
 from .config import UNetConfig
@@ -35,12 +35,12 @@ class Sequence(nn.ModuleList):
     """One numbered entry of input_blocks / output_blocks: layers that UNetModel.forward runs in order."""
 
 
-def run_layer(layer: nn.Module, x, emb, context, tome, upsample_size=None):
+def run_layer(layer: nn.Module, x, emb, context, settings, upsample_size=None):
     """One layer of a block, given what it needs."""
     if isinstance(layer, ResBlock):
         return layer(x, emb)
     if isinstance(layer, SpatialTransformer):
-        return layer(x, context, tome)
+        return layer(x, context, settings)
     if isinstance(layer, Upsample):
         return layer(x, upsample_size)
     return layer(x)  # conv_in, Downsample
@@ -51,45 +51,23 @@ class UNetModel(nn.Module):
         super().__init__()
         self.config = c = config
         emb_dim = c.time_embed_dim
-        widths = [c.model_channels * m for m in c.channel_mult]
 
-        def transformer(ch):
-            return SpatialTransformer(ch, c.context_dim, c.num_heads, c.norm_groups, c.attention)
+        def make(layer):  # a Layer of config.layout() → its module
+            if layer.kind == "conv_in":
+                return nn.Conv2d(layer.in_channels, layer.channels, 3, padding=1)
+            if layer.kind == "res":
+                return ResBlock(layer.in_channels, layer.channels, emb_dim, c.norm_groups)
+            if layer.kind == "attn":
+                return SpatialTransformer(layer.channels, c.context_dim, c.num_heads, c.norm_groups, c.attention)
+            return Downsample(layer.channels) if layer.kind == "down" else Upsample(layer.channels)
 
+        layout = c.layout()
         self.time_embed = nn.Sequential(nn.Linear(c.model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-
-        # the way down: remember each block's output width, the skip the way up will concatenate
-        self.input_blocks = nn.ModuleList([Sequence([nn.Conv2d(c.in_channels, c.model_channels, 3, padding=1)])])
-        skip_widths, ch = [c.model_channels], c.model_channels
-        for level, width in enumerate(widths):
-            for _ in range(c.num_res_blocks):
-                layers = [ResBlock(ch, width, emb_dim, c.norm_groups)]
-                ch = width
-                if level in c.attention_levels:
-                    layers.append(transformer(ch))
-                self.input_blocks.append(Sequence(layers))
-                skip_widths.append(ch)
-            if level != len(widths) - 1:
-                self.input_blocks.append(Sequence([Downsample(ch)]))
-                skip_widths.append(ch)
-
-        self.middle_block = Sequence([
-            ResBlock(ch, ch, emb_dim, c.norm_groups), transformer(ch), ResBlock(ch, ch, emb_dim, c.norm_groups)])
-
-        # the way up: one more ResBlock per level than on the way down, each eating one skip
-        self.output_blocks = nn.ModuleList()
-        for level, width in reversed(list(enumerate(widths))):
-            for i in range(c.num_res_blocks + 1):
-                layers = [ResBlock(ch + skip_widths.pop(), width, emb_dim, c.norm_groups)]
-                ch = width
-                if level in c.attention_levels:
-                    layers.append(transformer(ch))
-                if level != 0 and i == c.num_res_blocks:
-                    layers.append(Upsample(ch))
-                self.output_blocks.append(Sequence(layers))
-
+        self.input_blocks = nn.ModuleList(Sequence(map(make, block)) for block in layout["input_blocks"])
+        self.middle_block = Sequence(map(make, layout["middle_block"]))
+        self.output_blocks = nn.ModuleList(Sequence(map(make, block)) for block in layout["output_blocks"])
         self.out = nn.Sequential(
-            nn.GroupNorm(c.norm_groups, ch), nn.SiLU(), nn.Conv2d(ch, c.out_channels, 3, padding=1))
+            nn.GroupNorm(c.norm_groups, c.model_channels), nn.SiLU(), nn.Conv2d(c.model_channels, c.out_channels, 3, padding=1))
 
     def forward(self, x: torch.Tensor, t, context: torch.Tensor,
                 tome: ToMeConfig = None, tome_generator: torch.Generator = None) -> torch.Tensor:
@@ -104,31 +82,31 @@ class UNetModel(nn.Module):
         t = torch.as_tensor(t, device=x.device)
         t = t.expand(x.shape[0]) if t.ndim == 0 else t
         emb = self.time_embed(timestep_embedding(t, self.config.model_channels).to(x.dtype))
-        args = None
+        settings = None
         if tome is not None:
             if tome.use_rand and tome_generator is None:
                 tome_generator = torch.Generator().manual_seed(tome.seed)
-            args = ToMeArgs(tome, tuple(x.shape[-2:]), tome_generator if tome.use_rand else None)
+            settings = BlockSettings(tome, tuple(x.shape[-2:]), tome_generator if tome.use_rand else None)
 
-        # channels-last (NHWC) activations: oneDNN's convolutions run ~6% faster on them on the CPU, and a
-        # (B, C, h, w) map becomes (B, h·w, C) tokens and back as a free view instead of a copy (measured at
-        # 512², batch 2, 2 cores: 11.6 s → 10.9 s per call). Weights are made channels-last by `channels_last()`.
+        # channels-last (NHWC) activations: oneDNN convolves them without first copying them into its own
+        # layout (about 6% of a call on the CPU), and a (B, C, h, w) map becomes (B, h·w, C) tokens and back
+        # as a free view instead of a copy. Weights are made channels-last by `channels_last()`.
         x = x.contiguous(memory_format=torch.channels_last)
         skips = []
         for block in self.input_blocks:
             for layer in block:
-                x = run_layer(layer, x, emb, context, args)
+                x = run_layer(layer, x, emb, context, settings)
             skips.append(x)
         for layer in self.middle_block:
-            x = run_layer(layer, x, emb, context, args)
+            x = run_layer(layer, x, emb, context, settings)
         for block in self.output_blocks:
             # layer by layer, not as one module call: a call would hold the concatenation as its argument
             # until the block's end; here it is freed once the ResBlock has read it, before the attention
-            # (live tensors at the peak, 512², batch 2, plain attention, ratio 0.5: 361 → 331 MB)
+            # (about a tenth less memory at the peak of a merged call with plain attention)
             x = torch.cat([x, skips.pop()], dim=1)
             size = skips[-1].shape[-2:] if skips else None  # Upsample to the next skip's size
             for layer in block:
-                x = run_layer(layer, x, emb, context, args, size)
+                x = run_layer(layer, x, emb, context, settings, size)
         return self.out(x).contiguous()
 
     def channels_last(self) -> "UNetModel":
@@ -136,9 +114,10 @@ class UNetModel(nn.Module):
         return self.to(memory_format=torch.channels_last)
 
     def pack_convolutions(self) -> "UNetModel":
-        """For inference on the CPU in float32: each convolution's weight laid out once for oneDNN
-        (unet/packed_conv.py); elsewhere nothing changes. Call it last, after `.to(...)` and
-        `channels_last()`: packed weights no longer follow `.to`.
+        """For inference on the CPU in float32, opt-in: each convolution's weight laid out once for oneDNN
+        (unet/packed_conv.py); elsewhere nothing changes. A packed model is for sampling only: its
+        convolution weights leave `parameters()` and no longer follow `.to`, `.half()` or autograd
+        (`state_dict()` still reads them back). Call it last, after `.to(...)` and `channels_last()`.
         """
         pack_convolutions(self)
         return self

@@ -1,17 +1,18 @@
 """Convolutions on the CPU with their weights laid out once for oneDNN, instead of at every call.
 
-Where this sits: an optional last step after loading (`UNetModel.pack_convolutions()`, which the
-weight loaders and the benchmark call for float32 on the CPU). Nothing else in the UNet changes.
+Where this sits: an optional last step after loading (`UNetModel.pack_convolutions()`, which
+`python -m minitome.sample` and the benchmark call for float32 on the CPU; `weights.load` never does,
+so the modules it returns keep every nn.Module promise). Nothing else in the UNet changes.
 
 Why: PyTorch runs a float32 convolution on the CPU through oneDNN, which computes with the weight in a
 blocked layout of its own (channels grouped in sixteens, say), chosen for the shape of the input.
 nn.Conv2d keeps its weight in PyTorch's layout, so every call first copies the weight into oneDNN's.
-For the big 1280-channel convolutions at the bottom of the UNet that copy is most of the work
-(3×3, 1280 → 1280 at 8×8, batch 2, 2 cores: 45.9 ms per call, 19.9 ms with the weight laid out
-once). Over a whole SD 1.5 UNet call at 512², batch 2: 10.87 s → 10.25 s, with the same bits out.
+For the big 1280-channel convolutions at the bottom of the UNet that copy is most of the work (more
+than half the time of a 3×3, 1280 → 1280 convolution at 8×8); over a whole SD 1.5 UNet call at 512² it
+is a few percent (docs/benchmark.md), with the same bits out.
 
 The layout oneDNN picks depends on the input's shape, and a weight laid out for the wrong shape can be
-slow (1280 channels at 32×32, batch 1, with the layout for 64×64, batch 2: 186 → 635 ms), so a
+slow (three times slower for 1280 channels at 32×32 with the layout chosen for 64×64), so a
 PackedConv2d lays its weight out again whenever the input shape changes: once per image size and
 batch size in a sampling run. It keeps one copy of the weight only (the oneDNN one), so packing
 costs no memory; `state_dict()` still returns the weight in PyTorch's layout.

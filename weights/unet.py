@@ -28,32 +28,27 @@ RESNET_NAMES = {"in_layers.0": "norm1", "in_layers.2": "conv1", "emb_layers.1": 
 
 
 def diffusers_names(c: UNetConfig) -> dict:
-    """Our module prefix → (diffusers module prefix, is_resnet), for every block of the architecture."""
+    """Our module prefix → (diffusers module prefix, is_resnet), for every layer of `c.layout()`.
+
+    diffusers numbers layers within a level (down_blocks.1.resnets.0) where the checkpoint numbers the
+    blocks straight through (input_blocks.4.0), and counts the way up from the bottom (up_blocks.0 is
+    the deepest level)."""
     table = {"time_embed.0": ("time_embedding.linear_1", False), "time_embed.2": ("time_embedding.linear_2", False),
-             "input_blocks.0.0": ("conv_in", False), "out.0": ("conv_norm_out", False), "out.2": ("conv_out", False),
+             "out.0": ("conv_norm_out", False), "out.2": ("conv_out", False),
              "middle_block.0": ("mid_block.resnets.0", True), "middle_block.1": ("mid_block.attentions.0", False),
              "middle_block.2": ("mid_block.resnets.1", True)}
-    levels, n = len(c.channel_mult), 1
-    for level in range(levels):
-        for j in range(c.num_res_blocks):
-            table[f"input_blocks.{n}.0"] = (f"down_blocks.{level}.resnets.{j}", True)
-            if level in c.attention_levels:
-                table[f"input_blocks.{n}.1"] = (f"down_blocks.{level}.attentions.{j}", False)
-            n += 1
-        if level != levels - 1:
-            table[f"input_blocks.{n}.0.op"] = (f"down_blocks.{level}.downsamplers.0.conv", False)
-            n += 1
-    n = 0
-    for up, level in enumerate(reversed(range(levels))):
-        for j in range(c.num_res_blocks + 1):
-            table[f"output_blocks.{n}.0"] = (f"up_blocks.{up}.resnets.{j}", True)
-            next_index = 1
-            if level in c.attention_levels:
-                table[f"output_blocks.{n}.1"] = (f"up_blocks.{up}.attentions.{j}", False)
-                next_index = 2
-            if level != 0 and j == c.num_res_blocks:
-                table[f"output_blocks.{n}.{next_index}.conv"] = (f"up_blocks.{up}.upsamplers.0.conv", False)
-            n += 1
+    layout, top = c.layout(), len(c.channel_mult) - 1
+    for part, blocks, prefix in (("input_blocks", layout["input_blocks"], "down_blocks"),
+                                 ("output_blocks", layout["output_blocks"], "up_blocks")):
+        seen = {}  # (level, kind) → how many so far
+        for n, block in enumerate(blocks):
+            for k, layer in enumerate(block):
+                j = seen[layer.level, layer.kind] = seen.get((layer.level, layer.kind), -1) + 1
+                level = f"{prefix}.{layer.level if part == 'input_blocks' else top - layer.level}"
+                ours = f"{part}.{n}.{k}" + {"down": ".op", "up": ".conv"}.get(layer.kind, "")  # the conv inside
+                table[ours] = {"conv_in": ("conv_in", False), "res": (f"{level}.resnets.{j}", True),
+                               "attn": (f"{level}.attentions.{j}", False), "down": (f"{level}.downsamplers.0.conv", False),
+                               "up": (f"{level}.upsamplers.0.conv", False)}[layer.kind]
     return table
 
 

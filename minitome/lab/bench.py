@@ -1,6 +1,6 @@
-"""`python -m minitome.bench`: what token merging buys on this machine, measured side by side.
+"""`python -m minitome.lab.bench`: what token merging buys on this machine, measured side by side.
 
-Where this sits: a command line over `minitome/measure.py`. For every image size and attention kind it
+Where this sits: a command line over `measure.py`. For every image size and attention kind it
 times all of the table's configurations (each ratio; with `--compare`, also diffusers + tomesd on the
 same weights) in one fresh process, interleaved round by round, then measures each configuration's
 peak memory in a process of its own. It prints one row per ToMe ratio: seconds per UNet call, speed-up
@@ -12,36 +12,37 @@ With `--weights` and `--quality-steps N`, each ratio's image is compared with th
 No download: by default the weights are random, at the full SD 1.5 size.
 """
 import argparse
+import dataclasses
 import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-from .measure import sync
+from minitome.checks import check_size, check_steps_flag
+from .common import ImageComparison, markdown_table, stopwatch
+from .measure import Job
 
-ROOT = Path(__file__).resolve().parent.parent
-QUALITY_PROMPTS = ["a photograph of an astronaut riding a horse", "a watercolor painting of a fox in the snow"]
+ROOT = Path(__file__).resolve().parents[2]  # the repository
+PROMPTS = ["a photograph of an astronaut riding a horse", "a watercolor painting of a fox in the snow"]
 
 
 def parse_size(text: str) -> tuple:
     """'512' or '768x512' (width x height) → (width, height), multiples of 8."""
     try:
         w, h = (int(v) for v in text.lower().split("x")) if "x" in text else (int(text), int(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size {text!r}: use 512 or WIDTHxHEIGHT") from None
-    if w <= 0 or h <= 0 or w % 8 or h % 8:
-        raise argparse.ArgumentTypeError(f"size {text!r}: width and height must be positive multiples of 8")
+        check_size(w, h, 8, ("width", "height"))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"size {text!r}: {error if 'multiple' in str(error) else 'use 512 or WIDTHxHEIGHT'}") from None
     return w, h
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m minitome.bench", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m minitome.lab.bench", description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=parse_size, nargs="+", default=[(512, 512)], help="512 or WIDTHxHEIGHT, several allowed")
     p.add_argument("--batch", type=int, default=2, help="images per UNet call (2: one CFG pair)")
     p.add_argument("--ratios", type=float, nargs="+", default=[0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
@@ -61,24 +62,17 @@ def matmul_rate(device, dtype) -> float:
     """This machine's measured matmul rate, GFLOP/s (4096² × 4096², median of 3)."""
     n = 4096
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    times = []
-    for _ in range(4):
-        sync(device)
-        start = time.perf_counter()
-        a @ b
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return 2 * n ** 3 / sorted(times[1:])[1] / 1e9
+    return 2 * n ** 3 / stopwatch(lambda: a @ b, 3, device)[1] / 1e9
 
 
-def run_child(settings: dict, label: str) -> dict:
-    """`python -m minitome.measure` in a fresh process; its progress lines are shown as they come, and
+def run_child(job: Job, label: str) -> dict:
+    """`python -m minitome.lab.measure` in a fresh process; its progress lines are shown as they come, and
     a failure becomes one line (the child's last line on stderr)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    if settings["part"] == "memory" and settings["device"] == "cpu":
+    if job.part == "memory" and job.device == "cpu":
         env["MALLOC_MMAP_THRESHOLD_"] = str(256 * 1024)  # freed tensors go back to the system (see measure.py)
     with tempfile.TemporaryFile("w+") as out:
-        child = subprocess.Popen([sys.executable, "-m", "minitome.measure", json.dumps(settings)], cwd=ROOT, env=env,
+        child = subprocess.Popen([sys.executable, "-m", "minitome.lab.measure", job.to_json()], cwd=ROOT, env=env,
                                  stdout=out, stderr=subprocess.PIPE, text=True)
         last = "no output"
         for line in child.stderr:
@@ -97,14 +91,14 @@ def paired(a: list, b: list) -> float:
     return statistics.median(x / y for x, y in zip(a, b))
 
 
-def measure_table(settings: dict, impls: tuple, ratios: list, label: str) -> list:
+def measure_table(job: Job, impls: tuple, ratios: list, label: str) -> list:
     """One table's rows: every configuration timed in one process, then each one's memory in its own."""
     configs = [[impl, ratio] for ratio in ratios for impl in impls]
-    timed = run_child({**settings, "part": "time", "configs": configs}, label)["configs"]
+    timed = run_child(dataclasses.replace(job, part="time", configs=configs), label)["configs"]
     found = {(c["impl"], c["ratio"]): c for c in timed}
     for i, (impl, ratio) in enumerate(configs):
         print(f"{label} memory {i + 1}/{len(configs)}: {impl} ratio {ratio:g}", file=sys.stderr, flush=True)
-        found[impl, ratio].update(run_child({**settings, "part": "memory", "impl": impl, "ratio": ratio}, label))
+        found[impl, ratio].update(run_child(dataclasses.replace(job, part="memory", impl=impl, ratio=ratio), label))
     rows = []
     for ratio in ratios:
         m = found["minitome", ratio]
@@ -120,24 +114,17 @@ def measure_table(settings: dict, impls: tuple, ratios: list, label: str) -> lis
     return rows
 
 
-def quality(args, size, device, dtype) -> dict:
+def image_quality(args, size, device, dtype) -> dict:
     """ratio → (PSNR, SSIM) of its images against ratio 0's, same prompts and seeds."""
-    import numpy as np
     import weights
-    from .pipeline import generate
-    from .quality import psnr, ssim
-    from .tome import ToMeConfig
+    from minitome.tome import ToMeConfig
     sd = weights.load(args.weights, device=device, dtype=dtype)
-    sd.unet.pack_convolutions()
-    images = {}
-    for ratio in args.ratios:
-        tome = ToMeConfig(ratio=ratio, max_downsample=args.max_downsample) if ratio > 0 else None
-        images[ratio] = [np.asarray(generate(sd, p, steps=args.quality_steps, seed=i, width=size[0], height=size[1],
-                                             tome=tome)[0]) for i, p in enumerate(QUALITY_PROMPTS)]
+    sd.unet.channels_last().pack_convolutions()
+    images, scores = ImageComparison(sd, PROMPTS, size, args.quality_steps), {}
+    for ratio in sorted(args.ratios):  # the lowest first: the reference
+        scores[ratio] = images.scores(ToMeConfig(ratio=ratio, max_downsample=args.max_downsample) if ratio > 0 else None)
         print(f"  quality: ratio {ratio:g} done", file=sys.stderr, flush=True)
-    base = images[min(args.ratios)]
-    return {r: (float(np.mean([psnr(a, b) for a, b in zip(imgs, base)])),
-                float(np.mean([ssim(a, b) for a, b in zip(imgs, base)]))) for r, imgs in images.items()}
+    return scores
 
 
 def table(rows: list, compare: bool, with_quality: bool) -> str:
@@ -146,7 +133,7 @@ def table(rows: list, compare: bool, with_quality: bool) -> str:
         head += ["diffusers s", "diff. speed-up", "diff. peak MB", "minitome/diffusers"]
     if with_quality:
         head += ["PSNR dB", "SSIM"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = []
     for r in rows:
         tokens = ", ".join(sorted(set(r["tokens"]), key=r["tokens"].index)) or "–"
         cells = [f"{r['ratio']:g}", f"{r['seconds']:.2f}", f"{r['speedup']:.2f}×", f"{r['peak_mb']:,.0f}", tokens,
@@ -156,20 +143,19 @@ def table(rows: list, compare: bool, with_quality: bool) -> str:
                       f"{r['ratio_to_diffusers']:.2f}"]
         if with_quality:
             cells += [f"{r['psnr']:.1f}", f"{r['ssim']:.3f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        lines.append(cells)
+    return markdown_table(head, lines)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from .checks import check_steps_flag
-    from .device import pick_device, pick_dtype
+    from minitome.device import pick_device, pick_dtype
     try:
         device = pick_device(args.device)
         dtype = pick_dtype(args.dtype, device)
         if args.batch < 1 or args.repeats < 1:
             raise ValueError("--batch and --repeats must be >= 1")
-        from .tome import ToMeConfig
+        from minitome.tome import ToMeConfig
         for ratio in args.ratios:
             ToMeConfig(ratio=ratio, max_downsample=args.max_downsample)
         if args.weights and not Path(args.weights).exists():
@@ -182,10 +168,10 @@ def main(argv=None) -> int:
             import diffusers  # noqa: F401
             import tomesd  # noqa: F401
     except ImportError as error:
-        print(f"minitome.bench: error: --compare needs diffusers and tomesd installed ({error})", file=sys.stderr)
+        print(f"minitome.lab.bench: error: --compare needs diffusers and tomesd installed ({error})", file=sys.stderr)
         return 2
     except ValueError as error:
-        print(f"minitome.bench: error: {error}", file=sys.stderr)
+        print(f"minitome.lab.bench: error: {error}", file=sys.stderr)
         return 2
     rate = matmul_rate(device, dtype)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
@@ -194,15 +180,15 @@ def main(argv=None) -> int:
     impls = ("minitome", "diffusers") if args.compare else ("minitome",)
     try:
         for size in args.sizes:
-            q = quality(args, size, device, dtype) if args.quality_steps else {}
+            q = image_quality(args, size, device, dtype) if args.quality_steps else {}
             for attention in args.attention:
-                settings = dict(latent=[size[1] // 8, size[0] // 8], batch=args.batch, attention=attention,
-                                max_downsample=args.max_downsample, repeats=args.repeats, device=str(device),
-                                dtype=str(dtype).replace("torch.", ""), weights=args.weights)
+                job = Job(part="time", latent=[size[1] // 8, size[0] // 8], batch=args.batch, attention=attention,
+                          max_downsample=args.max_downsample, repeats=args.repeats, device=str(device),
+                          dtype=str(dtype).replace("torch.", ""), weights=args.weights)
                 label = f"[{size[0]}x{size[1]} {attention}]"
                 print(f"{label} timing {len(impls) * len(args.ratios)} configuration(s), interleaved: one warm-up "
                       f"call each, then {args.repeats} round(s)", file=sys.stderr, flush=True)
-                rows = measure_table(settings, impls, args.ratios, label)
+                rows = measure_table(job, impls, args.ratios, label)
                 for row in rows:
                     row["gflops"] = row["gflop"] / row["seconds"]
                     row["matmul_share"] = row["gflops"] / rate
@@ -214,7 +200,7 @@ def main(argv=None) -> int:
                           f" (speed-up against ratio {rows[0]['ratio']:g}; ratios are medians over rounds)\n")
                     print(table(rows, args.compare, bool(q)), flush=True)
     except RuntimeError as error:
-        print(f"minitome.bench: error: {error}", file=sys.stderr)
+        print(f"minitome.lab.bench: error: {error}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(results, indent=1))

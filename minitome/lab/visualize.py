@@ -1,11 +1,11 @@
-"""`python -m minitome.visualize`: pictures of token merging, for readers (saved as PNG, used in tutorial.md).
+"""`python -m minitome.lab.visualize`: pictures of token merging, for readers (saved as PNG, used in tutorial.md).
 
 Where this sits: a reader's companion to `minitome/tome.py`; it only calls the functions there.
 Without weights it uses the 8 × 8 pixel patches of a picture it draws (a landscape: sky, sun,
 hills, lake) as tokens, 64 × 64 of them for 512², like the latent of a 512² image. Pictures:
 
-- `partitions.png`: the dst choices of the paper's Figure 5 (alternating, 2-stride grid, fully
-  random, random one-of-2×2), dst filled, over a 16 × 16 corner of the token grid;
+- `partitions.png`: the dst choices of the paper's Figure 5 (random one-of-2×2, 2-stride grid, fully
+  random, alternating), dst filled, over a 12 × 12 corner of the token grid with the 2 × 2 cells drawn;
 - `merges.png`: which tokens merge at ratios 0.3, 0.5 and 0.6: each dst and the src merged into it
   share a colour; kept src show the picture;
 - `similarity.png`: each src's best cosine similarity to a dst (bright: merged first);
@@ -24,8 +24,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .checks import check_steps_flag, writable_folder
-from .tome import IDENTITY, PARTITION_METHODS, ToMeArgs, ToMeConfig, match, partition, partition_variant, tome_plan
+from minitome.checks import check_size, check_steps_flag, writable_folder
+from minitome.pipeline import linear_schedule
+from minitome.tome import IDENTITY, BlockSettings, match, partition, tome_plan
+from unet import UNetConfig
+from .common import PAPER_PARTITIONS, block_input
 
 PATCH = 8
 
@@ -56,55 +59,48 @@ def patch_tokens(img: Image.Image) -> torch.Tensor:
     return (patches - patches.mean(0))[None], (h, w)
 
 
-def block_input(sd, prompt: str, size: int, steps: int, block: int = 0, call: int = -1, seed: int = 0):
-    """Generate an image and catch the input of transformer block `block` at UNet call `call` (-1: the
-    last): returns (tokens (1, N, C) of the prompt's half of the guidance batch, (h, w), the image)."""
-    from unet.attention import BasicTransformerBlock
-    from .pipeline import generate
-    blocks = [m for m in sd.unet.modules() if isinstance(m, BasicTransformerBlock)]
-    if not 0 <= block < len(blocks):
-        raise ValueError(f"block must be in 0 … {len(blocks) - 1}, got {block}")
-    caught, calls = {}, [0]
-
-    def catch(module, args):  # args of BasicTransformerBlock.forward: (x, context, hw, tome)
-        if call in (-1, calls[0]):
-            caught["tokens"], caught["hw"] = args[0][-1:].float().cpu(), args[2]  # [uncond, cond]: the cond half
-        calls[0] += 1
-
-    hook = blocks[block].register_forward_pre_hook(catch)
-    try:
-        image = generate(sd, prompt, steps=steps, seed=seed, width=size, height=size)[0]
-    finally:
-        hook.remove()
-    if "tokens" not in caught:
-        raise ValueError(f"call must be -1 or in 0 … {calls[0] - 1} (the UNet calls of {steps} steps), got {call}")
-    return caught["tokens"], caught["hw"], image
-
-
-def draw_partition(ax: ImageDraw.ImageDraw, origin, dst, h, w, cell):
-    x0, y0 = origin
-    dst = set(dst.tolist())
-    for n in range(h * w):
-        r, c = divmod(n, w)
-        box = [x0 + c * cell, y0 + r * cell, x0 + (c + 1) * cell - 2, y0 + (r + 1) * cell - 2]
-        ax.rectangle(box, fill=(220, 60, 60) if n in dst else (235, 235, 235), outline=(150, 150, 150))
-
-
-def partitions_picture(seed: int = 0) -> Image.Image:
-    h = w = 16
-    cell, pad, label = 14, 20, 24
-    panel = w * cell
-    out = Image.new("RGB", (len(PARTITION_METHODS) * (panel + pad) + pad, panel + 2 * pad + label), "white")
+def grid_picture(rows: int, cols: int, cell: int, fill, borders: tuple = (2, 2), label_cells: bool = False) -> Image.Image:
+    """A rows × cols grid of squares, fill(r, c) → colour, with thin lines between tokens and thick ones
+    every `borders` (sx, sy) tokens: the cells of the partition."""
+    out = Image.new("RGB", (cols * cell + 1, rows * cell + 1), "white")
     d = ImageDraw.Draw(out)
-    for i, method in enumerate(("alternating", "grid", "random", "random2x2")):
-        _, dst = partition_variant(h, w, method, torch.Generator().manual_seed(seed))
-        x0 = pad + i * (panel + pad)
-        d.text((x0, pad // 2), f"{method}: {len(dst)} dst (red)", fill="black")
-        draw_partition(d, (x0, pad + label), dst, h, w, cell)
+    for r in range(rows):
+        for c in range(cols):
+            d.rectangle([c * cell, r * cell, (c + 1) * cell, (r + 1) * cell], fill=fill(r, c), outline=(170, 170, 170))
+    sx, sy = borders
+    for c in range(0, cols + 1, sx):
+        d.line([(c * cell, 0), (c * cell, rows * cell)], fill=(40, 40, 40), width=2)
+    for r in range(0, rows + 1, sy):
+        d.line([(0, r * cell), (cols * cell, r * cell)], fill=(40, 40, 40), width=2)
     return out
 
 
-def groups_overlay(img: Image.Image, slot: torch.Tensor, num_kept: int, hw) -> Image.Image:
+def titled(panels: list, titles: list, pad: int = 12, legend: str = "") -> Image.Image:
+    """Panels side by side, a title above each and a legend line under all."""
+    height = max(p.height for p in panels) + 2 * pad + 20 + (18 if legend else 0)
+    out = Image.new("RGB", (sum(p.width + pad for p in panels) + pad, height), "white")
+    d, x = ImageDraw.Draw(out), pad
+    for panel, title in zip(panels, titles):
+        d.text((x, pad // 2), title, fill="black")
+        out.paste(panel, (x, pad + 14))
+        x += panel.width + pad
+    if legend:
+        d.text((pad, height - 18), legend, fill="black")
+    return out
+
+
+def partitions_picture(seed: int = 0, size: int = 12, cell: int = 18) -> Image.Image:
+    """The paper's Figure 5: which tokens are dst (red) under each partition, on a 12 × 12 corner of the grid."""
+    panels, titles = [], []
+    for name, (kind, use_rand) in PAPER_PARTITIONS.items():
+        _, dst = partition(size, size, 2, 2, torch.Generator().manual_seed(seed) if use_rand else None, kind)
+        dst = set(dst.tolist())
+        panels.append(grid_picture(size, size, cell, lambda r, c: (220, 60, 60) if r * size + c in dst else (238, 238, 238)))
+        titles.append(f"{name.replace('×', 'x')}: {len(dst)} dst")  # the picture's font has no ×
+    return titled(panels, titles, legend="red: dst (destinations), grey: src; thick lines: the 2 x 2 cells")
+
+
+def groups_overlay(img: Image.Image, slot: torch.Tensor, kept: int, hw) -> Image.Image:
     """The picture with each merged group (a dst and its src) painted one random colour."""
     h, w = hw
     ph, pw = img.height // h, img.width // w  # pixels per token
@@ -112,7 +108,7 @@ def groups_overlay(img: Image.Image, slot: torch.Tensor, num_kept: int, hw) -> I
     a = np.asarray(img).copy()
     members = np.bincount(slot.numpy(), minlength=len(colours))
     for n, s in enumerate(slot.tolist()):
-        if s >= num_kept and members[s] > 1:  # a dst that took at least one src
+        if s >= kept and members[s] > 1:  # a dst that took at least one src
             r, c = divmod(n, w)
             a[r * ph:(r + 1) * ph, c * pw:(c + 1) * pw] = colours[s]
     return Image.fromarray(a)
@@ -127,13 +123,8 @@ def merges_picture(img: Image.Image, tokens: torch.Tensor, hw, ratios=(0.3, 0.5,
         r = min(int(h * w * ratio), src.numel())
         slot = match(tokens, src, dst, r)[0]
         panels.append(groups_overlay(img, slot, src.numel() - r, (h, w)))
-    pad, label = 10, 20
-    out = Image.new("RGB", (len(panels) * (img.width + pad) + pad, img.height + label + pad), "white")
-    d = ImageDraw.Draw(out)
-    for i, (panel, title) in enumerate(zip(panels, [what] + [f"ratio {r}" for r in ratios])):
-        out.paste(panel, (pad + i * (img.width + pad), label))
-        d.text((pad + i * (img.width + pad), 4), title, fill="black")
-    return out
+    return titled(panels, [what] + [f"ratio {r}" for r in ratios],
+                  legend="one colour: a dst and the src merged into it; the picture shows through where tokens stay")
 
 
 def similarity_picture(img: Image.Image, tokens: torch.Tensor, hw, seed: int = 0) -> Image.Image:
@@ -142,42 +133,53 @@ def similarity_picture(img: Image.Image, tokens: torch.Tensor, hw, seed: int = 0
     unit = tokens[0] / tokens[0].norm(dim=-1, keepdim=True)
     best = (unit[src] @ unit[dst].T).max(dim=-1).values
     grid = torch.zeros(h * w)
-    grid[src] = (best.clamp(-1, 1) + 1) / 2
-    grid[dst] = 0
-    pixels = (grid.reshape(h, w).numpy() * 255).astype(np.uint8)
-    return Image.fromarray(pixels).resize((img.width, img.height), Image.NEAREST)
-
-
-def linear_schedule(start: float, end: float, **config):
-    """ratio going from `start` at t = 1000 to `end` at t = 0: a ToMe schedule for `generate`."""
-    return lambda t: ToMeConfig(ratio=round(end + (start - end) * t / 1000, 4), **config)
+    grid[src] = best.argsort().argsort().float() / max(1, src.numel() - 1)  # the rank: 1 is merged first
+    shade = (grid.reshape(h, w).numpy() * 255).astype(np.uint8)
+    heat = Image.fromarray(shade).resize((img.width, img.height), Image.NEAREST).convert("RGB")
+    a = np.asarray(heat).copy()
+    ph, pw = img.height // h, img.width // w
+    for n in dst.tolist():  # dst in red: they are the targets, not ranked
+        r, c = divmod(n, w)
+        a[r * ph:(r + 1) * ph, c * pw:(c + 1) * pw] = (200, 40, 40)
+    return titled([img, Image.fromarray(a)], ["tokens", "each src ranked by its best cosine similarity to a dst"],
+                  legend="white: the most similar src (merged first), black: the least; red: the dst")
 
 
 def schedule_picture(schedule=linear_schedule(0.6, 0.4, max_downsample=2), steps: int = 50) -> Image.Image:
+    """Tokens kept in each of SD 1.5's 16 transformer blocks at every UNet call of a PLMS run at 512²."""
     from sampler.schedule import timesteps
-    grids = [64] * 5 + [32] * 5 + [16] * 5 + [8]  # the 16 blocks at a 64 × 64 latent, by level
+    grids = UNetConfig().transformer_grids((64, 64))
     ts = timesteps(steps)
     calls = [ts[0], ts[1]] + ts[1:]  # PLMS: the first step calls the UNet twice
     kept = np.ones((len(grids), len(calls)))
     for j, t in enumerate(calls):
-        for i, n in enumerate(grids):
-            plan = tome_plan(torch.zeros(1, n * n, 1) + 1, (n, n), ToMeArgs(schedule(t), (64, 64), None))
-            kept[i, j] = 1.0 if plan is IDENTITY else plan.num_merged / (n * n)
-    cw, ch, left, top = 8, 14, 120, 24
-    out = Image.new("RGB", (left + cw * len(calls) + 10, top + ch * len(grids) + 24), "white")
+        for i, (h, w, _) in enumerate(grids):
+            plan = tome_plan(torch.ones(1, h * w, 1), (h, w), BlockSettings(schedule(t), (64, 64), None))
+            kept[i, j] = 1.0 if plan is IDENTITY else plan.tokens_left / (h * w)
+    cw, ch, left, top = 10, 16, 150, 28
+    out = Image.new("RGB", (left + cw * len(calls) + 70, top + ch * len(grids) + 40), "white")
     d = ImageDraw.Draw(out)
-    d.text((left, 4), "tokens kept per block and UNet call (white: all; darker: fewer)", fill="black")
-    for i, n in enumerate(grids):
-        d.text((4, top + i * ch), f"block {i + 1:2d}: {n}x{n}", fill="black")
+    d.text((left, 6), f"share of tokens kept, per block and UNet call ({steps} PLMS steps, 512 x 512)", fill="black")
+    def shade(share):  # all tokens kept: light grey; 40% kept: dark blue
+        v = min(1.0, max(0.0, (share - 0.4) / 0.6))
+        return tuple(int(dark + v * (235 - dark)) for dark in (20, 40, 190))
+
+    for i, (h, w, channels) in enumerate(grids):
+        d.text((4, top + i * ch + 2), f"block {i:2d}: {h}x{w}, {channels} ch", fill="black")
         for j in range(len(calls)):
-            v = int(255 * (kept[i, j] - 0.3) / 0.7)
-            d.rectangle([left + j * cw, top + i * ch, left + (j + 1) * cw - 1, top + (i + 1) * ch - 2], fill=(v, v, 255))
-    d.text((left, top + ch * len(grids) + 6), f"call 1 (t={calls[0]}) ... call {len(calls)} (t={calls[-1]})", fill="black")
+            d.rectangle([left + j * cw, top + i * ch, left + (j + 1) * cw - 1, top + (i + 1) * ch - 2],
+                        fill=shade(kept[i, j]), outline=(255, 255, 255))
+    for k, value in enumerate((1.0, 0.6, 0.4)):  # the legend: what a shade means
+        x = left + cw * len(calls) + 10
+        d.rectangle([x, top + k * 22, x + 14, top + k * 22 + 14], fill=shade(value), outline=(120, 120, 120))
+        d.text((x + 18, top + k * 22 + 2), f"{value:.0%}", fill="black")
+    d.text((left, top + ch * len(grids) + 8), f"call 1 (t={calls[0]}) ... call {len(calls)} (t={calls[-1]}); "
+           "60% merged at the start, 40% at the end, blocks down to 32 x 32 (max_downsample 2)", fill="black")
     return out
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m minitome.visualize", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m minitome.lab.visualize", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="docs/pictures", help="folder for the PNG files")
     p.add_argument("--size", type=int, default=256, help="picture size in pixels (a multiple of 16; with --weights, of 8)")
     p.add_argument("--weights", help="official file or diffusers folder: real hidden states over a generated image")
@@ -188,8 +190,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     step = 8 if args.weights else 16
     try:
-        if args.size <= 0 or args.size % step:
-            raise ValueError(f"--size must be a positive multiple of {step}, got {args.size}")
+        check_size(args.size, args.size, step, ("--size", "--size"))
         out = writable_folder(Path(args.out), "--out")
         if args.weights:
             check_steps_flag(args.steps, "--steps")
@@ -201,7 +202,7 @@ def main(argv=None) -> int:
             img = landscape(args.size)
             (tokens, hw), what = patch_tokens(img), "tokens (8x8 patches)"
     except (ValueError, OSError) as error:  # WeightsError is a ValueError
-        print(f"minitome.visualize: error: {error}", file=sys.stderr)
+        print(f"minitome.lab.visualize: error: {error}", file=sys.stderr)
         return 2
     pictures = [("partitions", partitions_picture()), ("merges", merges_picture(img, tokens, hw, what=what)),
                 ("similarity", similarity_picture(img, tokens, hw)), ("schedule", schedule_picture())]
@@ -211,7 +212,7 @@ def main(argv=None) -> int:
             picture.save(out / f"{name}.png", optimize=True)
             print(out / f"{name}.png")
     except OSError as error:
-        print(f"minitome.visualize: error: {out}: {error.strerror or error}", file=sys.stderr)
+        print(f"minitome.lab.visualize: error: {out}: {error.strerror or error}", file=sys.stderr)
         return 1
     return 0
 

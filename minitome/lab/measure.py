@@ -1,6 +1,6 @@
-"""The benchmark's measurements, each in a process of its own (`python -m minitome.bench` starts these).
+"""The benchmark's measurements, each in a process of its own (`python -m minitome.lab.bench` starts these).
 
-Where this sits: `minitome/bench.py` runs `python -m minitome.measure '<json settings>'`, once per image
+Where this sits: `bench.py` runs `python -m minitome.lab.measure '<json job>'`, once per image
 size and attention kind to time every configuration (implementation × ToMe ratio) of that table, then
 once per configuration to measure its memory. Prints one JSON line.
 
@@ -26,15 +26,37 @@ with glibc's defaults it also holds whatever freed memory the allocator kept, 10
 by ±30 MB from run to run. The setting slows calls (9.5 → 11.3 s), which is why timing runs in a
 process with the defaults.
 """
+import dataclasses
 import json
 import statistics
 import sys
-import time
+from dataclasses import dataclass
 
 import torch
 
+from minitome.tome import IDENTITY, BlockSettings, ToMeConfig, tome_plan
 from unet import UNetConfig, UNetModel, packed_conv
-from .tome import ToMeArgs, ToMeConfig, tome_plan, IDENTITY
+from .common import random_unet, stopwatch, sync
+
+
+@dataclass
+class Job:
+    """What one child process measures (sent to it as JSON)."""
+    part: str                 # "time" (every configuration, interleaved) or "memory" (one configuration)
+    latent: list              # [h, w]
+    batch: int
+    attention: str            # "sdpa" or "plain"
+    max_downsample: int
+    repeats: int
+    device: str
+    dtype: str                # "float32", …
+    weights: str = None       # a checkpoint, or None for random SD 1.5-size weights
+    configs: list = None      # "time": [[impl, ratio], …]
+    impl: str = None          # "memory": "minitome" or "diffusers"
+    ratio: float = None       # "memory"
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
 
 
 def rss_mb(field: str) -> float:
@@ -62,21 +84,17 @@ def memory_peak(device) -> float:
     return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else rss_mb("VmHWM")
 
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def build_unet(s: dict, device, dtype) -> UNetModel:
-    if s.get("weights"):
+def build_unet(job: Job, device, dtype) -> UNetModel:
+    """The job's UNet, packed for the CPU: the weights, or random ones (the same in every process)."""
+    if job.weights:
         from weights import load_unet
-        return load_unet(s["weights"], device, dtype, s["attention"]).pack_convolutions()
-    torch.manual_seed(0)  # the same random weights in every process, minitome's and diffusers'
-    unet = UNetModel(UNetConfig(attention=s["attention"]))
-    return unet.to(device=device, dtype=dtype).eval().requires_grad_(False).channels_last().pack_convolutions()
+        unet = load_unet(job.weights, device, dtype, job.attention)
+    else:
+        unet = random_unet(UNetConfig(attention=job.attention), device, dtype)
+    return unet.pack_convolutions()
 
 
-def as_diffusers(unet: UNetModel, s: dict):
+def as_diffusers(unet: UNetModel, job: Job):
     """The same weights in diffusers' UNet2DConditionModel (AttnProcessor for plain attention)."""
     from diffusers import UNet2DConditionModel
     from diffusers.models.attention_processor import AttnProcessor
@@ -89,7 +107,7 @@ def as_diffusers(unet: UNetModel, s: dict):
     state = {to_diffusers_name(name, table): t for name, t in unet.state_dict().items()}
     reference.load_state_dict(state)
     reference = reference.to(next(unet.parameters()).device, next(unet.parameters()).dtype).eval().requires_grad_(False)
-    if s["attention"] == "plain":
+    if job.attention == "plain":
         reference.set_attn_processor(AttnProcessor())  # softmax(QKᵀ/√D)V in plain PyTorch
     return reference
 
@@ -98,11 +116,11 @@ class Configuration:
     """One implementation at one ratio: `prepare()` before each call (tomesd patches the diffusers
     model in place, so the model switches ratio there), then `call(x, t, context)`."""
 
-    def __init__(self, impl: str, ratio: float, s: dict, model):
+    def __init__(self, impl: str, ratio: float, job: Job, model):
         self.impl, self.ratio, self.model = impl, ratio, model
-        self.max_downsample = s["max_downsample"]
+        self.max_downsample = job.max_downsample
         if impl == "minitome":
-            self.tome = ToMeConfig(ratio=ratio, max_downsample=s["max_downsample"]) if ratio > 0 else None
+            self.tome = ToMeConfig(ratio=ratio, max_downsample=job.max_downsample) if ratio > 0 else None
             self.generator = torch.Generator().manual_seed(0)
 
     def prepare(self):
@@ -123,21 +141,13 @@ class Configuration:
 
 
 def merged_blocks(unet: UNetModel, config: ToMeConfig, latent: tuple, batch: int, device, dtype) -> list:
-    """(B, N, C), (h, w) and N − r of every transformer block that merges in this call."""
-    c, (H, W) = unet.config, latent
-    grids, h, w = [], H, W
-    for level, mult in enumerate(c.channel_mult):
-        if level in c.attention_levels:
-            grids += [((h, w), c.model_channels * mult)] * (2 * c.num_res_blocks + 1)  # down + up
-        if level != len(c.channel_mult) - 1:
-            h, w = (h + 1) // 2, (w + 1) // 2
-    grids.append(((h, w), c.model_channels * c.channel_mult[-1]))  # the middle block
+    """(B, N, C), (h, w) and the tokens left of every transformer block that merges in this call."""
     blocks = []
-    for (h, w), C in grids:
-        x = torch.randn(batch, h * w, C, device=device, dtype=dtype)
-        plan = tome_plan(x, (h, w), ToMeArgs(config, (H, W), torch.Generator().manual_seed(0)))
+    for h, w, channels in unet.config.transformer_grids(latent):
+        x = torch.randn(batch, h * w, channels, device=device, dtype=dtype)
+        plan = tome_plan(x, (h, w), BlockSettings(config, latent, torch.Generator().manual_seed(0)))
         if plan is not IDENTITY:
-            blocks.append((x, (h, w), plan.num_merged))
+            blocks.append((x, (h, w), plan.tokens_left))
     return blocks
 
 
@@ -147,16 +157,10 @@ def time_merging(blocks, config: ToMeConfig, latent: tuple, device, repeats: int
 
     def once():
         for x, hw, _ in blocks:
-            plan = tome_plan(x, hw, ToMeArgs(config, latent, generator))
+            plan = tome_plan(x, hw, BlockSettings(config, latent, generator))
             plan.unmerge_attn(plan.merge_attn(x))
 
-    once()
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        once()
-    sync(device)
-    return (time.perf_counter() - start) / repeats
+    return stopwatch(once, repeats, device)[1]
 
 
 def flop_counter():
@@ -176,12 +180,12 @@ def flop_counter():
     return FlopCounterMode(display=False, custom_mapping=mapping)
 
 
-def inputs(unet: UNetModel, s: dict, device, dtype):
+def inputs(unet: UNetModel, job: Job, device, dtype):
     """The same latent, timestep and text context in every process."""
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(s["batch"], 4, *s["latent"], generator=g).to(device, dtype)
-    context = torch.randn(s["batch"], 77, unet.config.context_dim, generator=g).to(device, dtype)
-    return x, torch.full((s["batch"],), 500, device=device), context
+    x = torch.randn(job.batch, 4, *job.latent, generator=g).to(device, dtype)
+    context = torch.randn(job.batch, 77, unet.config.context_dim, generator=g).to(device, dtype)
+    return x, torch.full((job.batch,), 500, device=device), context
 
 
 def progress(text: str):
@@ -189,64 +193,66 @@ def progress(text: str):
 
 
 @torch.no_grad()
-def measure_memory(s: dict) -> dict:
+def measure_memory(job: Job) -> dict:
     """One configuration's peak memory above the loaded weights (see the module's docstring)."""
-    device, dtype = torch.device(s["device"]), getattr(torch, s["dtype"])
-    unet = build_unet(s, device, dtype)
-    x, t, context = inputs(unet, s, device, dtype)
-    if s["impl"] == "diffusers":
-        unet = as_diffusers(unet, s)  # the minitome copy is dropped: only the measured model stays loaded
-    c = Configuration(s["impl"], s["ratio"], s, unet)
+    device, dtype = torch.device(job.device), getattr(torch, job.dtype)
+    unet = build_unet(job, device, dtype)
+    x, t, context = inputs(unet, job, device, dtype)
+    if job.impl == "diffusers":
+        unet = as_diffusers(unet, job)  # the minitome copy is dropped: only the measured model stays loaded
+    c = Configuration(job.impl, job.ratio, job, unet)
     c.prepare()
-    c.call(x, t, context)
+    c.call(x, t, context)  # warm-up
+    return {"peak_mb": peak_above(lambda: c.call(x, t, context), device)}
+
+
+def peak_above(call, device) -> float:
+    """MB: the peak memory during call() above the memory in use just before it."""
     sync(device)
     baseline = memory_now(device)
     reset_peak(device)
-    c.call(x, t, context)
+    call()
     sync(device)
-    return {"peak_mb": memory_peak(device) - baseline}
+    return memory_peak(device) - baseline
 
 
 @torch.no_grad()
-def measure_time(s: dict) -> dict:
-    """Every configuration in s["configs"] ([impl, ratio] pairs) timed, interleaved (see the module's docstring)."""
-    device, dtype = torch.device(s["device"]), getattr(torch, s["dtype"])
-    unet = build_unet(s, device, dtype)
-    x, t, context = inputs(unet, s, device, dtype)
-    reference = as_diffusers(unet, s) if any(impl == "diffusers" for impl, _ in s["configs"]) else None
-    configs = [Configuration(impl, ratio, s, unet if impl == "minitome" else reference) for impl, ratio in s["configs"]]
+def measure_time(job: Job) -> dict:
+    """Every configuration in job.configs ([impl, ratio] pairs) timed, interleaved (see the module's docstring)."""
+    device, dtype = torch.device(job.device), getattr(torch, job.dtype)
+    unet = build_unet(job, device, dtype)
+    x, t, context = inputs(unet, job, device, dtype)
+    reference = as_diffusers(unet, job) if any(impl == "diffusers" for impl, _ in job.configs) else None
+    configs = [Configuration(impl, ratio, job, unet if impl == "minitome" else reference) for impl, ratio in job.configs]
     results = [{"impl": c.impl, "ratio": c.ratio, "times": []} for c in configs]
+    latent = tuple(job.latent)
     for i, (c, result) in enumerate(zip(configs, results)):
         progress(f"warm-up {i + 1}/{len(configs)}: {c.name()}")
         c.prepare()
         if c.impl == "minitome":
             with flop_counter() as counter:  # the warm-up call, counted
                 c.call(x, t, context)
-            latent = tuple(s["latent"])
-            blocks = merged_blocks(unet, c.tome, latent, s["batch"], device, dtype) if c.tome else []
+            blocks = merged_blocks(unet, c.tome, latent, job.batch, device, dtype) if c.tome else []
             result.update(gflop=counter.get_total_flops() / 1e9, tokens=[f"{b[0].shape[1]}→{b[2]}" for b in blocks],
                           merge_seconds=time_merging(blocks, c.tome, latent, device) if blocks else 0.0)
             del blocks
         else:
             c.call(x, t, context)
-    for k in range(s["repeats"]):
+    for k in range(job.repeats):
         for j in range(len(configs)):
             i = (j + k) % len(configs)  # each round starts one configuration further on
             configs[i].prepare()
-            sync(device)
-            start = time.perf_counter()
-            configs[i].call(x, t, context)
-            sync(device)
-            results[i]["times"].append(time.perf_counter() - start)
-            progress(f"round {k + 1}/{s['repeats']}: {configs[i].name()} {results[i]['times'][-1]:.2f} s")
+            _, seconds = stopwatch(lambda: configs[i].call(x, t, context), 1, device, warmup=False)
+            results[i]["times"].append(seconds)
+            progress(f"round {k + 1}/{job.repeats}: {configs[i].name()} {seconds:.2f} s")
     for result in results:
         result["seconds"] = statistics.median(result["times"])
     return {"configs": results}
 
 
-def measure(s: dict) -> dict:
-    return measure_memory(s) if s["part"] == "memory" else measure_time(s)
+def measure(job: Job) -> dict:
+    return measure_memory(job) if job.part == "memory" else measure_time(job)
 
 
 if __name__ == "__main__":
-    print(json.dumps(measure(json.loads(sys.argv[1]))))
+    print(json.dumps(measure(Job(**json.loads(sys.argv[1])))))

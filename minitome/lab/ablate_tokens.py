@@ -1,31 +1,20 @@
-"""The token-level experiments of `python -m minitome.ablate` (1: partition, 2: bipartite vs k-means).
+"""The token-level experiments of `python -m minitome.lab.ablate` (1: partition, 2: bipartite vs k-means).
 
-Where this sits: `minitome/ablate.py` prints the tables; this file measures them on one set of tokens,
-(1, N, C) on an h × w grid: how much of the tokens merging loses, ‖unmerge(merge(x)) − x‖ / ‖x‖, and
-the time of plan + merge + unmerge. k-means is the contrast some summaries of the paper describe:
-cosine k-means into N − r groups, each group averaged, against ToMe's one-shot bipartite matching.
+Where this sits: `ablate.py` prints the tables; this file measures them on one set of tokens, (1, N, C)
+on an h × w grid: how much of the tokens merging loses, ‖unmerge(merge(x)) − x‖ / ‖x‖, and the time of
+plan + merge + unmerge. The k-means contrast comes from ToMe for ViTs (Bolya et al. 2023, its ablation
+of the matching algorithm), not from ToMe-SD: cosine k-means into N − r groups, each group averaged,
+against ToMe's one-shot bipartite matching.
 """
-import statistics
-import time
-
 import torch
 
-from .tome import PARTITION_METHODS, match, merge, partition_variant, unmerge
+from minitome.tome import match, merge, partition, unmerge
+from .common import PAPER_PARTITIONS, block_input, stopwatch
 
 
-def merge_error(x: torch.Tensor, slot: torch.Tensor, num_merged: int) -> float:
+def merge_error(x: torch.Tensor, slot: torch.Tensor, tokens_left: int) -> float:
     """‖unmerge(merge(x)) − x‖ / ‖x‖: how much of the tokens merging loses."""
-    return ((unmerge(merge(x, slot, num_merged), slot) - x).norm() / x.norm()).item()
-
-
-def timed(fn, repeats: int = 5):
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return out, statistics.median(times)
+    return ((unmerge(merge(x, slot, tokens_left), slot) - x).norm() / x.norm()).item()
 
 
 def kmeans_slot(x: torch.Tensor, clusters: int, iterations: int = 5, seed: int = 0) -> torch.Tensor:
@@ -42,39 +31,33 @@ def kmeans_slot(x: torch.Tensor, clusters: int, iterations: int = 5, seed: int =
 
 def partition_rows(x: torch.Tensor, hw, ratio: float) -> list:
     rows = []
-    for method in PARTITION_METHODS:
+    for name, (kind, use_rand) in PAPER_PARTITIONS.items():
         def run():
-            src, dst = partition_variant(*hw, method, torch.Generator().manual_seed(0))
+            src, dst = partition(*hw, 2, 2, torch.Generator().manual_seed(0) if use_rand else None, kind)
             r = min(int(x.shape[1] * ratio), src.numel())
             slot = match(x, src, dst, r)
             return unmerge(merge(x, slot, x.shape[1] - r), slot), slot, r
-        (_, slot, r), seconds = timed(run)
-        rows.append([method, f"{r}", f"{merge_error(x, slot, x.shape[1] - r):.4f}", f"{1000 * seconds:.1f}"])
+        (_, slot, r), seconds = stopwatch(run, repeats=5)
+        rows.append([name, f"{r}", f"{merge_error(x, slot, x.shape[1] - r):.4f}", f"{1000 * seconds:.1f}"])
     return rows
 
 
 def kmeans_rows(x: torch.Tensor, hw, ratio: float) -> list:
     N = x.shape[1]
-    src, dst = partition_variant(*hw, "random2x2", torch.Generator().manual_seed(0))
+    src, dst = partition(*hw, 2, 2, torch.Generator().manual_seed(0))
     r = min(int(N * ratio), src.numel())
 
     def bipartite():
-        slot = match(x, src, dst, r)
-        return slot, unmerge(merge(x, slot, N - r), slot)
+        return match(x, src, dst, r)
 
-    def kmeans():
-        slot = kmeans_slot(x, N - r)
-        return slot, unmerge(merge(x, slot, N - r), slot)
-
-    (slot_b, _), t_b = timed(bipartite)
-    (slot_k, _), t_k = timed(kmeans, repeats=3)
+    (slot_b, t_b), (slot_k, t_k) = stopwatch(bipartite, repeats=5), stopwatch(lambda: kmeans_slot(x, N - r), repeats=3)
     return [["bipartite (ToMe)", f"{N - r}", f"{merge_error(x, slot_b, N - r):.4f}", f"{1000 * t_b:.1f}"],
             ["k-means, 5 iterations", f"{N - r}", f"{merge_error(x, slot_k, N - r):.4f}", f"{1000 * t_k:.1f}"]]
 
 
 def tokens(args, sd):
     """The tokens of experiments 1–2: (x (1, N, C), (h, w), a description for the titles)."""
-    from .visualize import block_input, landscape, patch_tokens
+    from .visualize import landscape, patch_tokens
     if sd is None:
         x, hw = patch_tokens(landscape(args.size))
         return x, hw, f"the {hw[0]}×{hw[1]} patch tokens of a drawn {args.size}² picture"

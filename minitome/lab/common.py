@@ -1,0 +1,100 @@
+"""What the lab's tools share: a markdown table, a stopwatch, a random-weight UNet, the real input of a
+transformer block, and images compared with a reference.
+
+Where this sits: `bench.py`, `measure.py`, `ablate.py`, `ablate_tokens.py` and `visualize.py` import
+these, so that each of them is the one way that thing is done in the lab.
+"""
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from unet import UNetConfig, UNetModel
+from .quality import psnr, ssim
+
+# the paper's names for the partitions (its Figure 5), as (ToMeConfig.partition, use_rand)
+PAPER_PARTITIONS = {"random 2×2 (ToMe-SD)": ("cells", True), "2-stride grid": ("cells", False),
+                    "random": ("random", True), "alternating": ("alternating", True)}
+
+
+def markdown_table(head: list, rows: list) -> str:
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] +
+                     ["| " + " | ".join(map(str, row)) + " |" for row in rows])
+
+
+def sync(device):
+    """Wait for the device to finish (CUDA runs asynchronously), so that a clock around it measures the work."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def stopwatch(fn, repeats: int = 3, device="cpu", warmup: bool = True):
+    """(fn's last result, the median seconds of `repeats` calls), after one untimed warm-up call."""
+    if warmup:
+        fn()
+    times, out = [], None
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        out = fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return out, statistics.median(times)
+
+
+def random_unet(config: UNetConfig = UNetConfig(), device="cpu", dtype=torch.float32, seed: int = 0) -> UNetModel:
+    """A UNet of `config`'s shape with torch's default random initialisation from `seed`: the same weights in
+    every process that asks (the benchmark hands them to diffusers too). Plain, channels-last, not packed."""
+    torch.manual_seed(seed)
+    return UNetModel(config).to(device=device, dtype=dtype).eval().requires_grad_(False).channels_last()
+
+
+def block_input(sd, prompt: str, size: int, steps: int, block: int = 0, call: int = -1, seed: int = 0):
+    """Generate an image and catch the input of transformer block `block` (in the order a call runs them)
+    at UNet call `call` (-1: the last), with a forward pre-hook: returns (tokens (1, N, C) of the prompt's
+    half of the guidance batch, (h, w), the image)."""
+    from unet.attention import BasicTransformerBlock
+    from minitome.pipeline import generate
+    blocks = [m for m in sd.unet.modules() if isinstance(m, BasicTransformerBlock)]
+    if not 0 <= block < len(blocks):
+        raise ValueError(f"block must be in 0 … {len(blocks) - 1}, got {block}")
+    caught, calls = {}, [0]
+
+    def catch(module, args):  # args of BasicTransformerBlock.forward: (x, context, hw, settings)
+        if call in (-1, calls[0]):
+            caught["tokens"], caught["hw"] = args[0][-1:].float().cpu(), args[2]  # [uncond, cond]: the cond half
+        calls[0] += 1
+
+    hook = blocks[block].register_forward_pre_hook(catch)
+    try:
+        image = generate(sd, prompt, steps=steps, seed=seed, width=size, height=size)[0]
+    finally:
+        hook.remove()
+    if "tokens" not in caught:
+        raise ValueError(f"call must be -1 or in 0 … {calls[0] - 1} (the UNet calls of {steps} steps), got {call}")
+    return caught["tokens"], caught["hw"], image
+
+
+class ImageComparison:
+    """PSNR / SSIM of images against the first one asked for: `cells(tome)` generates the prompts' images
+    with that ToMe setting (or schedule) and returns [PSNR, SSIM] averaged over the prompts, as text."""
+
+    def __init__(self, sd, prompts: list, size: tuple, steps: int):
+        self.sd, self.prompts, self.size, self.steps, self.reference = sd, prompts, size, steps, None
+
+    def images(self, tome) -> list:
+        from minitome.pipeline import generate
+        width, height = self.size
+        return [np.asarray(generate(self.sd, p, steps=self.steps, seed=i, width=width, height=height, tome=tome)[0])
+                for i, p in enumerate(self.prompts)]
+
+    def scores(self, tome) -> tuple:
+        images = self.images(tome)
+        self.reference = images if self.reference is None else self.reference
+        return (float(np.mean([psnr(a, b) for a, b in zip(images, self.reference)])),
+                float(np.mean([ssim(a, b) for a, b in zip(images, self.reference)])))
+
+    def cells(self, tome) -> list:
+        quality = self.scores(tome)
+        return [f"{quality[0]:.1f}", f"{quality[1]:.3f}"]

@@ -1,0 +1,77 @@
+"""`weights.load` returns plain modules that keep every nn.Module promise: parameters, the state_dict round trip,
+copy.deepcopy, .to (device and dtype), .half / .double, and autograd. (Packing the convolutions for the CPU is
+a separate, opt-in step that sample and the benchmark take: unet/packed_conv.py.)"""
+import copy
+
+import pytest
+import torch
+
+import weights
+from unet.packed_conv import PackedConv2d
+
+
+@pytest.fixture(scope="module")
+def model(tiny_pipeline):
+    return tiny_pipeline[0], weights.load(tiny_pipeline[1])
+
+
+def run(part: str, module, dtype=torch.float32):
+    g = torch.Generator().manual_seed(0)
+    if part == "unet":
+        return module(torch.randn(1, 4, 8, 8, generator=g).to(dtype), 10, torch.randn(1, 77, 64, generator=g).to(dtype))
+    if part == "text_encoder":
+        return module(torch.tensor([[49406, 320, 2368] + [49407] * 74]))
+    return module(torch.randn(1, 4, 4, 4, generator=g).to(dtype))
+
+
+PARTS = ["unet", "text_encoder", "vae"]
+
+
+@pytest.mark.parametrize("part", PARTS)
+def test_parameters_are_the_references(model, part):
+    """As many parameters as the reference module holds (the VAE: its decoder half), all plain nn.Parameters."""
+    pipe, sd = model
+    module = getattr(sd, part)
+    ours = sum(p.numel() for p in module.parameters())
+    reference = getattr(pipe, part)
+    names = [n for n, _ in reference.named_parameters() if part != "vae" or n.startswith(("decoder.", "post_quant_conv."))]
+    assert ours == sum(p.numel() for n, p in reference.named_parameters() if n in names) > 0
+    assert not any(isinstance(m, PackedConv2d) for m in module.modules())
+    assert all(type(p) is torch.nn.Parameter for p in module.parameters())
+
+
+@pytest.mark.parametrize("part", PARTS)
+def test_state_dict_round_trip_and_deepcopy(model, part):
+    module = getattr(model[1], part)
+    fresh = type(module)(module.config)
+    if part == "unet":
+        fresh.channels_last()  # the layout weights.load leaves the UNet in (the same numbers, another kernel)
+    fresh.load_state_dict(module.state_dict(), strict=True)
+    clone = copy.deepcopy(module)
+    with torch.no_grad():
+        expected = run(part, module)
+        assert torch.equal(run(part, fresh.eval()), expected) and torch.equal(run(part, clone), expected)
+
+
+@pytest.mark.parametrize("part", PARTS)
+def test_dtype_and_device_moves(model, part):
+    module = copy.deepcopy(getattr(model[1], part))
+    with torch.no_grad():
+        expected = run(part, module).double()
+        for dtype, convert, bound in ((torch.float64, lambda m: m.double(), 1e-5), (torch.bfloat16, lambda m: m.bfloat16(), 0.1),
+                                      (torch.float16, lambda m: m.half(), 0.1)):
+            moved = convert(copy.deepcopy(module))
+            assert all(p.dtype == dtype for p in moved.parameters())
+            out = run(part, moved, dtype)
+            assert out.dtype == dtype and ((out.double() - expected).abs().max() / expected.abs().max()) < bound
+    on_meta = copy.deepcopy(module).to("meta")  # every tensor follows .to, as it would to "cuda"
+    assert all(t.device.type == "meta" for t in list(on_meta.parameters()) + list(on_meta.buffers()))
+
+
+@pytest.mark.parametrize("part", PARTS)
+def test_autograd_reaches_every_parameter(model, part):
+    module = copy.deepcopy(getattr(model[1], part)).requires_grad_(True)
+    run(part, module).square().mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in module.parameters())
+    unused = [n for n, p in module.named_parameters() if p.grad.abs().max() == 0]
+    assert unused == [] or (part == "text_encoder" and all("token_embedding" in n for n in unused))
