@@ -27,6 +27,8 @@ ARGS    ?=
 VOCAB     := .cache/bpe_simple_vocab_16e6.txt.gz
 OPEN_CLIP := .cache/open_clip/tokenizer.py
 OPEN_CLIP_WHEEL := open-clip-torch==3.3.0
+# test references whose declared dependencies are too old for this torch (see requirements-test.txt)
+NO_DEPS_TEST := ca-tome==0.1.3
 
 .PHONY: test tutorial weights sample bench bench-compare
 
@@ -46,6 +48,7 @@ $(RUNTIME): requirements.txt
 
 $(TESTING): $(RUNTIME) requirements-test.txt
 	$(BIN)/python -m pip install -q -r requirements-test.txt
+	$(BIN)/python -m pip install -q --no-deps $(NO_DEPS_TEST)
 	touch $@
 
 $(OPEN_CLIP): | $(RUNTIME)

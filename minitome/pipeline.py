@@ -20,13 +20,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sampler import SAMPLERS
+from sampler import SAMPLERS, unet_calls
 from sampler.schedule import check_steps
 from unet import UNetModel
+from unet.deepcache import DeepCache, DeepCacheConfig
 from .checks import check_size
 from .clip import CLIPTextModel
 from .tokenizer import Tokenizer
-from .tome import ToMeConfig
+from .todo import ToDoConfig
+from .tome import PlanStore, ToMeConfig
 from .vae import SCALE, VAEDecoder
 
 
@@ -52,12 +54,13 @@ def check_image_size(sd, width: int, height: int):
 @torch.no_grad()
 def sample_latents(sd, prompt: str, negative_prompt: str = "", steps: int = 50, guidance: float = 7.5, seed: int = 0,
                    width: int = 512, height: int = 512, batch: int = 1, sampler: str = "plms", tome=None,
-                   callback=None) -> torch.Tensor:
+                   callback=None, todo: ToDoConfig = None, deep_cache: DeepCacheConfig = None) -> torch.Tensor:
     """Stages 1–4: the final latents (B, 4, H/8, W/8) for `batch` images of one prompt.
     callback(i, t) runs after each sampler step.
 
     tome: a ToMeConfig, None, or a schedule: a function of the timestep t (999 … 1, noisy to clean)
     returning a ToMeConfig or None for that step, e.g. `lambda t: cfg if t > 500 else None`.
+    todo: a ToDoConfig (Token Downsampling), deep_cache: a DeepCacheConfig; see `noise_estimate`.
     """
     check_image_size(sd, width, height)
     check_steps(steps)
@@ -79,7 +82,7 @@ def sample_latents(sd, prompt: str, negative_prompt: str = "", steps: int = 50, 
     latents = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed), dtype=dtype).to(device)
 
     # 3. the guided noise estimate the sampler calls; ToMe's partitions draw from their own generator
-    eps_model = noise_estimate(unet, context, guidance, tome)
+    eps_model = noise_estimate(unet, context, guidance, tome, todo, deep_cache, unet_calls(sampler, steps))
 
     # 4. denoise
     latents = SAMPLERS[sampler](eps_model, latents, steps, callback=callback)
@@ -89,21 +92,35 @@ def sample_latents(sd, prompt: str, negative_prompt: str = "", steps: int = 50, 
     return latents
 
 
-def noise_estimate(unet, context: torch.Tensor, guidance: float, tome=None):
+def noise_estimate(unet, context: torch.Tensor, guidance: float, tome=None, todo: ToDoConfig = None,
+                   deep_cache: DeepCacheConfig = None, calls: int = None):
     """ε(x, t) as the sampler calls it: the UNet on [uncond, cond] in one batch with classifier-free guidance,
     ε = ε_uncond + g · (ε_cond − ε_uncond), or on [cond] alone when g ≤ 1 (context holds the prompts
-    in that order). tome: a ToMeConfig, None, or a schedule t → ToMeConfig or None; its random partitions
-    draw from a generator of their own per seed, one for the whole run."""
+    in that order).
+
+    It owns what one run keeps from call to call, and hands it to every UNet call: ToMe's generator (one
+    per seed) and its kept plans (a PlanStore, when the config reuses them), the DeepCache. tome: a
+    ToMeConfig, None, or a schedule t → ToMeConfig or None. todo: on for the first round(todo.until · calls)
+    of the run's `calls` UNet calls (all of them without `calls`). deep_cache: a DeepCacheConfig for the run."""
     guided = guidance > 1
     schedule = tome if callable(tome) else (lambda t: tome)
-    generators = {}  # seed → generator
+    generators, stores = {}, {}  # seed → generator; ToMeConfig → PlanStore
+    cache = DeepCache(deep_cache) if deep_cache is not None else None
+    done = [0]  # UNet calls made so far
 
     def eps_model(x, t):
         x_in = torch.cat([x, x]) if guided else x
         t_in = torch.full((x_in.shape[0],), t, device=x.device)
         config = schedule(t)
-        generator = None if config is None else generators.setdefault(config.seed, torch.Generator().manual_seed(config.seed))
-        eps = unet(x_in, t_in, context, tome=config, tome_generator=generator)
+        generator = plans = None
+        if config is not None:
+            generator = generators.setdefault(config.seed, torch.Generator().manual_seed(config.seed))
+            if config.reuse > 1 or config.replan_calls is not None:
+                plans = stores.setdefault(config, PlanStore(config))
+        downsample = todo if todo is not None and (calls is None or done[0] < round(todo.until * calls)) else None
+        done[0] += 1
+        eps = unet(x_in, t_in, context, tome=config, tome_generator=generator, plans=plans, todo=downsample,
+                   deep_cache=cache)
         if not guided:
             return eps
         eps_uncond, eps_cond = eps.chunk(2)
@@ -133,8 +150,8 @@ def to_pil(images: torch.Tensor) -> list:
 
 def generate(sd, prompt: str, negative_prompt: str = "", steps: int = 50, guidance: float = 7.5, seed: int = 0,
              width: int = 512, height: int = 512, batch: int = 1, sampler: str = "plms", tome=None,
-             callback=None) -> list:
+             callback=None, todo: ToDoConfig = None, deep_cache: DeepCacheConfig = None) -> list:
     """`batch` PIL images for one prompt: the five stages, see `sample_latents` for the arguments."""
     latents = sample_latents(sd, prompt, negative_prompt, steps, guidance, seed, width, height, batch, sampler, tome,
-                             callback)
+                             callback, todo, deep_cache)
     return to_pil(decode(sd, latents))

@@ -1,4 +1,4 @@
-"""`python -m minitome.sample`: one prompt to PNG files, on CPU, CUDA or MPS, with ToMe knobs.
+"""`python -m minitome.sample`: one prompt to PNG files, on CPU, CUDA or MPS, with ToMe and its successors.
 
 Where this sits: the command line around `minitome/pipeline.py`. In order, each step failing fast:
 
@@ -23,10 +23,11 @@ import torch
 
 from .checks import check_size, check_steps_flag
 from .device import check_fits, pick_device, pick_dtype
-from .output import Outputs, model_hash
-from .tome import ToMeConfig
+from .output import Outputs, model_hash, parameters_text
+from unet.deepcache import DeepCacheConfig
+from .todo import ToDoConfig
+from .tome import MERGE_TARGETS, ToMeConfig
 
-MERGE_TARGETS = ("attn", "crossattn", "mlp")
 SEEDS = 2 ** 64  # torch.Generator takes seeds in [0, 2⁶⁴)
 
 
@@ -52,6 +53,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tome-no-rand", action="store_true", help="dst at the top-left of each cell")
     p.add_argument("--tome-merge", default="attn", help="comma list of attn, crossattn, mlp")
     p.add_argument("--tome-seed", type=int, default=0)
+    p.add_argument("--tome-threshold", type=float, help="CA-ToMe: merge the tokens at least this similar (instead of a ratio)")
+    p.add_argument("--tome-reuse", type=int, default=1, help="CA-ToMe: plan every K UNet calls, reuse the plan between")
+    p.add_argument("--todo-factor", type=int, help="ToDo: keys and values from a grid F times coarser (ToDo is off without it)")
+    p.add_argument("--todo-max-downsample", type=int, default=1, choices=(1, 2, 4, 8))
+    p.add_argument("--todo-until", type=float, default=1.0, help="ToDo on the first FRACTION of the UNet calls")
+    p.add_argument("--deepcache-interval", type=int, help="DeepCache: a whole UNet call every N, the shallow branch between")
+    p.add_argument("--deepcache-branch", type=int, default=0, help="DeepCache: how deep the recomputed branch reaches")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"),
                    help="auto: float16 on cuda, float32 elsewhere")
@@ -62,20 +70,55 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def tome_config(args) -> ToMeConfig:
     tome_flags = (args.tome_max_downsample != 1 or args.tome_sx != 2 or args.tome_sy != 2 or args.tome_no_rand
-                  or args.tome_merge != "attn" or args.tome_seed != 0)
-    if args.tome_ratio is None:
+                  or args.tome_merge != "attn" or args.tome_seed != 0 or args.tome_reuse != 1)
+    if args.tome_ratio is None and args.tome_threshold is None:
         if tome_flags:
-            raise ValueError("--tome-* options need --tome-ratio (ToMe is off without it)")
+            raise ValueError("--tome-* options need --tome-ratio or --tome-threshold (ToMe is off without them)")
         return None
+    if args.tome_ratio is not None and args.tome_threshold is not None:
+        raise ValueError("--tome-ratio and --tome-threshold both say how much to merge: give one of them")
     targets = [t.strip() for t in args.tome_merge.split(",") if t.strip()]
     unknown = [t for t in targets if t not in MERGE_TARGETS]
     if unknown or not targets:
         raise ValueError(f"--tome-merge takes a comma list of {', '.join(MERGE_TARGETS)}, got {args.tome_merge!r}")
     if not 0 <= args.tome_seed < SEEDS:
         raise ValueError(f"--tome-seed must be in [0, 2^64), got {args.tome_seed}")
-    return ToMeConfig(ratio=args.tome_ratio, max_downsample=args.tome_max_downsample, sx=args.tome_sx,
+    ratio = args.tome_ratio if args.tome_ratio is not None else 0.5  # unused with a threshold
+    return ToMeConfig(ratio=ratio, max_downsample=args.tome_max_downsample, sx=args.tome_sx,
                       sy=args.tome_sy, use_rand=not args.tome_no_rand, merge_attn="attn" in targets,
-                      merge_crossattn="crossattn" in targets, merge_mlp="mlp" in targets, seed=args.tome_seed)
+                      merge_crossattn="crossattn" in targets, merge_mlp="mlp" in targets, seed=args.tome_seed,
+                      threshold=args.tome_threshold, reuse=args.tome_reuse)
+
+
+def todo_config(args) -> ToDoConfig:
+    if args.todo_factor is None:
+        if args.todo_max_downsample != 1 or args.todo_until != 1.0:
+            raise ValueError("--todo-* options need --todo-factor (ToDo is off without it)")
+        return None
+    return ToDoConfig(factor=args.todo_factor, max_downsample=args.todo_max_downsample, until=args.todo_until)
+
+
+def deep_cache_config(args) -> DeepCacheConfig:
+    if args.deepcache_interval is None:
+        if args.deepcache_branch != 0:
+            raise ValueError("--deepcache-branch needs --deepcache-interval (DeepCache is off without it)")
+        return None
+    return DeepCacheConfig(interval=args.deepcache_interval, branch=args.deepcache_branch)
+
+
+def accelerations(args) -> tuple:
+    """(ToMeConfig, ToDoConfig, DeepCacheConfig) from the flags, each None when off; ValueErrors name the flag."""
+    try:
+        tome, todo, deep_cache = tome_config(args), todo_config(args), deep_cache_config(args)
+    except ValueError as error:
+        message = str(error)
+        for name, flag in (("ToMe ", "--tome-"), ("ToDo ", "--todo-"), ("DeepCache ", "--deepcache-")):
+            message = message.replace(name, flag) if message.startswith(name) else message
+        raise ValueError(message) from None
+    if tome is not None and tome.merge_attn and todo is not None and todo.factor > 1:
+        raise ValueError("--todo-factor and ToMe's self-attention merging (--tome-merge attn) both change self-attention's "
+                         "tokens: use one of them")
+    return tome, todo, deep_cache
 
 
 def check(args):
@@ -93,21 +136,6 @@ def check(args):
             getattr(args, name).encode("utf-8")
         except UnicodeEncodeError:
             raise ValueError(f"--{name.replace('_', '-')} is not valid UTF-8 text") from None
-
-
-def parameters_text(args, seed: int, tome: ToMeConfig, short_hash: str) -> str:
-    """The A1111 `parameters` chunk: prompt, negative prompt, then one line of settings."""
-    settings = [f"Steps: {args.steps}", f"Sampler: {args.sampler.upper()}", f"CFG scale: {args.guidance:g}",
-                f"Seed: {seed}", f"Size: {args.width}x{args.height}"]
-    if short_hash:
-        settings.append(f"Model hash: {short_hash}")
-    settings.append(f"Model: {Path(args.weights).stem}")
-    if tome is not None:
-        merged = "+".join(t for t, on in zip(MERGE_TARGETS, (tome.merge_attn, tome.merge_crossattn, tome.merge_mlp)) if on)
-        settings.append(f"ToMe: ratio {tome.ratio:g}, max_downsample {tome.max_downsample}, sx {tome.sx}, sy {tome.sy}, "
-                        f"use_rand {tome.use_rand}, merge {merged}, seed {tome.seed}")
-    lines = [args.prompt] + ([f"Negative prompt: {args.negative_prompt}"] if args.negative_prompt else [])
-    return "\n".join(lines + [", ".join(settings)])
 
 
 class Progress:
@@ -161,7 +189,7 @@ def run(args) -> int:
     outputs, finished = None, False
     try:
         check(args)
-        tome = tome_config(args)
+        tome, todo, deep_cache = accelerations(args)
         device = pick_device(args.device)
         dtype = pick_dtype(args.dtype, device)
         outputs = Outputs(Path(args.out), args.batch)
@@ -174,9 +202,12 @@ def run(args) -> int:
         c = sd.vae.config
         check_fits(args.width, args.height, args.batch, args.guidance > 1, args.attention, sd.unet.config.num_heads,
                    dtype, device, c.ch * (c.ch_mult[0] + c.ch_mult[1]))
-        text = parameters_text(args, seed, tome, model_hash(Path(args.weights)))
+        if deep_cache is not None and deep_cache.branch > len(sd.unet.input_blocks) - 2:
+            raise ValueError(f"--deepcache-branch must be at most {len(sd.unet.input_blocks) - 2} for this UNet, "
+                             f"got {deep_cache.branch}")
+        text = parameters_text(args, seed, model_hash(Path(args.weights)), tome, todo, deep_cache)
         images = generate(sd, args.prompt, args.negative_prompt, args.steps, args.guidance, seed, args.width,
-                          args.height, args.batch, args.sampler, tome, callback=Progress(args.steps))
+                          args.height, args.batch, args.sampler, tome, Progress(args.steps), todo, deep_cache)
         for i, image in enumerate(images):
             print(outputs.write(i, image, text))
         finished = True

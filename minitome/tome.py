@@ -31,6 +31,7 @@ import torch
 
 
 PARTITIONS = ("cells", "random", "alternating")  # how the dst are chosen (the paper's Figure 5)
+MERGE_TARGETS = ("attn", "crossattn", "mlp")      # the sub-layers merging can wrap: ToMeConfig.merge_<target>
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,10 @@ class ToMeConfig:
     rand_per_image: bool = False  # one random partition per image of the batch (tomesd: one for all)
     partition: str = "cells"      # "cells" (one dst per sx × sy cell); the paper's contrasts: "random", "alternating"
     seed: int = 0                 # seeds the partition's own generator, apart from the image noise
+    # CA-ToMe (arXiv 2501.00946): merge by similarity instead of by count, and plan less often
+    threshold: float = None       # merge the src whose best cosine similarity is >= this (instead of ratio)
+    reuse: int = 1                # plan at one UNet call in `reuse`, apply that plan in between (1: every call)
+    replan_calls: tuple = None    # or plan exactly at these UNet calls (0 = the first), e.g. CA-ToMe's schedules
 
     def __post_init__(self):
         for name in ("sx", "sy"):
@@ -58,6 +63,12 @@ class ToMeConfig:
             raise ValueError("ToMe partition 'random' draws its dst, so it needs use_rand=True")
         if self.max_downsample not in (1, 2, 4, 8):
             raise ValueError(f"ToMe max_downsample must be one of 1, 2, 4, 8, got {self.max_downsample!r}")
+        if self.threshold is not None and not -1 <= self.threshold <= 1:
+            raise ValueError(f"ToMe threshold must be a cosine similarity in [-1, 1], got {self.threshold!r}")
+        if isinstance(self.reuse, bool) or not isinstance(self.reuse, int) or self.reuse < 1:
+            raise ValueError(f"ToMe reuse must be an integer >= 1 (plan every `reuse` UNet calls), got {self.reuse!r}")
+        if self.replan_calls is not None and (not isinstance(self.replan_calls, tuple) or 0 not in self.replan_calls):
+            raise ValueError(f"ToMe replan_calls must be a tuple of UNet calls that includes 0, got {self.replan_calls!r}")
         top = 1 - 1 / (self.sx * self.sy)
         if not 0 <= self.ratio <= top:
             raise ValueError(f"ToMe ratio must be in [0, {top:g}] (1 - 1/(sx·sy)) for sx={self.sx}, sy={self.sy}, "
@@ -66,11 +77,42 @@ class ToMeConfig:
 
 @dataclass(frozen=True)
 class BlockSettings:
-    """What `UNetModel.forward` hands down to every transformer block for one call: ToMe's settings, the
-    latent's (H, W), and the generator the random partitions are drawn from (None when use_rand is off)."""
-    tome: ToMeConfig
+    """What `UNetModel.forward` hands down to every transformer block for one call: the latent's (H, W);
+    ToMe's settings, the generator its random partitions are drawn from (None when use_rand is off) and
+    the plans kept between calls (CA-ToMe's reuse); ToDo's settings (minitome/todo.py)."""
     latent_hw: tuple
+    tome: ToMeConfig = None
     generator: torch.Generator = None
+    plans: "PlanStore" = None
+    todo: object = None
+
+
+class PlanStore:
+    """ToMe plans kept between UNet calls, for `ToMeConfig.reuse` / `replan_calls` (CA-ToMe's cache).
+
+    One per sampling run: the sampler loop makes it and hands it to every UNet call, which calls
+    `begin_call()` first; each transformer block then asks `reused()` for its plan (blocks are told apart
+    by the order a call runs them in), and `keep()`s the one it makes on a planning call."""
+
+    def __init__(self, config: ToMeConfig):
+        self.config, self.call, self.block, self.plans = config, -1, 0, {}
+
+    def begin_call(self):
+        self.call, self.block = self.call + 1, 0
+
+    def planning(self) -> bool:
+        if self.config.replan_calls is not None:
+            return self.call in self.config.replan_calls
+        return self.call % self.config.reuse == 0
+
+    def reused(self):
+        """This block's kept plan on a call between plans (None on a planning call, or before any plan)."""
+        self.block += 1
+        return None if self.planning() else self.plans.get(self.block - 1)
+
+    def keep(self, plan: "Plan") -> "Plan":
+        self.plans[self.block - 1] = plan
+        return plan
 
 
 def downsample_level(latent_hw: tuple, num_tokens: int) -> int:
@@ -110,12 +152,14 @@ def partition(h: int, w: int, sx: int = 2, sy: int = 2, generator: torch.Generat
     return (~is_dst).nonzero().squeeze(1), is_dst.nonzero().squeeze(1)
 
 
-def match(metric: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, r: int) -> torch.Tensor:
+def match(metric: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, r: int = 0, threshold: float = None) -> torch.Tensor:
     """Bipartite soft matching: returns `slot` (B, N), the merged token each position ends in.
 
     metric (B, N, C) is the block input; src and dst are one partition for the batch, (num_src,) and
-    (num_dst,), or one per image, (B, num_src) and (B, num_dst). The merged tokens are numbered like
-    tomesd's output: first the src that stay (in descending order of their best similarity), then every dst.
+    (num_dst,), or one per image, (B, num_src) and (B, num_dst). The r src with the highest similarity
+    merge; with a threshold instead (CA-ToMe), r is the most src any image of the batch has whose best
+    similarity reaches it. The merged tokens are numbered like tomesd's output: first the src that stay (in
+    descending order of their best similarity), then every dst; so slot.max() + 1 tokens are left.
     """
     B, N, _ = metric.shape
     src, dst = src.to(metric.device).expand(B, -1), dst.to(metric.device).expand(B, -1)  # (B, ·) either way
@@ -126,6 +170,8 @@ def match(metric: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, r: int) ->
         a, b = metric[batch, src], metric[batch, dst]               # src and dst tokens, (B, ·, C)
         scores = a @ b.transpose(1, 2)                              # (B, num_src, num_dst) cosine similarity
         best, best_dst = scores.max(dim=-1)                         # each src's most similar dst
+        if threshold is not None:  # CA-ToMe: as many as the batch's most mergeable image, one r for all
+            r = int((best >= threshold).sum(dim=-1).max())
         order = best.argsort(dim=-1, descending=True, stable=True)  # src by similarity, most similar first
         merged, kept = order[:, :r], order[:, r:]                   # positions within `src`
         slot = torch.empty(B, N, dtype=torch.long, device=metric.device)
@@ -184,23 +230,28 @@ IDENTITY = Plan()
 def tome_plan(x: torch.Tensor, hw: tuple, settings: BlockSettings = None) -> Plan:
     """The plan for one transformer block whose input x (B, N, C) lies on an (h, w) grid.
 
-    The identity when there are no settings, when the block is downsampled more than max_downsample,
-    when r = int(N · ratio) is 0, or when the grid has no full sy × sx cell. With rand_per_image
-    (and use_rand) image b of the batch gets the b-th partition drawn from the generator.
+    The identity when there are no ToMe settings, when the block is downsampled more than max_downsample,
+    when r = int(N · ratio) is 0 (or the threshold is 1 or more), or when the grid has no full sy × sx
+    cell. Between planning calls (reuse, replan_calls) the block's kept plan. With rand_per_image (and
+    use_rand) image b of the batch gets the b-th partition drawn from the generator.
     """
     if settings is None or settings.tome is None:
         return IDENTITY
     cfg, N = settings.tome, x.shape[1]
     if downsample_level(settings.latent_hw, N) > cfg.max_downsample:
         return IDENTITY
+    kept = settings.plans.reused() if settings.plans is not None else None
+    if kept is not None:  # CA-ToMe: the plan made at the last planning call, applied to this call's tokens
+        return kept
     r = int(N * cfg.ratio)
-    if r <= 0:  # checked before the draw, as tomesd does, so the generator advances identically
-        return IDENTITY
+    if (r <= 0 and cfg.threshold is None) or (cfg.threshold is not None and cfg.threshold >= 1):
+        return IDENTITY  # checked before the draw, as tomesd and ca-tome do, so the generator advances identically
     generator = settings.generator if cfg.use_rand else None
     draws = x.shape[0] if cfg.rand_per_image and generator is not None else 1  # partitions to draw
     parts = [partition(hw[0], hw[1], cfg.sx, cfg.sy, generator, cfg.partition) for _ in range(draws)]
     if parts[0] is None or parts[0][0].numel() == 0:  # no full cell, or no src (a 1-token "alternating" grid)
         return IDENTITY
     src, dst = torch.stack([s for s, _ in parts]), torch.stack([d for _, d in parts])  # (draws, ·)
-    r = min(r, src.shape[1])
-    return Plan(match(x, src, dst, r), N - r, cfg)
+    slot = match(x, src, dst, min(r, src.shape[1]), cfg.threshold)
+    plan = Plan(slot, int(slot.max()) + 1, cfg)
+    return settings.plans.keep(plan) if settings.plans is not None else plan

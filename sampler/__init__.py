@@ -4,4 +4,10 @@ from .plms import plms_sample
 
 SAMPLERS = {"plms": plms_sample, "ddim": ddim_sample}
 
-__all__ = ["SAMPLERS", "ddim_sample", "plms_sample"]
+
+def unet_calls(sampler: str, steps: int) -> int:
+    """How many times a run calls the UNet: PLMS's first step calls it twice (steps + 1 in all)."""
+    return steps + 1 if sampler == "plms" else steps
+
+
+__all__ = ["SAMPLERS", "ddim_sample", "plms_sample", "unet_calls"]

@@ -363,6 +363,9 @@ FLAGS = {
     "--device": st.sampled_from(["cpu", "auto", "meta", "cuda", "mps", "gpu", "", "cpu:0", "cuda:-1"]),
     "--dtype": st.sampled_from(["float32", "auto", "float64", ""]), "--attention": st.sampled_from(["sdpa", "plain", "flash"]),
     "--prompt": texts, "--negative-prompt": texts,
+    "--tome-threshold": numbers, "--tome-reuse": numbers, "--todo-factor": st.sampled_from(["1", "2", "3", "0", "-2", "x"]),
+    "--todo-until": numbers, "--todo-max-downsample": st.sampled_from(["1", "2", "5"]), "--deepcache-interval": numbers,
+    "--deepcache-branch": numbers,
 }
 
 

@@ -77,7 +77,7 @@ def blocks(draw):
 def test_merge_unmerge_invariants(block):
     x, (h, w), cfg, seed = block
     B, N, C = x.shape
-    plan = tome_plan(x, (h, w), BlockSettings(cfg, (h, w), gen(seed)))
+    plan = tome_plan(x, (h, w), BlockSettings((h, w), cfg, gen(seed)))
     parts = partition(h, w, cfg.sx, cfg.sy, gen(seed) if cfg.use_rand else None)
     r = int(N * cfg.ratio)
     if r <= 0 or parts is None:
@@ -128,14 +128,14 @@ def test_matching_merges_the_r_most_similar_src_into_their_best_dst(block):
 def test_merging_equal_tokens_returns_them_unchanged(block):
     x, hw, cfg, seed = block
     same = x[:, :1].expand_as(x).contiguous()
-    plan = tome_plan(same, hw, BlockSettings(cfg, hw, gen(seed)))
+    plan = tome_plan(same, hw, BlockSettings(hw, cfg, gen(seed)))
     torch.testing.assert_close(plan.unmerge_attn(plan.merge_attn(same)), same, rtol=1e-6, atol=1e-6)
 
 
 def test_merge_is_the_mean_of_dst_and_its_src_by_hand():
     """A 2×2 grid, one cell, dst top-left (token 0); ratio 0.5 → r = 2 of the 3 src merge."""
     x = torch.tensor([[[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [1.0, 0.2]]])  # tokens 1 and 3 point near token 0
-    plan = tome_plan(x, (2, 2), BlockSettings(ToMeConfig(ratio=0.5, use_rand=False), (2, 2)))
+    plan = tome_plan(x, (2, 2), BlockSettings((2, 2), ToMeConfig(ratio=0.5, use_rand=False)))
     merged = plan.merge_attn(x)
     expected_dst = (x[0, 0] + x[0, 1] + x[0, 3]) / 3
     torch.testing.assert_close(merged, torch.stack([x[0, 2], expected_dst])[None])
@@ -148,7 +148,7 @@ def test_rand_per_image_gives_image_b_the_b_th_partition_drawn(block, B):
     x, hw, cfg, seed = block
     x = torch.randn(B, x.shape[1], x.shape[2], generator=gen(seed))
     cfg = ToMeConfig(ratio=cfg.ratio, sx=cfg.sx, sy=cfg.sy, use_rand=True, rand_per_image=True)
-    plan = tome_plan(x, hw, BlockSettings(cfg, hw, gen(seed)))
+    plan = tome_plan(x, hw, BlockSettings(hw, cfg, gen(seed)))
     if plan is IDENTITY:
         return
     draws = gen(seed)
@@ -162,10 +162,10 @@ def test_rand_per_image_draws_differ_within_the_batch_and_are_shared_without_it(
     x = torch.randn(1, 64 * 64, 8, generator=gen(0)).expand(2, -1, -1)  # two identical images
     for per_image, same in ((False, True), (True, False)):
         cfg = ToMeConfig(ratio=0.5, rand_per_image=per_image)
-        slot = tome_plan(x, (64, 64), BlockSettings(cfg, (64, 64), gen(0))).slot
+        slot = tome_plan(x, (64, 64), BlockSettings((64, 64), cfg, gen(0))).slot
         assert torch.equal(slot[0], slot[1]) == same
     cfg = ToMeConfig(ratio=0.5, use_rand=False, rand_per_image=True)  # no randomness: nothing to draw per image
-    slot = tome_plan(x, (64, 64), BlockSettings(cfg, (64, 64), None)).slot
+    slot = tome_plan(x, (64, 64), BlockSettings((64, 64), cfg, None)).slot
     assert torch.equal(slot[0], slot[1])
 
 
@@ -174,7 +174,7 @@ def test_rand_per_image_draws_differ_within_the_batch_and_are_shared_without_it(
 def test_plans_match_on_the_papers_other_partitions(block, choice):
     x, hw, cfg, seed = block
     cfg = ToMeConfig(ratio=min(cfg.ratio, 0.5), use_rand=True, partition=choice)
-    plan = tome_plan(x, hw, BlockSettings(cfg, hw, gen(seed)))
+    plan = tome_plan(x, hw, BlockSettings(hw, cfg, gen(seed)))
     src, dst = partition(*hw, generator=gen(seed), kind=choice)
     r = min(int(x.shape[1] * cfg.ratio), src.numel())
     if r == 0:
@@ -219,7 +219,7 @@ def test_the_unet_geometry_is_the_published_one():
 def test_plan_applies_to_5_10_15_16_of_the_16_blocks_at_64x64(max_downsample, applied):
     # SD 1.5's 16 transformer blocks at a 64×64 latent: 5 at 64², 5 at 32², 5 at 16², 1 at 8²
     grids = [64] * 5 + [32] * 5 + [16] * 5 + [8]
-    args = BlockSettings(ToMeConfig(ratio=0.5, max_downsample=max_downsample), (64, 64), gen(0))
+    args = BlockSettings((64, 64), ToMeConfig(ratio=0.5, max_downsample=max_downsample), gen(0))
     plans = [tome_plan(torch.randn(2, s * s, 8), (s, s), args) for s in grids]
     assert sum(p is not IDENTITY for p in plans) == applied
 
@@ -254,7 +254,7 @@ def test_tiny_latent_misclassified_level_has_no_full_cell():
     # whatever max_downsample says
     (H, W), bottom = (3, 5), level_grids(3, 5)[-1]
     assert bottom == (1, 1) and downsample_level((H, W), 1) == 4
-    args = BlockSettings(ToMeConfig(ratio=0.5, max_downsample=4), (H, W), gen(0))
+    args = BlockSettings((H, W), ToMeConfig(ratio=0.5, max_downsample=4), gen(0))
     assert tome_plan(torch.randn(2, 1, 8), bottom, args) is IDENTITY
 
 
@@ -275,4 +275,4 @@ def test_config_rejects_out_of_range_values(kwargs, message):
 def test_ratio_zero_and_none_are_identity():
     x = torch.randn(2, 64, 4)
     assert tome_plan(x, (8, 8), None) is IDENTITY
-    assert tome_plan(x, (8, 8), BlockSettings(ToMeConfig(ratio=0.0), (8, 8), gen(0))) is IDENTITY
+    assert tome_plan(x, (8, 8), BlockSettings((8, 8), ToMeConfig(ratio=0.0), gen(0))) is IDENTITY

@@ -8,12 +8,14 @@ turns them back. Mirrors CompVis `ldm/modules/attention.py`; names equal the che
 (`attn1.to_q`, `ff.net.0.proj`, `proj_in`, …).
 
 Token Merging (`minitome/tome.py`) happens in BasicTransformerBlock.forward, in plain sight: one
-plan from the block's input, then merge before and unmerge after each sub-layer it applies to.
+plan from the block's input, then merge before and unmerge after each sub-layer it applies to. Token
+Downsampling (`minitome/todo.py`) happens there too: self-attention's keys and values from a coarser grid.
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from minitome.todo import downsample_kv
 from minitome.tome import BlockSettings, tome_plan
 
 
@@ -77,8 +79,9 @@ class BasicTransformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, hw: tuple, settings: BlockSettings = None) -> torch.Tensor:
         """x (B, N, C) with N = h·w; context (B, T, context_dim). settings=None: plain SD 1.5."""
-        plan = tome_plan(x, hw, settings)  # identity without ToMe settings, or when the block is too small
-        x = x + plan.unmerge_attn(self.attn1(plan.merge_attn(self.norm1(x))))             # self-attention
+        plan = tome_plan(x, hw, settings)  # ToMe: identity without its settings, or when the block is too small
+        h = plan.merge_attn(self.norm1(x))
+        x = x + plan.unmerge_attn(self.attn1(h, downsample_kv(h, hw, settings)))           # self-attention; ToDo: its keys, values
         x = x + plan.unmerge_cross(self.attn2(plan.merge_cross(self.norm2(x)), context))  # cross-attention
         x = x + plan.unmerge_mlp(self.ff(plan.merge_mlp(self.norm3(x))))                  # feed-forward
         return x

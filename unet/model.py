@@ -18,16 +18,20 @@ Shape of the SD 1.5 network (widths 320, 640, 1280, 1280; levels at H, H/2, H/4,
     out           GroupNorm, SiLU, conv_out
 
 Every output block first concatenates the skip saved by the matching input block.
-ToMe: `forward(..., tome=ToMeConfig(...))` passes the settings, the latent size and the partition
-generator down to each transformer block as plain arguments; `tome=None` is exactly SD 1.5.
+ToMe and ToDo: `forward(..., tome=ToMeConfig(...))` or `todo=ToDoConfig(...)` passes the settings, the
+latent size and the partition generator down to each transformer block as plain arguments (a
+BlockSettings). DeepCache acts here, in forward: a call may skip the deep part and reuse its features.
+With none of them, forward is exactly SD 1.5.
 """
 import torch
 import torch.nn as nn
 
-from minitome.tome import BlockSettings, ToMeConfig
+from minitome.todo import ToDoConfig
+from minitome.tome import BlockSettings, PlanStore, ToMeConfig
 from .attention import SpatialTransformer
 from .blocks import Downsample, ResBlock, Upsample, timestep_embedding
 from .config import UNetConfig
+from .deepcache import DeepCache
 from .packed_conv import pack_convolutions
 
 
@@ -69,37 +73,63 @@ class UNetModel(nn.Module):
         self.out = nn.Sequential(
             nn.GroupNorm(c.norm_groups, c.model_channels), nn.SiLU(), nn.Conv2d(c.model_channels, c.out_channels, 3, padding=1))
 
-    def forward(self, x: torch.Tensor, t, context: torch.Tensor,
-                tome: ToMeConfig = None, tome_generator: torch.Generator = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t, context: torch.Tensor, tome: ToMeConfig = None,
+                tome_generator: torch.Generator = None, plans: PlanStore = None, todo: ToDoConfig = None,
+                deep_cache: DeepCache = None) -> torch.Tensor:
         """x (B, 4, H, W), t (B,) or a scalar, context (B, T, context_dim) → ε (B, 4, H, W).
 
-        tome_generator: where the random partitions are drawn from (any device; a CPU one is
-        cheapest). A sampling run passes one generator for all its steps, so each step and block
-        gets its own partition; when None, a fresh one seeded with tome.seed is used for this call.
+        The accelerations, each off when None (then this is exactly SD 1.5):
+        tome: Token Merging in the transformer blocks (minitome/tome.py). tome_generator: where its random
+            partitions are drawn from (any device; a CPU one is cheapest); a sampling run passes one for all
+            its calls, so each call and block gets its own partition; when None, a fresh one seeded with
+            tome.seed is used for this call. plans: the run's PlanStore, for plans reused between calls.
+        todo: Token Downsampling in self-attention (minitome/todo.py); not together with ToMe's merge_attn.
+        deep_cache: the run's DeepCache (unet/deepcache.py): this call may reuse the deep features.
         """
         if x.ndim != 4 or x.shape[1] != self.config.in_channels:
             raise ValueError(f"the UNet takes latents (B, {self.config.in_channels}, H, W), got {tuple(x.shape)}")
+        if tome is not None and tome.merge_attn and todo is not None and todo.factor > 1:
+            raise ValueError("ToMe's merge_attn and ToDo both change self-attention's tokens: use one of them")
         t = torch.as_tensor(t, device=x.device)
         t = t.expand(x.shape[0]) if t.ndim == 0 else t
         emb = self.time_embed(timestep_embedding(t, self.config.model_channels).to(x.dtype))
-        settings = None
-        if tome is not None:
-            if tome.use_rand and tome_generator is None:
-                tome_generator = torch.Generator().manual_seed(tome.seed)
-            settings = BlockSettings(tome, tuple(x.shape[-2:]), tome_generator if tome.use_rand else None)
+        if tome is not None and tome.use_rand and tome_generator is None:
+            tome_generator = torch.Generator().manual_seed(tome.seed)
+        if plans is not None:
+            plans.begin_call()
+        settings = BlockSettings(tuple(x.shape[-2:]), tome, tome_generator if tome and tome.use_rand else None,
+                                 plans, todo)
+
+        # DeepCache: a call that reuses the deep features runs only the shallow branch, the first `depth`
+        # input blocks and the last `depth` output blocks (every block, on a whole call or without it)
+        reuse = deep_cache is not None and deep_cache.reuse(x.shape[0])
+        depth = deep_cache.config.branch + 1 if deep_cache is not None else 0
+        deep = len(self.output_blocks) - depth  # the output blocks of the deep part
 
         # channels-last (NHWC) activations: oneDNN convolves them without first copying them into its own
         # layout (about 6% of a call on the CPU), and a (B, C, h, w) map becomes (B, h·w, C) tokens and back
         # as a free view instead of a copy. Weights are made channels-last by `channels_last()`.
         x = x.contiguous(memory_format=torch.channels_last)
         skips = []
-        for block in self.input_blocks:
+        for block in self.input_blocks[:depth] if reuse else self.input_blocks:
             for layer in block:
                 x = run_layer(layer, x, emb, context, settings)
             skips.append(x)
-        for layer in self.middle_block:
-            x = run_layer(layer, x, emb, context, settings)
-        for block in self.output_blocks:
+        if reuse:
+            x = deep_cache.features
+        else:
+            for layer in self.middle_block:
+                x = run_layer(layer, x, emb, context, settings)
+            x = self.up(self.output_blocks[:deep], x, skips, emb, context, settings)
+            if deep_cache is not None:
+                deep_cache.keep(x)
+        x = self.up(self.output_blocks[deep:], x, skips, emb, context, settings)
+        return self.out(x).contiguous()
+
+    @staticmethod
+    def up(blocks, x, skips: list, emb, context, settings):
+        """The way up through `blocks`, each first concatenating the skip its twin on the way down saved."""
+        for block in blocks:
             # layer by layer, not as one module call: a call would hold the concatenation as its argument
             # until the block's end; here it is freed once the ResBlock has read it, before the attention
             # (about a tenth less memory at the peak of a merged call with plain attention)
@@ -107,7 +137,7 @@ class UNetModel(nn.Module):
             size = skips[-1].shape[-2:] if skips else None  # Upsample to the next skip's size
             for layer in block:
                 x = run_layer(layer, x, emb, context, settings, size)
-        return self.out(x).contiguous()
+        return x
 
     def channels_last(self) -> "UNetModel":
         """Store the convolution weights channels-last, the layout forward() runs its activations in."""

@@ -145,7 +145,7 @@ def merged_blocks(unet: UNetModel, config: ToMeConfig, latent: tuple, batch: int
     blocks = []
     for h, w, channels in unet.config.transformer_grids(latent):
         x = torch.randn(batch, h * w, channels, device=device, dtype=dtype)
-        plan = tome_plan(x, (h, w), BlockSettings(config, latent, torch.Generator().manual_seed(0)))
+        plan = tome_plan(x, (h, w), BlockSettings(latent, config, torch.Generator().manual_seed(0)))
         if plan is not IDENTITY:
             blocks.append((x, (h, w), plan.tokens_left))
     return blocks
@@ -157,7 +157,7 @@ def time_merging(blocks, config: ToMeConfig, latent: tuple, device, repeats: int
 
     def once():
         for x, hw, _ in blocks:
-            plan = tome_plan(x, hw, BlockSettings(config, latent, generator))
+            plan = tome_plan(x, hw, BlockSettings(latent, config, generator))
             plan.unmerge_attn(plan.merge_attn(x))
 
     return stopwatch(once, repeats, device)[1]

@@ -154,7 +154,7 @@ def schedule_picture(schedule=linear_schedule(0.6, 0.4, max_downsample=2), steps
     kept = np.ones((len(grids), len(calls)))
     for j, t in enumerate(calls):
         for i, (h, w, _) in enumerate(grids):
-            plan = tome_plan(torch.ones(1, h * w, 1), (h, w), BlockSettings(schedule(t), (64, 64), None))
+            plan = tome_plan(torch.ones(1, h * w, 1), (h, w), BlockSettings((64, 64), schedule(t), None))
             kept[i, j] = 1.0 if plan is IDENTITY else plan.tokens_left / (h * w)
     cw, ch, left, top = 10, 16, 150, 28
     out = Image.new("RGB", (left + cw * len(calls) + 70, top + ch * len(grids) + 40), "white")

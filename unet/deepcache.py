@@ -1,0 +1,50 @@
+"""DeepCache: reuse the UNet's deep features between calls, recompute only its shallow branch.
+
+Where this sits: `UNetModel.forward` (unet/model.py) takes a `DeepCache` object that the sampler loop
+creates for one run and hands to every UNet call (minitome/pipeline.py); nothing is kept inside the
+model. Paper: Ma et al., "DeepCache: Accelerating Diffusion Models for Free", CVPR 2024, arXiv
+2312.00858; behaviour follows the `DeepCache` package's `DeepCacheSDHelper` (uniform schedule).
+
+The UNet's output is the sum of what the skip connections carry up and what comes back from below.
+Between neighbouring steps the deep part (the bottom levels and the middle) changes little, the
+shallow part (the top of the way down, its skips and the end of the way up) much more. So every
+`interval`-th call runs whole and keeps the deep features: the input of the up path where the shallow
+branch joins it. The calls in between run only the shallow branch: the first `branch + 1` input blocks
+(input_blocks[0] is conv_in), and the last `branch + 1` output blocks, fed with the kept features.
+
+`branch` numbers the places the branch can end, as the package's `cache_branch_id` does: 0 is the
+shallowest (conv_in alone, and the last output block), 3 ends after SD 1.5's first level, and so on;
+the skips the shallow output blocks read always come from the shallow input blocks, so they are fresh.
+Calls are counted, not steps: PLMS's first step makes two calls.
+"""
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class DeepCacheConfig:
+    interval: int = 3   # one whole call in `interval`; the calls between reuse the deep features (1: off)
+    branch: int = 0     # how deep the recomputed shallow branch reaches: input_blocks[:branch + 1] (0 … 10 in SD 1.5)
+
+    def __post_init__(self):
+        for name, low in (("interval", 1), ("branch", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"DeepCache {name} must be an integer >= {low}, got {value!r}")
+
+
+class DeepCache:
+    """One sampling run's cache: the deep features of the last whole call, and how many calls have run."""
+
+    def __init__(self, config: DeepCacheConfig):
+        self.config, self.calls, self.features = config, 0, None
+
+    def reuse(self, batch: int) -> bool:
+        """Called once at the start of each UNet call: True when this call reuses the kept deep features."""
+        whole = self.calls % self.config.interval == 0 or self.features is None or self.features.shape[0] != batch
+        self.calls += 1
+        return not whole
+
+    def keep(self, features: torch.Tensor):
+        self.features = features
