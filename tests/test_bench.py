@@ -105,9 +105,36 @@ def test_peak_memory_measures_what_a_call_holds():
     import subprocess
     import sys
     from conftest import ROOT, child_env
-    code = ("import torch; from minitome.lab.measure import peak_above; "
+    code = ("import torch; from minitome.lab.memory import peak_above; "
             "call = lambda: torch.ones(50_000_000).add_(1).sum(); call(); print(peak_above(call, torch.device('cpu')))")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                           env={**child_env(), "MALLOC_MMAP_THRESHOLD_": str(256 * 1024)})
     assert done.returncode == 0, done.stderr
     assert abs(float(done.stdout) - 50_000_000 * 4 / 2**20) < 0.02 * 190.7
+
+
+def test_methods_compose_each_image_from_the_calls_it_makes(tiny_pipeline, capsys):
+    """--methods: every kind of call timed, and each method's image composed from them: the call counts of a
+    10-step PLMS run (11 calls), times the calls' measured seconds, plus the text encoder and the decoder."""
+    _, folder = tiny_pipeline
+    argv = ["--methods", "--weights", str(folder), "--sizes", "32", "--attention", "sdpa", "--repeats", "2",
+            "--steps", "10", "--check-image", "--json", "--device", "cpu", "--ca-threshold", "0.3"]
+    assert main(argv) == 0
+    table = json.loads(capsys.readouterr().out)["tables"][0]
+    seconds = {c["label"]: c["seconds"] for c in table["calls"]}
+    assert set(seconds) >= {"none", "ToMe", "ToMe, kept plan", "ToDo", "CA-ToMe", "CA-ToMe, kept plan",
+                            "DeepCache shallow branch"}
+    expected_counts = {"none": {"none": 11}, "ToMe 0.5, a plan every 5 calls": {"ToMe": 3, "ToMe, kept plan": 8},
+                       "DeepCache 3": {"none": 4, "DeepCache shallow branch": 7},
+                       "CA-ToMe 0.3, ca-tome's schedule": {"CA-ToMe": 3, "CA-ToMe, kept plan": 8}}  # calls 0, 7, 10
+    images = {r["method"]: r for r in table["images"]}
+    for method, counts in expected_counts.items():
+        assert images[method]["counts"] == counts
+    parts = table["parts"]["text_seconds"] + table["parts"]["decode_seconds"]
+    for r in table["images"]:
+        assert sum(r["counts"].values()) == 11
+        assert r["seconds"] == pytest.approx(parts + sum(n * seconds[k] for k, n in r["counts"].items()))
+        assert r["speedup"] == pytest.approx(images["none"]["seconds"] / r["seconds"])
+    assert table["check"]["method"] == "DeepCache 3" and table["check"]["measured"] > 0
+    kept = next(c for c in table["calls"] if c["label"] == "ToMe, kept plan")
+    assert kept["merge_seconds"] > 0 and kept["tokens"] == ["16→8"] * 5  # a 4×4 latent: merge and unmerge, no planning

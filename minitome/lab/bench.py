@@ -25,7 +25,7 @@ import torch
 
 from minitome.checks import check_size, check_steps_flag
 from .common import ImageComparison, markdown_table, stopwatch
-from .measure import Job
+from .measure import Call, Job
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository
 PROMPTS = ["a photograph of an astronaut riding a horse", "a watercolor painting of a fox in the snow"]
@@ -53,8 +53,18 @@ def parse_args(argv=None):
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"))
     p.add_argument("--weights", help="official file or diffusers folder (default: random weights, SD 1.5 size)")
     p.add_argument("--compare", action="store_true", help="also measure diffusers + tomesd, interleaved")
+    p.add_argument("--unpacked", action="store_true", help="also time minitome without its convolutions packed")
     p.add_argument("--quality-steps", type=int, default=0, help="with --weights: PSNR/SSIM vs ratio 0 at N steps")
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
+    m = p.add_argument_group("--methods: ToMe and its successors side by side (methods.py)")
+    m.add_argument("--methods", action="store_true", help="time every kind of UNet call the methods make, and compose images")
+    m.add_argument("--tome-ratio", type=float, default=0.5)
+    m.add_argument("--reuse", type=int, default=5, help="ToMe with its plan kept: a plan every N UNet calls")
+    m.add_argument("--todo-factor", type=int, default=2)
+    m.add_argument("--ca-threshold", type=float, default=0.7, help="CA-ToMe's similarity threshold")
+    m.add_argument("--deepcache-interval", type=int, default=3)
+    m.add_argument("--steps", type=int, default=50, help="PLMS steps of the composed image")
+    m.add_argument("--check-image", action="store_true", help="also run DeepCache's whole image, to check the composition")
     return p.parse_args(argv)
 
 
@@ -91,25 +101,37 @@ def paired(a: list, b: list) -> float:
     return statistics.median(x / y for x, y in zip(a, b))
 
 
-def measure_table(job: Job, impls: tuple, ratios: list, label: str) -> list:
+def ratio_call(impl: str, ratio: float, max_downsample: int) -> dict:
+    """One implementation at one ToMe ratio, as measure.py's Call fields ("unpacked": minitome without its
+    convolutions packed for the CPU)."""
+    tome = {"ratio": ratio, "max_downsample": max_downsample} if ratio > 0 else None
+    return dataclasses.asdict(Call(label=f"ratio {ratio:g}", impl="minitome" if impl == "unpacked" else impl,
+                                   tome=tome, packed=impl != "unpacked"))
+
+
+def measure_table(job: Job, impls: tuple, ratios: list, max_downsample: int, label: str) -> list:
     """One table's rows: every configuration timed in one process, then each one's memory in its own."""
-    configs = [[impl, ratio] for ratio in ratios for impl in impls]
-    timed = run_child(dataclasses.replace(job, part="time", configs=configs), label)["configs"]
-    found = {(c["impl"], c["ratio"]): c for c in timed}
-    for i, (impl, ratio) in enumerate(configs):
-        print(f"{label} memory {i + 1}/{len(configs)}: {impl} ratio {ratio:g}", file=sys.stderr, flush=True)
-        found[impl, ratio].update(run_child(dataclasses.replace(job, part="memory", impl=impl, ratio=ratio), label))
-    rows = []
+    calls = [ratio_call(impl, ratio, max_downsample) for ratio in ratios for impl in impls]
+    timed = run_child(dataclasses.replace(job, part="time", calls=calls), label)["calls"]
+    found = {(c["impl"] if c["packed"] else "unpacked", c["label"]): c for c in timed}
+    for i, call in enumerate(c for c in calls if c["packed"]):  # packing changes no tensor's size
+        print(f"{label} memory {i + 1}/{len(ratios) * (len(impls) - ('unpacked' in impls))}: {call['impl']} "
+              f"{call['label']}", file=sys.stderr, flush=True)
+        found[call["impl"], call["label"]].update(run_child(dataclasses.replace(job, part="memory", calls=[call]), label))
+    rows, base = [], f"ratio {ratios[0]:g}"
     for ratio in ratios:
-        m = found["minitome", ratio]
+        m = found["minitome", f"ratio {ratio:g}"]
         row = dict(ratio=ratio, seconds=m["seconds"], times=m["times"], peak_mb=m["peak_mb"], tokens=m["tokens"],
                    gflop=m["gflop"], merge_share=m["merge_seconds"] / m["seconds"],
-                   speedup=paired(found["minitome", ratios[0]]["times"], m["times"]))
+                   speedup=paired(found["minitome", base]["times"], m["times"]))
         if "diffusers" in impls:
-            d = found["diffusers", ratio]
+            d = found["diffusers", f"ratio {ratio:g}"]
             row.update(diffusers_seconds=d["seconds"], diffusers_times=d["times"], diffusers_peak_mb=d["peak_mb"],
-                       diffusers_speedup=paired(found["diffusers", ratios[0]]["times"], d["times"]),
+                       diffusers_speedup=paired(found["diffusers", base]["times"], d["times"]),
                        ratio_to_diffusers=paired(m["times"], d["times"]))
+        if "unpacked" in impls:
+            u = found["unpacked", f"ratio {ratio:g}"]
+            row.update(unpacked_seconds=u["seconds"], unpacked_times=u["times"], packed_to_unpacked=paired(m["times"], u["times"]))
         rows.append(row)
     return rows
 
@@ -131,6 +153,9 @@ def table(rows: list, compare: bool, with_quality: bool) -> str:
     head = ["ratio", "s/call", "speed-up", "peak MB", "merged tokens", "merging", "GFLOP/s", "% matmul"]
     if compare:
         head += ["diffusers s", "diff. speed-up", "diff. peak MB", "minitome/diffusers"]
+    unpacked = "unpacked_seconds" in rows[0]
+    if unpacked:
+        head += ["unpacked s", "packed/unpacked"]
     if with_quality:
         head += ["PSNR dB", "SSIM"]
     lines = []
@@ -141,6 +166,8 @@ def table(rows: list, compare: bool, with_quality: bool) -> str:
         if compare:
             cells += [f"{r['diffusers_seconds']:.2f}", f"{r['diffusers_speedup']:.2f}×", f"{r['diffusers_peak_mb']:,.0f}",
                       f"{r['ratio_to_diffusers']:.2f}"]
+        if unpacked:
+            cells += [f"{r['unpacked_seconds']:.2f}", f"{r['packed_to_unpacked']:.2f}"]
         if with_quality:
             cells += [f"{r['psnr']:.1f}", f"{r['ssim']:.3f}"]
         lines.append(cells)
@@ -164,6 +191,16 @@ def main(argv=None) -> int:
             raise ValueError("--quality-steps needs --weights (random weights make no image worth comparing)")
         if args.quality_steps:
             check_steps_flag(args.quality_steps, "--quality-steps")
+        if args.methods:
+            from minitome.todo import ToDoConfig
+            from unet.deepcache import DeepCacheConfig
+            ToMeConfig(ratio=args.tome_ratio, reuse=args.reuse)
+            ToMeConfig(threshold=args.ca_threshold)
+            ToDoConfig(factor=args.todo_factor)
+            DeepCacheConfig(interval=args.deepcache_interval)
+            check_steps_flag(args.steps, "--steps")
+            if args.compare:
+                raise ValueError("--compare times diffusers + tomesd beside ToMe's ratios, not beside --methods")
         if args.compare:
             import diffusers  # noqa: F401
             import tomesd  # noqa: F401
@@ -177,18 +214,21 @@ def main(argv=None) -> int:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     results = {"device": name, "dtype": str(dtype).replace("torch.", ""), "matmul_gflops": rate, "tables": []}
     print(f"# {name}, {results['dtype']}, batch {args.batch}; matmul rate {rate:.0f} GFLOP/s", file=sys.stderr)
-    impls = ("minitome", "diffusers") if args.compare else ("minitome",)
+    impls = ("minitome",) + (("diffusers",) if args.compare else ()) + (("unpacked",) if args.unpacked else ())
     try:
+        if args.methods:
+            from .methods import compare_methods
+            return compare_methods(args, device, dtype, name, results, run_child, paired)
         for size in args.sizes:
             q = image_quality(args, size, device, dtype) if args.quality_steps else {}
             for attention in args.attention:
                 job = Job(part="time", latent=[size[1] // 8, size[0] // 8], batch=args.batch, attention=attention,
-                          max_downsample=args.max_downsample, repeats=args.repeats, device=str(device),
-                          dtype=str(dtype).replace("torch.", ""), weights=args.weights)
+                          repeats=args.repeats, device=str(device), dtype=str(dtype).replace("torch.", ""),
+                          weights=args.weights)
                 label = f"[{size[0]}x{size[1]} {attention}]"
                 print(f"{label} timing {len(impls) * len(args.ratios)} configuration(s), interleaved: one warm-up "
                       f"call each, then {args.repeats} round(s)", file=sys.stderr, flush=True)
-                rows = measure_table(job, impls, args.ratios, label)
+                rows = measure_table(job, impls, args.ratios, args.max_downsample, label)
                 for row in rows:
                     row["gflops"] = row["gflop"] / row["seconds"]
                     row["matmul_share"] = row["gflops"] / rate

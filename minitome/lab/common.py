@@ -77,20 +77,21 @@ def block_input(sd, prompt: str, size: int, steps: int, block: int = 0, call: in
 
 
 class ImageComparison:
-    """PSNR / SSIM of images against the first one asked for: `cells(tome)` generates the prompts' images
-    with that ToMe setting (or schedule) and returns [PSNR, SSIM] averaged over the prompts, as text."""
+    """PSNR / SSIM of images against the first ones asked for: `scores(tome, todo=…, deep_cache=…)` generates
+    the prompts' images with those settings and returns (PSNR, SSIM) averaged over the prompts; `cells` as text."""
 
     def __init__(self, sd, prompts: list, size: tuple, steps: int):
         self.sd, self.prompts, self.size, self.steps, self.reference = sd, prompts, size, steps, None
 
-    def images(self, tome) -> list:
+    def images(self, tome=None, **accelerations) -> list:
+        """The prompts' images, with ToMe (a config or schedule) and any other accelerations `generate` takes."""
         from minitome.pipeline import generate
         width, height = self.size
-        return [np.asarray(generate(self.sd, p, steps=self.steps, seed=i, width=width, height=height, tome=tome)[0])
-                for i, p in enumerate(self.prompts)]
+        return [np.asarray(generate(self.sd, p, steps=self.steps, seed=i, width=width, height=height, tome=tome,
+                                    **accelerations)[0]) for i, p in enumerate(self.prompts)]
 
-    def scores(self, tome) -> tuple:
-        images = self.images(tome)
+    def scores(self, tome=None, **accelerations) -> tuple:
+        images = self.images(tome, **accelerations)
         self.reference = images if self.reference is None else self.reference
         return (float(np.mean([psnr(a, b) for a, b in zip(images, self.reference)])),
                 float(np.mean([ssim(a, b) for a, b in zip(images, self.reference)])))

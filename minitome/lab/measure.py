@@ -1,30 +1,19 @@
 """The benchmark's measurements, each in a process of its own (`python -m minitome.lab.bench` starts these).
 
-Where this sits: `bench.py` runs `python -m minitome.lab.measure '<json job>'`, once per image
-size and attention kind to time every configuration (implementation × ToMe ratio) of that table, then
-once per configuration to measure its memory. Prints one JSON line.
+Where this sits: `bench.py` and `methods.py` run `python -m minitome.lab.measure '<json job>'`; it prints one
+JSON line. A job is one of:
 
-Timing ("part": "time"): both implementations are loaded with the same weights, every configuration
-is called once as a warm-up, then `repeats` rounds call each configuration once, in an order that
-rotates from round to round. On a shared machine the speed drifts by ±5–10% over minutes; a
-configuration timed minutes after another would carry that drift into their ratio. Interleaved, the
-calls of one round share the machine's state, so bench.py reports each ratio (speed-up, minitome /
-diffusers) as the median over rounds of that round's ratio. Per configuration:
-- times: one per round, in round order; seconds: their median;
-- gflop (minitome): the call's floating-point operations, counted by torch's FlopCounterMode during
-  the warm-up;
-- merge_seconds (minitome): the same ToMe functions (plan = similarity + matching, merge, unmerge)
-  timed on the block shapes of this call, outside the UNet; tokens: N → N − r for each merged block.
-
-Memory ("part": "memory"): one configuration alone in its process, so the peak is its own: one call as
-a warm-up, then the peak of one call above the memory just before it. CUDA: max allocated. CPU: the
-process's peak resident set (reset through /proc/self/clear_refs), measured with glibc's
-MALLOC_MMAP_THRESHOLD_ at 256 KiB (bench.py sets it). With that setting every freed tensor goes back
-to the system at once, so the resident set follows the tensors alive (at 512², plain attention, it
-equals the profiler's count of live tensor bytes to the MB: 1,134 and 331 MB at ratios 0 and 0.5);
-with glibc's defaults it also holds whatever freed memory the allocator kept, 100–200 MB that varied
-by ±30 MB from run to run. The setting slows calls (9.5 → 11.3 s), which is why timing runs in a
-process with the defaults.
+- "time": every kind of UNet call in `calls` (an implementation, and what accelerates it: ToMe, ToDo, a
+  reused plan, DeepCache's shallow branch) timed in one process, interleaved. Each is called as a warm-up
+  (a call that reuses a plan or the deep features is preceded by the call that makes them), then `repeats`
+  rounds call each once, in an order that rotates from round to round. A shared machine's speed drifts
+  by more than the differences measured; the calls of one round share its state, so the ratios bench.py
+  reports are medians over rounds of one round's ratio. Per kind of call: the times, round by round; the
+  FLOPs (torch's FlopCounterMode, taught two operators it misses); the blocks that merged or downsampled
+  (caught with forward pre-hooks on the call's own transformer blocks) and the time ToMe's functions
+  take on them, outside the UNet (planning: similarity + matching; then merge and unmerge).
+- "memory": one kind of call alone in its process, so the peak is its own (memory.py says how).
+- "parts" and "image" (methods.py): the text encoder and the VAE decoder; one whole PLMS run, timed.
 """
 import dataclasses
 import json
@@ -34,64 +23,54 @@ from dataclasses import dataclass
 
 import torch
 
-from minitome.tome import IDENTITY, BlockSettings, ToMeConfig, tome_plan
+from minitome.todo import ToDoConfig
+from minitome.tome import IDENTITY, BlockSettings, PlanStore, ToMeConfig, tome_plan
 from unet import UNetConfig, UNetModel, packed_conv
-from .common import random_unet, stopwatch, sync
+from unet.deepcache import DeepCache, DeepCacheConfig
+from .common import random_unet, stopwatch
+from .memory import peak_above
+
+
+@dataclass
+class Call:
+    """One kind of UNet call (sent as JSON)."""
+    label: str = "none"
+    impl: str = "minitome"   # or "diffusers" (merged by tomesd when tome is set)
+    tome: dict = None        # ToMeConfig's fields
+    todo: dict = None        # ToDoConfig's fields
+    reuse: bool = False      # apply the plan kept from the call before (CA-ToMe's calls between plans)
+    cached: bool = False     # DeepCache: the shallow branch only, on the deep features of the call before
+    branch: int = 0          # DeepCache's branch
+    packed: bool = True      # minitome with its convolutions packed for the CPU (unet/packed_conv.py), or plain
 
 
 @dataclass
 class Job:
     """What one child process measures (sent to it as JSON)."""
-    part: str                 # "time" (every configuration, interleaved) or "memory" (one configuration)
+    part: str                 # "time", "memory", "parts" or "image"
     latent: list              # [h, w]
     batch: int
     attention: str            # "sdpa" or "plain"
-    max_downsample: int
     repeats: int
     device: str
     dtype: str                # "float32", …
     weights: str = None       # a checkpoint, or None for random SD 1.5-size weights
-    configs: list = None      # "time": [[impl, ratio], …]
-    impl: str = None          # "memory": "minitome" or "diffusers"
-    ratio: float = None       # "memory"
+    calls: list = None        # "time": the kinds of call (Call fields); "memory": one
+    method: dict = None       # "image": {"tome", "todo", "deep_cache"}: each config's fields, or None
+    steps: int = 50           # "image": PLMS steps
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
 
 
-def rss_mb(field: str) -> float:
-    """VmRSS (now) or VmHWM (peak since the last reset) of this process, in MB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def reset_peak(device):
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    else:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM, the peak resident set
-
-
-def memory_now(device) -> float:
-    return torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else rss_mb("VmRSS")
-
-
-def memory_peak(device) -> float:
-    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else rss_mb("VmHWM")
-
-
-def build_unet(job: Job, device, dtype) -> UNetModel:
-    """The job's UNet, packed for the CPU: the weights, or random ones (the same in every process)."""
+def build_unet(job: Job, device, dtype, packed: bool = True) -> UNetModel:
+    """The job's UNet, packed for the CPU unless asked: the weights, or random ones (the same in every process)."""
     if job.weights:
         from weights import load_unet
         unet = load_unet(job.weights, device, dtype, job.attention)
     else:
         unet = random_unet(UNetConfig(attention=job.attention), device, dtype)
-    return unet.pack_convolutions()
+    return unet.pack_convolutions() if packed else unet
 
 
 def as_diffusers(unet: UNetModel, job: Job):
@@ -104,63 +83,85 @@ def as_diffusers(unet: UNetModel, job: Job):
         block_out_channels=tuple(c.model_channels * m for m in c.channel_mult), layers_per_block=c.num_res_blocks,
         attention_head_dim=c.num_heads, cross_attention_dim=c.context_dim, norm_num_groups=c.norm_groups)
     table = diffusers_names(c)
-    state = {to_diffusers_name(name, table): t for name, t in unet.state_dict().items()}
-    reference.load_state_dict(state)
+    reference.load_state_dict({to_diffusers_name(name, table): t for name, t in unet.state_dict().items()})
     reference = reference.to(next(unet.parameters()).device, next(unet.parameters()).dtype).eval().requires_grad_(False)
     if job.attention == "plain":
         reference.set_attn_processor(AttnProcessor())  # softmax(QKᵀ/√D)V in plain PyTorch
     return reference
 
 
-class Configuration:
-    """One implementation at one ratio: `prepare()` before each call (tomesd patches the diffusers
-    model in place, so the model switches ratio there), then `call(x, t, context)`."""
+def tome_from(fields: dict) -> ToMeConfig:
+    """A ToMeConfig from its fields as JSON carries them (replan_calls comes as a list)."""
+    if not fields:
+        return None
+    calls = fields.get("replan_calls")
+    return ToMeConfig(**{**fields, "replan_calls": tuple(calls) if calls is not None else None})
 
-    def __init__(self, impl: str, ratio: float, job: Job, model):
-        self.impl, self.ratio, self.model = impl, ratio, model
-        self.max_downsample = job.max_downsample
-        if impl == "minitome":
-            self.tome = ToMeConfig(ratio=ratio, max_downsample=job.max_downsample) if ratio > 0 else None
-            self.generator = torch.Generator().manual_seed(0)
+
+class Configuration:
+    """One kind of call: `prepare()` before each call (tomesd patches the diffusers model in place, so the
+    model switches ratio there), then `call(x, t, context)`. The plan store and the deep-feature cache are
+    made here, once: the first call fills them, every later one reuses them."""
+
+    def __init__(self, spec: Call, model):
+        self.spec, self.model = spec, model
+        self.tome = tome_from(spec.tome)
+        self.todo = ToDoConfig(**spec.todo) if spec.todo else None
+        self.generator = torch.Generator().manual_seed(0)
+        self.plans = PlanStore(dataclasses.replace(self.tome, replan_calls=(0,))) if spec.reuse else None
+        self.cache = DeepCache(DeepCacheConfig(interval=2 ** 62, branch=spec.branch)) if spec.cached else None
 
     def prepare(self):
-        if self.impl == "diffusers":
+        if self.spec.impl == "diffusers":
             import tomesd
-            if self.ratio > 0:
-                tomesd.apply_patch(self.model, ratio=self.ratio, max_downsample=self.max_downsample)
+            if self.tome is not None:
+                tomesd.apply_patch(self.model, ratio=self.tome.ratio, max_downsample=self.tome.max_downsample)
             else:
                 tomesd.remove_patch(self.model)
 
     def call(self, x, t, context):
-        if self.impl == "diffusers":
+        if self.spec.impl == "diffusers":
             return self.model(x, t, context).sample
-        return self.model(x, t, context, tome=self.tome, tome_generator=self.generator)
-
-    def name(self) -> str:
-        return f"{self.impl} ratio {self.ratio:g}"
+        return self.model(x, t, context, tome=self.tome, tome_generator=self.generator, plans=self.plans,
+                          todo=self.todo, deep_cache=self.cache)
 
 
-def merged_blocks(unet: UNetModel, config: ToMeConfig, latent: tuple, batch: int, device, dtype) -> list:
-    """(B, N, C), (h, w) and the tokens left of every transformer block that merges in this call."""
-    blocks = []
-    for h, w, channels in unet.config.transformer_grids(latent):
-        x = torch.randn(batch, h * w, channels, device=device, dtype=dtype)
-        plan = tome_plan(x, (h, w), BlockSettings(latent, config, torch.Generator().manual_seed(0)))
+def blocks_run(unet: UNetModel, call) -> list:
+    """((B, N, C), (h, w)) of every transformer block a call runs, caught with forward pre-hooks."""
+    from unet.attention import BasicTransformerBlock
+    seen = []
+    hooks = [m.register_forward_pre_hook(lambda m, args: seen.append((tuple(args[0].shape), args[2])))
+             for m in unet.modules() if isinstance(m, BasicTransformerBlock)]
+    try:
+        call()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen
+
+
+def token_work(blocks: list, c: Configuration, latent: tuple, device, dtype) -> tuple:
+    """(the tokens of each block that merges or downsamples, the seconds ToMe's own functions take on them)."""
+    from minitome.todo import downsample_kv
+    tokens, plans = [], []
+    for shape, hw in blocks:
+        x = torch.randn(shape, device=device, dtype=dtype)
+        settings = BlockSettings(latent, c.tome, torch.Generator().manual_seed(0), None, c.todo)
+        plan = tome_plan(x, hw, settings)
+        kv = downsample_kv(x, hw, settings)
         if plan is not IDENTITY:
-            blocks.append((x, (h, w), plan.tokens_left))
-    return blocks
+            tokens.append(f"{shape[1]}→{plan.tokens_left}")
+            plans.append((x, hw, plan))
+        elif kv is not None:
+            tokens.append(f"{shape[1]}, keys {kv.shape[1]}")
 
-
-def time_merging(blocks, config: ToMeConfig, latent: tuple, device, repeats: int = 5) -> float:
-    """Seconds per UNet call spent in the ToMe functions themselves, on this call's block shapes."""
-    generator = torch.Generator().manual_seed(0)
-
-    def once():
-        for x, hw, _ in blocks:
-            plan = tome_plan(x, hw, BlockSettings(latent, config, generator))
+    def once():  # as in a call: plan (unless it is reused), merge, unmerge
+        for x, hw, plan in plans:
+            if not c.spec.reuse:
+                plan = tome_plan(x, hw, BlockSettings(latent, c.tome, torch.Generator().manual_seed(0)))
             plan.unmerge_attn(plan.merge_attn(x))
 
-    return stopwatch(once, repeats, device)[1]
+    return tokens, (stopwatch(once, 5, device)[1] if plans else 0.0)
 
 
 def flop_counter():
@@ -194,64 +195,56 @@ def progress(text: str):
 
 @torch.no_grad()
 def measure_memory(job: Job) -> dict:
-    """One configuration's peak memory above the loaded weights (see the module's docstring)."""
+    """One kind of call's peak memory above the loaded weights (memory.py)."""
     device, dtype = torch.device(job.device), getattr(torch, job.dtype)
     unet = build_unet(job, device, dtype)
     x, t, context = inputs(unet, job, device, dtype)
-    if job.impl == "diffusers":
-        unet = as_diffusers(unet, job)  # the minitome copy is dropped: only the measured model stays loaded
-    c = Configuration(job.impl, job.ratio, job, unet)
+    spec = Call(**job.calls[0])
+    c = Configuration(spec, as_diffusers(unet, job) if spec.impl == "diffusers" else unet)
+    del unet  # with diffusers, only the measured model stays loaded
     c.prepare()
     c.call(x, t, context)  # warm-up
     return {"peak_mb": peak_above(lambda: c.call(x, t, context), device)}
 
 
-def peak_above(call, device) -> float:
-    """MB: the peak memory during call() above the memory in use just before it."""
-    sync(device)
-    baseline = memory_now(device)
-    reset_peak(device)
-    call()
-    sync(device)
-    return memory_peak(device) - baseline
-
-
 @torch.no_grad()
 def measure_time(job: Job) -> dict:
-    """Every configuration in job.configs ([impl, ratio] pairs) timed, interleaved (see the module's docstring)."""
+    """Every kind of call in job.calls timed, interleaved (see the module's docstring)."""
     device, dtype = torch.device(job.device), getattr(torch, job.dtype)
     unet = build_unet(job, device, dtype)
     x, t, context = inputs(unet, job, device, dtype)
-    reference = as_diffusers(unet, job) if any(impl == "diffusers" for impl, _ in job.configs) else None
-    configs = [Configuration(impl, ratio, job, unet if impl == "minitome" else reference) for impl, ratio in job.configs]
-    results = [{"impl": c.impl, "ratio": c.ratio, "times": []} for c in configs]
-    latent = tuple(job.latent)
+    specs = [Call(**c) for c in job.calls]
+    reference = as_diffusers(unet, job) if any(s.impl == "diffusers" for s in specs) else None
+    plain = build_unet(job, device, dtype, packed=False) if any(not s.packed for s in specs) else None
+    configs = [Configuration(s, reference if s.impl == "diffusers" else unet if s.packed else plain) for s in specs]
+    results = [{**dataclasses.asdict(c.spec), "times": []} for c in configs]
     for i, (c, result) in enumerate(zip(configs, results)):
-        progress(f"warm-up {i + 1}/{len(configs)}: {c.name()}")
+        progress(f"warm-up {i + 1}/{len(configs)}: {c.spec.impl} {c.spec.label}")
         c.prepare()
-        if c.impl == "minitome":
-            with flop_counter() as counter:  # the warm-up call, counted
-                c.call(x, t, context)
-            blocks = merged_blocks(unet, c.tome, latent, job.batch, device, dtype) if c.tome else []
-            result.update(gflop=counter.get_total_flops() / 1e9, tokens=[f"{b[0].shape[1]}→{b[2]}" for b in blocks],
-                          merge_seconds=time_merging(blocks, c.tome, latent, device) if blocks else 0.0)
-            del blocks
-        else:
+        if c.spec.impl == "diffusers":
             c.call(x, t, context)
+            continue
+        if c.spec.reuse or c.spec.cached:
+            c.call(x, t, context)  # the call that makes the plan or keeps the deep features
+        with flop_counter() as counter:  # the warm-up call, counted
+            blocks = blocks_run(c.model, lambda: c.call(x, t, context))
+        tokens, seconds = token_work(blocks, c, tuple(job.latent), device, dtype)
+        result.update(gflop=counter.get_total_flops() / 1e9, tokens=tokens, merge_seconds=seconds)
     for k in range(job.repeats):
         for j in range(len(configs)):
             i = (j + k) % len(configs)  # each round starts one configuration further on
             configs[i].prepare()
             _, seconds = stopwatch(lambda: configs[i].call(x, t, context), 1, device, warmup=False)
             results[i]["times"].append(seconds)
-            progress(f"round {k + 1}/{job.repeats}: {configs[i].name()} {seconds:.2f} s")
+            progress(f"round {k + 1}/{job.repeats}: {configs[i].spec.impl} {configs[i].spec.label} {seconds:.2f} s")
     for result in results:
         result["seconds"] = statistics.median(result["times"])
-    return {"configs": results}
+    return {"calls": results}
 
 
 def measure(job: Job) -> dict:
-    return measure_memory(job) if job.part == "memory" else measure_time(job)
+    from .methods import measure_image, measure_parts  # the methods' table's own measurements
+    return {"time": measure_time, "memory": measure_memory, "parts": measure_parts, "image": measure_image}[job.part](job)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,214 @@
+"""`python -m minitome.lab.bench --methods`: ToMe and the methods that followed it, measured side by side.
+
+Where this sits: bench.py's `--methods` mode; the calls are timed by measure.py in one process per table,
+interleaved. Two tables per image size and attention kind:
+
+1. per UNet call, every kind of call the methods make: unaccelerated; ToMe (planning in the call); ToMe
+   applying a plan kept from an earlier call; ToDo; CA-ToMe planning, and applying a kept plan; DeepCache's
+   shallow branch alone, and with ToDo or ToMe in it. Seconds, speed-up against the unaccelerated call of
+   the same round, FLOPs, the time ToMe's own functions take, and the tokens of each merged block.
+2. per image, a `--steps`-step PLMS run with classifier-free guidance (steps + 1 UNet calls), composed:
+   how many calls of each kind each method makes, times their measured seconds, plus the text encoder
+   and the VAE decoder (`--check-image` runs one method's whole run, to check the composition).
+   With --weights and --quality-steps, the PSNR / SSIM of each method's images against the unaccelerated.
+
+The methods: ToMe (`--tome-ratio`); ToMe with its plan reused (`--reuse` calls per plan); ToDo
+(`--todo-factor`); CA-ToMe (`--ca-threshold`, planning at the calls of ca-tome's best schedule, its
+CONFIG_3); DeepCache (`--deepcache-interval`, branch 0), alone and with ToDo and with ToMe in it.
+"""
+import dataclasses
+import json
+import math
+import sys
+
+import torch
+
+from minitome.todo import ToDoConfig
+from sampler import unet_calls
+from unet.deepcache import DeepCacheConfig
+from .common import ImageComparison, markdown_table, stopwatch
+from .measure import Call, Job, build_unet, tome_from
+
+# ca-tome's CONFIG_3 (its best schedule, for 50 steps): the `inference_step`s (a UNet call's index + 1) at
+# which a block plans anew; the first call always plans
+CA_TOME_CONFIG_3 = (0, 8, 11, 13, 20, 25, 30, 35, 45, 46, 47, 48, 49)
+
+
+def replan_calls(schedule=CA_TOME_CONFIG_3) -> tuple:
+    """ca-tome's schedule as the UNet calls (from 0) at which minitome's PlanStore plans."""
+    return tuple(sorted({0} | {step - 1 for step in schedule if step >= 1}))
+
+
+def call_kinds(args) -> list:
+    """Every kind of UNet call the methods make (measure.py's Call), by label."""
+    tome = {"ratio": args.tome_ratio}
+    ca = {"threshold": args.ca_threshold, "replan_calls": replan_calls()}
+    todo = {"factor": args.todo_factor}
+    return [Call("none"), Call("ToMe", tome=tome), Call("ToMe, kept plan", tome=tome, reuse=True),
+            Call("ToDo", todo=todo), Call("CA-ToMe", tome=ca), Call("CA-ToMe, kept plan", tome=ca, reuse=True),
+            Call("DeepCache shallow branch", cached=True), Call("DeepCache shallow + ToDo", todo=todo, cached=True),
+            Call("DeepCache shallow + ToMe", tome=tome, cached=True)]
+
+
+@dataclasses.dataclass
+class Method:
+    """A way to make an image: its settings (for a whole run) and which kinds of call it makes."""
+    label: str
+    tome: dict = None
+    todo: dict = None
+    deep_cache: dict = None
+
+    def counts(self, calls: int) -> dict:
+        """Call label → how many such calls a run of `calls` UNet calls makes."""
+        whole = "none" if self.todo is None and self.tome is None else ("ToDo" if self.todo else "ToMe")
+        if self.deep_cache is not None:
+            full = math.ceil(calls / self.deep_cache["interval"])
+            shallow = {"none": "DeepCache shallow branch", "ToDo": "DeepCache shallow + ToDo",
+                       "ToMe": "DeepCache shallow + ToMe"}[whole]
+            return {whole: full, shallow: calls - full}
+        if self.tome is not None and self.tome.get("threshold") is not None:
+            planning = sum(c < calls for c in self.tome["replan_calls"])
+            return {"CA-ToMe": planning, "CA-ToMe, kept plan": calls - planning}
+        if self.tome is not None and self.tome.get("reuse", 1) > 1:
+            planning = math.ceil(calls / self.tome["reuse"])
+            return {"ToMe": planning, "ToMe, kept plan": calls - planning}
+        return {whole: calls}
+
+    def settings(self) -> dict:
+        return {"tome": self.tome, "todo": self.todo, "deep_cache": self.deep_cache}
+
+
+def methods(args) -> list:
+    tome, todo = {"ratio": args.tome_ratio}, {"factor": args.todo_factor}
+    cache = {"interval": args.deepcache_interval, "branch": 0}
+    return [Method("none"), Method(f"ToMe {args.tome_ratio:g}", tome=tome),
+            Method(f"ToMe {args.tome_ratio:g}, a plan every {args.reuse} calls", tome={**tome, "reuse": args.reuse}),
+            Method(f"ToDo {args.todo_factor}", todo=todo),
+            Method(f"CA-ToMe {args.ca_threshold:g}, ca-tome's schedule", tome={"threshold": args.ca_threshold,
+                                                                               "replan_calls": replan_calls()}),
+            Method(f"DeepCache {args.deepcache_interval}", deep_cache=cache),
+            Method(f"DeepCache {args.deepcache_interval} + ToDo {args.todo_factor}", todo=todo, deep_cache=cache),
+            Method(f"DeepCache {args.deepcache_interval} + ToMe {args.tome_ratio:g}", tome=tome, deep_cache=cache)]
+
+
+def measure_methods(job: Job, args, run_child, paired, label: str, size) -> dict:
+    """The two tables' numbers for one size and attention kind (and the whole-run check if asked)."""
+    kinds = [dataclasses.asdict(k) for k in call_kinds(args)]
+    timed = {c["label"]: c for c in run_child(dataclasses.replace(job, part="time", calls=kinds), label)["calls"]}
+    for c in timed.values():
+        c["speedup"] = paired(timed["none"]["times"], c["times"])
+    parts = run_child(dataclasses.replace(job, part="parts", batch=1), label)
+    calls = unet_calls("plms", args.steps)
+    images = []
+    for method in methods(args):
+        counts = method.counts(calls)
+        seconds = parts["text_seconds"] + parts["decode_seconds"] + sum(n * timed[k]["seconds"] for k, n in counts.items())
+        images.append({"method": method.label, "counts": counts, "seconds": seconds, "settings": method.settings()})
+    for row in images:
+        row["speedup"] = images[0]["seconds"] / row["seconds"]
+    result = {"calls": list(timed.values()), "parts": parts, "images": images}
+    if args.check_image:
+        method = next(m for m in images if m["method"].startswith("DeepCache") and "+" not in m["method"])
+        print(f"{label} a whole {args.steps}-step run: {method['method']}", file=sys.stderr, flush=True)
+        whole = run_child(dataclasses.replace(job, part="image", batch=1, method=method["settings"], steps=args.steps), label)
+        measured = whole["seconds"] + parts["text_seconds"] + parts["decode_seconds"]
+        result["check"] = {"method": method["method"], "composed": method["seconds"], "measured": measured,
+                           "difference": method["seconds"] / measured - 1}
+    if args.quality_steps:
+        result["quality"] = image_quality(args, size, job)
+    return result
+
+
+def image_quality(args, size, job) -> dict:
+    """method → (PSNR, SSIM) of its images against the unaccelerated ones, same prompts and seeds."""
+    import torch
+    import weights
+    from .bench import PROMPTS
+    sd = weights.load(args.weights, device=job.device, dtype=getattr(torch, job.dtype))
+    sd.unet.channels_last().pack_convolutions()
+    images, scores = ImageComparison(sd, PROMPTS, size, args.quality_steps), {}
+    for method in methods(args):
+        s = method.settings()
+        scores[method.label] = images.scores(tome=tome_from(s["tome"]),
+                                             todo=ToDoConfig(**s["todo"]) if s["todo"] else None,
+                                             deep_cache=DeepCacheConfig(**s["deep_cache"]) if s["deep_cache"] else None)
+        print(f"  quality: {method.label} done", file=sys.stderr, flush=True)
+    return scores
+
+
+@torch.no_grad()
+def measure_parts(job: Job) -> dict:
+    """Seconds for the text encoder on a CFG pair of prompts and the VAE decoder on one image (measure.py's "parts"
+    job): the weights' own, or random SD 1.5 ones."""
+    from minitome.clip import CLIPTextModel
+    from minitome.vae import VAEDecoder
+    device, dtype = torch.device(job.device), getattr(torch, job.dtype)
+    if job.weights:
+        import weights
+        sd = weights.load(job.weights, device=device, dtype=dtype)
+        clip, vae = sd.text_encoder, sd.vae
+    else:
+        torch.manual_seed(0)
+        clip, vae = CLIPTextModel().to(device, dtype).eval(), VAEDecoder().to(device, dtype).eval()
+    ids = torch.randint(0, 49408, (2, 77), generator=torch.Generator().manual_seed(0)).to(device)
+    z = torch.randn(1, 4, *job.latent, generator=torch.Generator().manual_seed(0)).to(device, dtype)
+    return {"text_seconds": stopwatch(lambda: clip(ids), job.repeats, device)[1],
+            "decode_seconds": stopwatch(lambda: vae(z), job.repeats, device)[1]}
+
+
+@torch.no_grad()
+def measure_image(job: Job) -> dict:
+    """One whole PLMS run (job.steps steps, CFG on a batch of one) with job.method, timed (measure.py's "image"
+    job): the UNet calls and the sampler's own arithmetic, as the pipeline runs them (noise_estimate, plms_sample)."""
+    from minitome.pipeline import noise_estimate
+    from sampler import plms_sample
+    device, dtype = torch.device(job.device), getattr(torch, job.dtype)
+    unet = build_unet(job, device, dtype)
+    g = torch.Generator().manual_seed(1)
+    noise = torch.randn(1, 4, *job.latent, generator=g).to(device, dtype)
+    context = torch.randn(2, 77, unet.config.context_dim, generator=g).to(device, dtype)
+    method = job.method
+    tome = tome_from(method.get("tome"))
+    todo = ToDoConfig(**method["todo"]) if method.get("todo") else None
+    deep_cache = DeepCacheConfig(**method["deep_cache"]) if method.get("deep_cache") else None
+    eps_model = noise_estimate(unet, context, 7.5, tome, todo, deep_cache, job.steps + 1)
+    _, seconds = stopwatch(lambda: plms_sample(eps_model, noise, job.steps), 1, device, warmup=False)
+    return {"seconds": seconds}
+
+
+def compare_methods(args, device, dtype, name: str, results: dict, run_child, paired) -> int:
+    """--methods: per size and attention kind, the per-call and per-image tables of methods.py."""
+    for size in args.sizes:
+        for attention in args.attention:
+            job = Job(part="time", latent=[size[1] // 8, size[0] // 8], batch=args.batch, attention=attention,
+                      repeats=args.repeats, device=str(device), dtype=str(dtype).replace("torch.", ""), weights=args.weights)
+            label = f"[{size[0]}x{size[1]} {attention}]"
+            result = measure_methods(job, args, run_child, paired, label, size)
+            results["tables"].append({"size": list(size), "attention": attention, **result})
+            if not args.json:
+                print(f"\n{size[0]}×{size[1]}, {attention} attention, batch {args.batch}, {results['dtype']}, {name} "
+                      "(speed-ups against the unaccelerated call of the same round; medians over rounds)\n")
+                print(tables(result, args), flush=True)
+    if args.json:
+        print(json.dumps(results, indent=1))
+    return 0
+
+
+def tables(result: dict, args) -> str:
+    calls = [[c["label"], f"{c['seconds']:.2f}", f"{c['speedup']:.2f}×", f"{c['gflop']:,.1f}",
+              f"{1000 * c['merge_seconds']:.0f}", ", ".join(sorted(set(c["tokens"]), key=c["tokens"].index)) or "–"]
+             for c in result["calls"]]
+    quality = result.get("quality", {})
+    images = [[r["method"], ", ".join(f"{n} {k}" for k, n in r["counts"].items()), f"{r['seconds']:,.1f}",
+               f"{r['speedup']:.2f}×"] + ([f"{quality[r['method']][0]:.1f}", f"{quality[r['method']][1]:.3f}"] if quality else [])
+              for r in result["images"]]
+    text = [markdown_table(["UNet call", "s/call", "speed-up", "GFLOP", "ToMe's own ms", "tokens"], calls), "",
+            f"A {args.steps}-step PLMS image ({unet_calls('plms', args.steps)} UNet calls, batch 2 with guidance), "
+            f"composed: the text encoder ({result['parts']['text_seconds']:.2f} s) and the VAE decoder "
+            f"({result['parts']['decode_seconds']:.2f} s), plus each call's median seconds above", "",
+            markdown_table(["method", "UNet calls", "s/image", "speed-up"] + (["PSNR dB", "SSIM"] if quality else []), images)]
+    if "check" in result:
+        c = result["check"]
+        text += ["", f"Check, {c['method']}: composed {c['composed']:.0f} s, a whole run measured {c['measured']:.0f} s "
+                     f"({100 * c['difference']:+.1f}%)"]
+    return "\n".join(text)
