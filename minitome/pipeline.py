@@ -11,7 +11,8 @@ choices as diffusers' StableDiffusionPipeline, so a seed gives the same image:
   ε = ε_uncond + g · (ε_cond − ε_uncond); with g ≤ 1 only the conditional half runs;
 - decoding: image = clamp((vae(latents / 0.18215) + 1) / 2, 0, 1), then round(image · 255) as uint8.
 ToMe's partitions come from their own generator (seeded with tome.seed), so turning ToMe on never
-changes the noise.
+changes the noise. What a run keeps from one UNet call to the next (that generator, CA-ToMe's kept plans,
+DeepCache's deep features) lives in `noise_estimate`'s closure, made afresh for each run.
 """
 import math
 from dataclasses import dataclass
@@ -28,7 +29,8 @@ from .checks import check_size
 from .clip import CLIPTextModel
 from .tokenizer import Tokenizer
 from .todo import ToDoConfig
-from .tome import PlanStore, ToMeConfig
+from .plans import PlanStore
+from .tome import ToMeConfig
 from .vae import SCALE, VAEDecoder
 
 

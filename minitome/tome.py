@@ -83,36 +83,8 @@ class BlockSettings:
     latent_hw: tuple
     tome: ToMeConfig = None
     generator: torch.Generator = None
-    plans: "PlanStore" = None
+    plans: object = None     # a PlanStore (minitome/plans.py)
     todo: object = None
-
-
-class PlanStore:
-    """ToMe plans kept between UNet calls, for `ToMeConfig.reuse` / `replan_calls` (CA-ToMe's cache).
-
-    One per sampling run: the sampler loop makes it and hands it to every UNet call, which calls
-    `begin_call()` first; each transformer block then asks `reused()` for its plan (blocks are told apart
-    by the order a call runs them in), and `keep()`s the one it makes on a planning call."""
-
-    def __init__(self, config: ToMeConfig):
-        self.config, self.call, self.block, self.plans = config, -1, 0, {}
-
-    def begin_call(self):
-        self.call, self.block = self.call + 1, 0
-
-    def planning(self) -> bool:
-        if self.config.replan_calls is not None:
-            return self.call in self.config.replan_calls
-        return self.call % self.config.reuse == 0
-
-    def reused(self):
-        """This block's kept plan on a call between plans (None on a planning call, or before any plan)."""
-        self.block += 1
-        return None if self.planning() else self.plans.get(self.block - 1)
-
-    def keep(self, plan: "Plan") -> "Plan":
-        self.plans[self.block - 1] = plan
-        return plan
 
 
 def downsample_level(latent_hw: tuple, num_tokens: int) -> int:

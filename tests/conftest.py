@@ -147,6 +147,19 @@ def tiny_pipeline(clip_tokenizer_folder, tmp_path_factory):
     return pipe, folder
 
 
+def float64_pipeline(pipe, sampler: str = "plms"):
+    """A float64 copy of the reference pipeline: every module in float64, the scheduler's ᾱ table (float32
+    values, as ours) held in float64 so that its steps compute in float64 too."""
+    import copy
+    from diffusers import DDIMScheduler
+    pipe = copy.deepcopy(pipe).to(torch.float64)
+    if sampler == "ddim":
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)
+    pipe.scheduler.alphas_cumprod = pipe.scheduler.alphas_cumprod.double()
+    pipe.scheduler.final_alpha_cumprod = pipe.scheduler.final_alpha_cumprod.double()
+    return pipe
+
+
 def official_single_file(sd, path, extra=None):
     """Write minitome's modules as an official CompVis-layout single file (prefixes + schedule buffers)."""
     from safetensors.torch import save_file

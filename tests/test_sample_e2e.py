@@ -3,7 +3,6 @@
 A random tiny SD-shaped pipeline saved by diffusers, and the same weights as an official single file;
 same prompt, negative prompt, seed, steps, guidance and a non-square size: every pixel within 2/255.
 """
-import copy
 import os
 import shutil
 import subprocess
@@ -15,7 +14,7 @@ import torch
 from PIL import Image
 
 import weights
-from conftest import F64_BOUND, relative_error
+from conftest import F64_BOUND, float64_pipeline, relative_error
 from minitome.sample import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -92,18 +91,6 @@ def test_ddim_matches_diffusers_with_ddim_scheduler(tiny_pipeline, tmp_path):
     assert max_pixel_difference(Image.open(tmp_path / "img.png"), expected) <= 2
 
 
-def diffusers_float64(pipe, sampler: str):
-    """A float64 copy of the reference pipeline: every module in float64, the scheduler's ᾱ table (float32
-    values, as ours) held in float64 so that its steps compute in float64 too."""
-    from diffusers import DDIMScheduler
-    pipe = copy.deepcopy(pipe).to(torch.float64)
-    if sampler == "ddim":
-        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)
-    pipe.scheduler.alphas_cumprod = pipe.scheduler.alphas_cumprod.double()
-    pipe.scheduler.final_alpha_cumprod = pipe.scheduler.final_alpha_cumprod.double()
-    return pipe
-
-
 @pytest.mark.parametrize("sampler, merged", [("plms", False), ("plms", True), ("ddim", False)])
 def test_float64_latents_and_image_match_diffusers(tiny_pipeline, sampler, merged):
     """End to end in float64: the final latents and the decoded image before rounding to 8 bits, against
@@ -112,7 +99,7 @@ def test_float64_latents_and_image_match_diffusers(tiny_pipeline, sampler, merge
     from minitome import ToMeConfig
     from minitome.pipeline import decode, sample_latents
     pipe, folder = tiny_pipeline
-    reference = diffusers_float64(pipe, sampler)
+    reference = float64_pipeline(pipe, sampler)
     if merged:
         tomesd.apply_patch(reference, ratio=0.5, use_rand=False)
     s = {**SETTINGS, "steps": 10}

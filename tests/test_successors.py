@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import weights
-from conftest import F64_BOUND, relative_error
+from conftest import F64_BOUND, float64_pipeline, relative_error
 from minitome import ToMeConfig
 from minitome.pipeline import decode, sample_latents
 from minitome.todo import ToDoConfig
@@ -20,17 +20,6 @@ from unet.deepcache import DeepCacheConfig
 
 SETTINGS = dict(prompt="a red fox in the snow, watercolor", negative_prompt="blurry", steps=10, guidance=7.5,
                 seed=1234, width=64, height=48)
-
-
-def float64_pipeline(pipe, sampler: str):
-    """A float64 copy of the reference pipeline (the scheduler's ᾱ table, float32 values, held in float64)."""
-    from diffusers import DDIMScheduler
-    pipe = copy.deepcopy(pipe).to(torch.float64)
-    if sampler == "ddim":
-        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)
-    pipe.scheduler.alphas_cumprod = pipe.scheduler.alphas_cumprod.double()
-    pipe.scheduler.final_alpha_cumprod = pipe.scheduler.final_alpha_cumprod.double()
-    return pipe
 
 
 def reference_latents(pipe, run=None):

@@ -6,7 +6,8 @@ from hypothesis import given, settings, strategies as st
 
 import weights
 from minitome.todo import ToDoConfig, downsample_kv
-from minitome.tome import BlockSettings, PlanStore, ToMeConfig, match, partition, tome_plan
+from minitome.plans import PlanStore
+from minitome.tome import BlockSettings, ToMeConfig, match, partition, tome_plan
 from unet.deepcache import DeepCache, DeepCacheConfig
 
 

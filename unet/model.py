@@ -27,7 +27,8 @@ import torch
 import torch.nn as nn
 
 from minitome.todo import ToDoConfig
-from minitome.tome import BlockSettings, PlanStore, ToMeConfig
+from minitome.plans import PlanStore
+from minitome.tome import BlockSettings, ToMeConfig
 from .attention import SpatialTransformer
 from .blocks import Downsample, ResBlock, Upsample, timestep_embedding
 from .config import UNetConfig

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import torch
 
 from minitome.todo import ToDoConfig
-from minitome.tome import IDENTITY, BlockSettings, PlanStore, ToMeConfig, tome_plan
+from minitome.plans import PlanStore
+from minitome.tome import IDENTITY, BlockSettings, ToMeConfig, tome_plan
 from unet import UNetConfig, UNetModel, packed_conv
 from unet.deepcache import DeepCache, DeepCacheConfig
 from .common import random_unet, stopwatch

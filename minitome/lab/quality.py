@@ -1,6 +1,6 @@
 """Image similarity for the benchmark's quality column: PSNR and SSIM, in numpy.
 
-Where this sits: `minitome/bench.py` compares each ToMe ratio's image with the ratio-0 image of the
+Where this sits: `bench.py` (the lab's benchmark) compares each ToMe ratio's image with the ratio-0 image of the
 same prompt and seed, so a user sees what the speed costs.
 
 PSNR = 10 · log10(255² / MSE), in dB (infinite for identical images).

@@ -10,7 +10,8 @@ hills, lake) as tokens, 64 × 64 of them for 512², like the latent of a 512² i
   share a colour; kept src show the picture;
 - `similarity.png`: each src's best cosine similarity to a dst (bright: merged first);
 - `schedule.png`: tokens left in each of SD 1.5's 16 transformer blocks at every UNet call of a
-  50-step PLMS run at 512², merging 60% → 40% over the run with max_downsample 2.
+  50-step PLMS run at 512², merging 60% → 40% over the run with max_downsample 2;
+- `pipeline.png`: the map of one 512² image's run, every stage with its tensors' shapes (diagram.py).
 
 With --weights the tokens of `merges.png` and `similarity.png` are real: the input of one transformer
 block (--block, 0–15 in the order the UNet runs them) at one UNet call (--call, -1: the last) while
@@ -29,6 +30,7 @@ from minitome.pipeline import linear_schedule
 from minitome.tome import IDENTITY, BlockSettings, match, partition, tome_plan
 from unet import UNetConfig
 from .common import PAPER_PARTITIONS, block_input
+from .diagram import pipeline_picture
 
 PATCH = 8
 
@@ -205,7 +207,8 @@ def main(argv=None) -> int:
         print(f"minitome.lab.visualize: error: {error}", file=sys.stderr)
         return 2
     pictures = [("partitions", partitions_picture()), ("merges", merges_picture(img, tokens, hw, what=what)),
-                ("similarity", similarity_picture(img, tokens, hw)), ("schedule", schedule_picture())]
+                ("similarity", similarity_picture(img, tokens, hw)), ("schedule", schedule_picture()),
+                ("pipeline", pipeline_picture())]
     pictures = [(name, picture.quantize(colors=256)) for name, picture in pictures]  # small files to commit
     try:
         for name, picture in pictures + ([("image", img)] if args.weights else []):
