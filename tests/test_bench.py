@@ -61,7 +61,7 @@ def test_bench_table_output(tiny_pipeline, capsys):
 def test_paired_ratio_cancels_drift():
     """Two configurations timed in the same rounds while the machine slows down 2× and 3×: their per-round
     ratio is 1.25 every time, which the paired median keeps (a ratio of the two medians would be 20 / 24)."""
-    from minitome.lab.bench import paired
+    from minitome.lab.runner import paired
     base, merged = [10.0, 20.0, 30.0], [8.0, 16.0, 24.0]
     assert paired(base, merged) == 1.25
     base, merged = [10.0, 20.0, 30.0], [8.0, 25.0, 24.0]  # one disturbed round
@@ -72,6 +72,7 @@ def test_paired_ratio_cancels_drift():
     (["--ratios", "0.9"], r"ratio must be in \[0, 0.75\]"),
     (["--quality-steps", "3"], "--quality-steps needs --weights"),
     (["--weights", "no/such/file.safetensors"], "--weights no/such/file.safetensors: no such file or folder"),
+    (["--decode", "--methods"], "--decode times the decoder alone"),
 ])
 def test_bench_bad_input(capsys, argv, message):
     import re
@@ -138,3 +139,16 @@ def test_methods_compose_each_image_from_the_calls_it_makes(tiny_pipeline, capsy
     assert table["check"]["method"] == "DeepCache 3" and table["check"]["measured"] > 0
     kept = next(c for c in table["calls"] if c["label"] == "ToMe, kept plan")
     assert kept["merge_seconds"] > 0 and kept["tokens"] == ["16→8"] * 5  # a 4×4 latent: merge and unmerge, no planning
+
+
+def test_decode_mode_measures_both_decoders(capsys):
+    """--decode --compare: minitome's decoder and diffusers' AutoencoderKL, each in a process of its own, on
+    one image; the peak is the decoder's activations, above its weights (for a 32×32 image, well under the
+    weights' 190 MiB, and more than the 32×32×128 output block's activations)."""
+    assert main(["--decode", "--compare", "--sizes", "32", "--json", "--device", "cpu"]) == 0
+    out = capsys.readouterr()
+    rows = json.loads(out.out)["tables"]
+    assert [r["impl"] for r in rows] == ["minitome", "diffusers"]
+    for r in rows:
+        assert r["size"] == [32, 32] and r["seconds"] > 0
+        assert 32 * 32 * 128 * 4 / 2**20 < r["peak_mb"] < 190

@@ -12,13 +12,10 @@ With `--weights` and `--quality-steps N`, each ratio's image is compared with th
 No download: by default the weights are random, at the full SD 1.5 size.
 """
 import argparse
+import importlib
 import dataclasses
 import json
-import os
-import statistics
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -26,8 +23,7 @@ import torch
 from minitome.checks import check_size, check_steps_flag
 from .common import ImageComparison, markdown_table, stopwatch
 from .measure import Call, Job
-
-ROOT = Path(__file__).resolve().parents[2]  # the repository
+from .runner import paired, run_child
 PROMPTS = ["a photograph of an astronaut riding a horse", "a watercolor painting of a fox in the snow"]
 
 
@@ -56,6 +52,8 @@ def parse_args(argv=None):
     p.add_argument("--unpacked", action="store_true", help="also time minitome without its convolutions packed")
     p.add_argument("--quality-steps", type=int, default=0, help="with --weights: PSNR/SSIM vs ratio 0 at N steps")
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
+    p.add_argument("--decode", action="store_true", help="only the VAE decoder: peak memory and seconds per "
+                   "image, random weights of SD 1.5's shape (with --compare, diffusers' too)")
     m = p.add_argument_group("--methods: ToMe and its successors side by side (methods.py)")
     m.add_argument("--methods", action="store_true", help="time every kind of UNet call the methods make, and compose images")
     m.add_argument("--tome-ratio", type=float, default=0.5)
@@ -73,32 +71,6 @@ def matmul_rate(device, dtype) -> float:
     n = 4096
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     return 2 * n ** 3 / stopwatch(lambda: a @ b, 3, device)[1] / 1e9
-
-
-def run_child(job: Job, label: str) -> dict:
-    """`python -m minitome.lab.measure` in a fresh process; its progress lines are shown as they come, and
-    a failure becomes one line (the child's last line on stderr)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    if job.part == "memory" and job.device == "cpu":
-        env["MALLOC_MMAP_THRESHOLD_"] = str(256 * 1024)  # freed tensors go back to the system (see measure.py)
-    with tempfile.TemporaryFile("w+") as out:
-        child = subprocess.Popen([sys.executable, "-m", "minitome.lab.measure", job.to_json()], cwd=ROOT, env=env,
-                                 stdout=out, stderr=subprocess.PIPE, text=True)
-        last = "no output"
-        for line in child.stderr:
-            if line.startswith("progress: "):
-                print(f"{label} {line[len('progress: '):].rstrip()}", file=sys.stderr, flush=True)
-            elif line.strip():
-                last = line.strip()
-        if child.wait() != 0:
-            raise RuntimeError(f"{label} failed: {last}")
-        out.seek(0)
-        return json.loads(out.read().strip().splitlines()[-1])
-
-
-def paired(a: list, b: list) -> float:
-    """a / b for two configurations timed in the same rounds: the median over rounds of a[k] / b[k]."""
-    return statistics.median(x / y for x, y in zip(a, b))
 
 
 def ratio_call(impl: str, ratio: float, max_downsample: int) -> dict:
@@ -187,6 +159,9 @@ def main(argv=None) -> int:
             ToMeConfig(ratio=ratio, max_downsample=args.max_downsample)
         if args.weights and not Path(args.weights).exists():
             raise ValueError(f"--weights {args.weights}: no such file or folder")
+        if args.decode and (args.methods or args.weights or args.quality_steps):
+            raise ValueError("--decode times the decoder alone on random weights: no --methods, --weights or "
+                             "--quality-steps with it")
         if args.quality_steps and not args.weights:
             raise ValueError("--quality-steps needs --weights (random weights make no image worth comparing)")
         if args.quality_steps:
@@ -202,8 +177,8 @@ def main(argv=None) -> int:
             if args.compare:
                 raise ValueError("--compare times diffusers + tomesd beside ToMe's ratios, not beside --methods")
         if args.compare:
-            import diffusers  # noqa: F401
-            import tomesd  # noqa: F401
+            for module in ("diffusers", "tomesd"):
+                importlib.import_module(module)
     except ImportError as error:
         print(f"minitome.lab.bench: error: --compare needs diffusers and tomesd installed ({error})", file=sys.stderr)
         return 2
@@ -213,12 +188,16 @@ def main(argv=None) -> int:
     rate = matmul_rate(device, dtype)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     results = {"device": name, "dtype": str(dtype).replace("torch.", ""), "matmul_gflops": rate, "tables": []}
-    print(f"# {name}, {results['dtype']}, batch {args.batch}; matmul rate {rate:.0f} GFLOP/s", file=sys.stderr)
+    batch = 1 if args.decode else args.batch
+    print(f"# {name}, {results['dtype']}, batch {batch}; matmul rate {rate:.0f} GFLOP/s", file=sys.stderr)
     impls = ("minitome",) + (("diffusers",) if args.compare else ()) + (("unpacked",) if args.unpacked else ())
     try:
         if args.methods:
             from .methods import compare_methods
-            return compare_methods(args, device, dtype, name, results, run_child, paired)
+            return compare_methods(args, device, dtype, name, results)
+        if args.decode:
+            from .memory import decode_table
+            return decode_table(args, device, dtype, results)
         for size in args.sizes:
             q = image_quality(args, size, device, dtype) if args.quality_steps else {}
             for attention in args.attention:

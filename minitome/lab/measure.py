@@ -14,6 +14,7 @@ JSON line. A job is one of:
   take on them, outside the UNet (planning: similarity + matching; then merge and unmerge).
 - "memory": one kind of call alone in its process, so the peak is its own (memory.py says how).
 - "parts" and "image" (methods.py): the text encoder and the VAE decoder; one whole PLMS run, timed.
+- "decode" (memory.py): the VAE decoder's peak memory and seconds on one image, minitome's or diffusers'.
 """
 import dataclasses
 import json
@@ -48,7 +49,7 @@ class Call:
 @dataclass
 class Job:
     """What one child process measures (sent to it as JSON)."""
-    part: str                 # "time", "memory", "parts" or "image"
+    part: str                 # "time", "memory", "parts", "image" or "decode"
     latent: list              # [h, w]
     batch: int
     attention: str            # "sdpa" or "plain"
@@ -244,8 +245,10 @@ def measure_time(job: Job) -> dict:
 
 
 def measure(job: Job) -> dict:
+    from .memory import measure_decode
     from .methods import measure_image, measure_parts  # the methods' table's own measurements
-    return {"time": measure_time, "memory": measure_memory, "parts": measure_parts, "image": measure_image}[job.part](job)
+    return {"time": measure_time, "memory": measure_memory, "parts": measure_parts, "image": measure_image,
+            "decode": measure_decode}[job.part](job)
 
 
 if __name__ == "__main__":

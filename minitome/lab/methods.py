@@ -28,6 +28,7 @@ from sampler import unet_calls
 from unet.deepcache import DeepCacheConfig
 from .common import ImageComparison, markdown_table, stopwatch
 from .measure import Call, Job, build_unet, tome_from
+from .runner import paired, run_child
 
 # ca-tome's CONFIG_3 (its best schedule, for 50 steps): the `inference_step`s (a UNet call's index + 1) at
 # which a block plans anew; the first call always plans
@@ -91,7 +92,7 @@ def methods(args) -> list:
             Method(f"DeepCache {args.deepcache_interval} + ToMe {args.tome_ratio:g}", tome=tome, deep_cache=cache)]
 
 
-def measure_methods(job: Job, args, run_child, paired, label: str, size) -> dict:
+def measure_methods(job: Job, args, label: str, size) -> dict:
     """The two tables' numbers for one size and attention kind (and the whole-run check if asked)."""
     kinds = [dataclasses.asdict(k) for k in call_kinds(args)]
     timed = {c["label"]: c for c in run_child(dataclasses.replace(job, part="time", calls=kinds), label)["calls"]}
@@ -176,14 +177,14 @@ def measure_image(job: Job) -> dict:
     return {"seconds": seconds}
 
 
-def compare_methods(args, device, dtype, name: str, results: dict, run_child, paired) -> int:
+def compare_methods(args, device, dtype, name: str, results: dict) -> int:
     """--methods: per size and attention kind, the per-call and per-image tables of methods.py."""
     for size in args.sizes:
         for attention in args.attention:
             job = Job(part="time", latent=[size[1] // 8, size[0] // 8], batch=args.batch, attention=attention,
                       repeats=args.repeats, device=str(device), dtype=str(dtype).replace("torch.", ""), weights=args.weights)
             label = f"[{size[0]}x{size[1]} {attention}]"
-            result = measure_methods(job, args, run_child, paired, label, size)
+            result = measure_methods(job, args, label, size)
             results["tables"].append({"size": list(size), "attention": attention, **result})
             if not args.json:
                 print(f"\n{size[0]}×{size[1]}, {attention} attention, batch {args.batch}, {results['dtype']}, {name} "
