@@ -119,7 +119,8 @@ def test_methods_compose_each_image_from_the_calls_it_makes(tiny_pipeline, capsy
     10-step PLMS run (11 calls), times the calls' measured seconds, plus the text encoder and the decoder."""
     _, folder = tiny_pipeline
     argv = ["--methods", "--weights", str(folder), "--sizes", "32", "--attention", "sdpa", "--repeats", "2",
-            "--steps", "10", "--check-image", "--json", "--device", "cpu", "--ca-threshold", "0.3"]
+            "--steps", "10", "--check-image", "--json", "--device", "cpu", "--ca-threshold", "0.3",
+            "--quality-steps", "10"]
     assert main(argv) == 0
     table = json.loads(capsys.readouterr().out)["tables"][0]
     seconds = {c["label"]: c["seconds"] for c in table["calls"]}
@@ -139,6 +140,11 @@ def test_methods_compose_each_image_from_the_calls_it_makes(tiny_pipeline, capsy
     assert table["check"]["method"] == "DeepCache 3" and table["check"]["measured"] > 0
     kept = next(c for c in table["calls"] if c["label"] == "ToMe, kept plan")
     assert kept["merge_seconds"] > 0 and kept["tokens"] == ["16→8"] * 5  # a 4×4 latent: merge and unmerge, no planning
+    quality = table["quality"]  # each method's images against the unaccelerated ones: PSNR dB, SSIM
+    assert set(quality) == set(images) and quality["none"] == [float("inf"), pytest.approx(1.0)]
+    for method, (psnr_db, ssim_value) in quality.items():
+        if method != "none":  # every method changes the image, a little
+            assert 10 < psnr_db < float("inf") and 0 < ssim_value < 1, (method, psnr_db, ssim_value)
 
 
 def test_decode_mode_measures_both_decoders(capsys):

@@ -129,10 +129,10 @@ class Configuration:
 
 
 def blocks_run(unet: UNetModel, call) -> list:
-    """((B, N, C), (h, w)) of every transformer block a call runs, caught with forward pre-hooks."""
+    """(input tokens (B, N, C), (h, w)) of every transformer block a call runs, caught with forward pre-hooks."""
     from unet.attention import BasicTransformerBlock
     seen = []
-    hooks = [m.register_forward_pre_hook(lambda m, args: seen.append((tuple(args[0].shape), args[2])))
+    hooks = [m.register_forward_pre_hook(lambda m, args: seen.append((args[0].detach().clone(), args[2])))
              for m in unet.modules() if isinstance(m, BasicTransformerBlock)]
     try:
         call()
@@ -142,12 +142,13 @@ def blocks_run(unet: UNetModel, call) -> list:
     return seen
 
 
-def token_work(blocks: list, c: Configuration, latent: tuple, device, dtype) -> tuple:
-    """(the tokens of each block that merges or downsamples, the seconds ToMe's own functions take on them)."""
+def token_work(blocks: list, c: Configuration, latent: tuple, device) -> tuple:
+    """(the tokens of each block that merges or downsamples, the seconds ToMe's own functions take on them),
+    on the blocks' own inputs in the call: what a threshold merges depends on them."""
     from minitome.todo import downsample_kv
     tokens, plans = [], []
-    for shape, hw in blocks:
-        x = torch.randn(shape, device=device, dtype=dtype)
+    for x, hw in blocks:
+        shape = x.shape
         settings = BlockSettings(latent, c.tome, torch.Generator().manual_seed(0), None, c.todo)
         plan = tome_plan(x, hw, settings)
         kv = downsample_kv(x, hw, settings)
@@ -230,7 +231,7 @@ def measure_time(job: Job) -> dict:
             c.call(x, t, context)  # the call that makes the plan or keeps the deep features
         with flop_counter() as counter:  # the warm-up call, counted
             blocks = blocks_run(c.model, lambda: c.call(x, t, context))
-        tokens, seconds = token_work(blocks, c, tuple(job.latent), device, dtype)
+        tokens, seconds = token_work(blocks, c, tuple(job.latent), device)
         result.update(gflop=counter.get_total_flops() / 1e9, tokens=tokens, merge_seconds=seconds)
     for k in range(job.repeats):
         for j in range(len(configs)):
