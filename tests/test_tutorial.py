@@ -24,3 +24,16 @@ def test_every_snippet_runs_in_order(clip_vocab_gz, tmp_path, monkeypatch, name,
     namespace = {}
     for i, block in enumerate(blocks):
         exec(compile(block, f"{name} snippet {i + 1}", "exec"), namespace)
+
+
+@pytest.mark.parametrize("name", ["README.md", "tutorial.md", "docs/benchmark.md", "docs/solutions.md"])
+def test_every_file_a_page_points_to_exists(name):
+    """Links and pictures (`[text](path)`, `![alt](path)`) into the repository, and the repository paths a page
+    names in code spans (`unet/packed_conv.py`, `tests/…`), are files and folders the repository has."""
+    page = ROOT / name
+    text = page.read_text(encoding="utf-8")
+    links = [t.split("#")[0] for t in re.findall(r"\]\(([^)\s]+)\)", text) if not re.match(r"[a-z]+:|#", t)]
+    named = re.findall(r"`((?:minitome|unet|sampler|weights|tests|docs)/[\w./-]*)", text)
+    assert links or named, f"{name} points to nothing in the repository"
+    missing = [t for t in links if not (page.parent / t).exists()] + [t for t in named if not (ROOT / t).exists()]
+    assert not missing, f"{name} points to missing files: {missing}"
