@@ -1,7 +1,9 @@
-"""Input checks that the pipeline and the command lines share: image sizes, step counts, output folders.
+"""Input checks that the pipeline and the command lines share: image sizes, step counts, output folders, which
+flags a command line was given.
 
 Each raises a one-line ValueError naming the argument or flag, before any model work.
 """
+import argparse
 import os
 from pathlib import Path
 
@@ -32,3 +34,13 @@ def writable_folder(folder: Path, flag: str) -> Path:
     if not os.access(folder, os.W_OK | os.X_OK):
         raise ValueError(f"{flag} {folder}: not writable")
     return folder
+
+
+def flags_given(parser: argparse.ArgumentParser, argv) -> set:
+    """The destinations of the options `argv` names, in any spelling argparse accepts (`--flag=value`, a prefix):
+    a flag given with its default value counts as given. argparse fills in defaults only for what a namespace
+    lacks, so parsing into one whose every field holds a marker leaves the marker where nothing was given."""
+    unset = object()
+    probe = argparse.Namespace(**{a.dest: unset for a in parser._actions if a.dest != argparse.SUPPRESS})
+    parser.parse_args(argv, probe)
+    return {dest for dest, value in vars(probe).items() if value is not unset}

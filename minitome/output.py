@@ -10,7 +10,7 @@ file is ever left behind:
 - write: the PNG goes to a hidden temporary file in the same folder, which then replaces the
   reservation in one rename, with the mode the reservation got from the umask;
 - abandon: on failure, Ctrl-C or SIGTERM, the reservations not yet written and any temporary file
-  are removed.
+  are removed, and so are the folders made for `--out` when nothing was written into them.
 The PNG carries an A1111-style `parameters` text chunk (prompt, negative prompt, settings, model hash).
 """
 import os
@@ -76,11 +76,13 @@ class Outputs:
     def __init__(self, out: Path, count: int):
         if out.suffix.lower() != ".png":
             raise ValueError(f"--out {out}: the output is a PNG, name it .png")
+        self.paths, self.written, self.temporary = [], set(), None
+        self.folders = [f for f in (out.parent, *out.parent.parents) if not f.exists()][::-1]  # made here, outermost first
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
+            self.remove_folders()
             raise ValueError(f"--out {out}: cannot create folder {out.parent} ({error.strerror})") from None
-        self.paths, self.written, self.temporary = [], set(), None
         try:
             for _ in range(count):
                 self.paths.append(self.reserve(out))
@@ -118,3 +120,15 @@ class Outputs:
         if self.temporary is not None:
             Path(self.temporary).unlink(missing_ok=True)
             self.temporary = None
+        if not self.written:
+            self.remove_folders()
+
+    def remove_folders(self):
+        """The folders this run created for --out, innermost first, as long as they are empty."""
+        for folder in reversed(self.folders):
+            try:
+                folder.rmdir()
+            except FileNotFoundError:  # never made (a failed mkdir) or already gone
+                continue
+            except OSError:  # not empty: something else wrote there
+                return

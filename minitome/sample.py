@@ -4,7 +4,8 @@ Where this sits: the command line around `minitome/pipeline.py`. In order, each 
 
 1. every flag is checked (`check`), with no file touched;
 2. the output files are reserved (`minitome/output.py`): an unwritable path fails now, not after sampling;
-3. the weights are loaded (`weights.load`, which checks every header before reading a tensor), and the
+3. the weights are loaded (`weights.load`, which checks every header before reading a tensor); from the
+   headers, before any tensor is read, the flags that depend on the model's shape are checked and the
    run's memory is estimated against what is free (`minitome/device.py`);
 4. the PNG metadata (model hash included) is made, then the images are sampled and written whole.
 Bad input is one line on stderr and exit status 2, never a traceback and never a file left behind;
@@ -21,11 +22,12 @@ from pathlib import Path
 
 import torch
 
-from .checks import check_size, check_steps_flag
+from .checks import check_size, check_steps_flag, flags_given
 from .device import check_fits, pick_device, pick_dtype
 from .output import Outputs, model_hash, parameters_text
 from unet.deepcache import DeepCacheConfig
 from .todo import ToDoConfig
+from sampler import unet_calls
 from .tome import MERGE_TARGETS, ToMeConfig
 
 SEEDS = 2 ** 64  # torch.Generator takes seeds in [0, 2⁶⁴)
@@ -65,15 +67,23 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="auto: float16 on cuda, float32 elsewhere")
     p.add_argument("--attention", default="sdpa", choices=("sdpa", "plain"))
     p.add_argument("--out", default="outputs/minitome.png", help="PNG path; an existing file gets a numbered sibling")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.given = flags_given(p, argv)
+    return args
+
+
+def needs(args, flags: tuple, switch: str, method: str):
+    """The options in `flags` were given without `switch`, which turns their method on: an error naming them."""
+    given = [f for f in flags if f in args.given]
+    if given:
+        names = ", ".join("--" + f.replace("_", "-") for f in given)
+        raise ValueError(f"{names} need{'s' if len(given) == 1 else ''} {switch} ({method} is off without it)")
 
 
 def tome_config(args) -> ToMeConfig:
-    tome_flags = (args.tome_max_downsample != 1 or args.tome_sx != 2 or args.tome_sy != 2 or args.tome_no_rand
-                  or args.tome_merge != "attn" or args.tome_seed != 0 or args.tome_reuse != 1)
     if args.tome_ratio is None and args.tome_threshold is None:
-        if tome_flags:
-            raise ValueError("--tome-* options need --tome-ratio or --tome-threshold (ToMe is off without them)")
+        needs(args, ("tome_max_downsample", "tome_sx", "tome_sy", "tome_no_rand", "tome_merge", "tome_seed",
+                     "tome_reuse"), "--tome-ratio or --tome-threshold", "ToMe")
         return None
     if args.tome_ratio is not None and args.tome_threshold is not None:
         raise ValueError("--tome-ratio and --tome-threshold both say how much to merge: give one of them")
@@ -83,6 +93,9 @@ def tome_config(args) -> ToMeConfig:
         raise ValueError(f"--tome-merge takes a comma list of {', '.join(MERGE_TARGETS)}, got {args.tome_merge!r}")
     if not 0 <= args.tome_seed < SEEDS:
         raise ValueError(f"--tome-seed must be in [0, 2^64), got {args.tome_seed}")
+    if args.tome_threshold is not None and args.tome_sx == 1 and args.tome_sy == 1:
+        raise ValueError("--tome-sx 1 --tome-sy 1: cells of one token are all dst, with no src to merge; "
+                         "--tome-threshold needs cells of at least 2 tokens")
     ratio = args.tome_ratio if args.tome_ratio is not None else 0.5  # unused with a threshold
     return ToMeConfig(ratio=ratio, max_downsample=args.tome_max_downsample, sx=args.tome_sx,
                       sy=args.tome_sy, use_rand=not args.tome_no_rand, merge_attn="attn" in targets,
@@ -92,16 +105,19 @@ def tome_config(args) -> ToMeConfig:
 
 def todo_config(args) -> ToDoConfig:
     if args.todo_factor is None:
-        if args.todo_max_downsample != 1 or args.todo_until != 1.0:
-            raise ValueError("--todo-* options need --todo-factor (ToDo is off without it)")
+        needs(args, ("todo_max_downsample", "todo_until"), "--todo-factor", "ToDo")
         return None
-    return ToDoConfig(factor=args.todo_factor, max_downsample=args.todo_max_downsample, until=args.todo_until)
+    todo = ToDoConfig(factor=args.todo_factor, max_downsample=args.todo_max_downsample, until=args.todo_until)
+    calls = unet_calls(args.sampler, args.steps)
+    if todo.until > 0 and round(todo.until * calls) == 0:  # ToDo acts on the first round(until · calls) calls
+        raise ValueError(f"--todo-until {args.todo_until:g} turns ToDo on for none of the {calls} UNet calls of "
+                         f"{args.steps} {args.sampler.upper()} steps: use at least {1 / calls:.3g}, or leave ToDo off")
+    return todo
 
 
 def deep_cache_config(args) -> DeepCacheConfig:
     if args.deepcache_interval is None:
-        if args.deepcache_branch != 0:
-            raise ValueError("--deepcache-branch needs --deepcache-interval (DeepCache is off without it)")
+        needs(args, ("deepcache_branch",), "--deepcache-interval", "DeepCache")
         return None
     return DeepCacheConfig(interval=args.deepcache_interval, branch=args.deepcache_branch)
 
@@ -185,7 +201,7 @@ def main(argv=None) -> int:
 
 def run(args) -> int:
     from weights import WeightsError, load
-    from .pipeline import check_image_size, generate
+    from .pipeline import generate
     outputs, finished = None, False
     try:
         check(args)
@@ -195,16 +211,23 @@ def run(args) -> int:
         outputs = Outputs(Path(args.out), args.batch)
         seed = args.seed if args.seed is not None else random.randrange(2**32)
         print(f"seed: {seed}", file=sys.stderr)
+
+        def check_model(unet, vae):  # the flags that depend on the model's shape, from the headers alone
+            scale = 2 ** (len(vae.ch_mult) - 1)  # pixels per latent cell
+            check_size(args.width, args.height, scale, ("--width", "--height"))
+            latent = min(args.width, args.height) // scale
+            if todo is not None and todo.factor > latent:
+                raise ValueError(f"--todo-factor {todo.factor} is coarser than the latent grid itself ({latent} cells on "
+                                 f"its shorter side at this size): at most {latent}")
+            check_fits(args.width, args.height, args.batch, args.guidance > 1, args.attention, unet.num_heads,
+                       dtype, device, vae.ch * (vae.ch_mult[0] + vae.ch_mult[1]))
+            deepest = len(unet.layout()["input_blocks"]) - 2  # the branch must end above the deepest input block
+            if deep_cache is not None and deep_cache.branch > deepest:
+                raise ValueError(f"--deepcache-branch must be at most {deepest} for this UNet, got {deep_cache.branch}")
+
         sd = load(args.weights, tokenizer=args.tokenizer, device=device, dtype=dtype, vae=args.vae, ema=args.ema,
-                  attention=args.attention)
+                  attention=args.attention, check=check_model)
         sd.unet.pack_convolutions()  # float32 on the CPU: convolution weights laid out once (unet/packed_conv.py)
-        check_image_size(sd, args.width, args.height)
-        c = sd.vae.config
-        check_fits(args.width, args.height, args.batch, args.guidance > 1, args.attention, sd.unet.config.num_heads,
-                   dtype, device, c.ch * (c.ch_mult[0] + c.ch_mult[1]))
-        if deep_cache is not None and deep_cache.branch > len(sd.unet.input_blocks) - 2:
-            raise ValueError(f"--deepcache-branch must be at most {len(sd.unet.input_blocks) - 2} for this UNet, "
-                             f"got {deep_cache.branch}")
         text = parameters_text(args, seed, model_hash(Path(args.weights)), tome, todo, deep_cache)
         images = generate(sd, args.prompt, args.negative_prompt, args.steps, args.guidance, seed, args.width,
                           args.height, args.batch, args.sampler, tome, Progress(args.steps), todo, deep_cache)

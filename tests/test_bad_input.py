@@ -266,7 +266,7 @@ def test_a_bad_sha256_sidecar_is_ignored_with_a_warning_before_sampling(single_f
     assert f"Model hash: {digest}" in Image.open(tmp_path / "x.png").text["parameters"]
 
 
-SLOW_RUN = ["--prompt", "a cat", "--steps", "999", "--width", "16", "--height", "16"]
+SLOW_RUN = ["--prompt", "a cat", "--steps", "999", "--width", "64", "--height", "64"]  # minutes: never done before the signal
 
 
 @pytest.mark.parametrize("sig, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
@@ -294,6 +294,26 @@ def test_a_fifo_as_weights_or_vae_is_refused_without_waiting(single_file, tmp_pa
         assert done.returncode == 2 and "Traceback" not in done.stderr
         assert done.stderr.strip().endswith(f"{fifo}: not a regular file (a FIFO, device or socket)")
     assert no_files(tmp_path / "o")
+
+
+@pytest.mark.parametrize("extra, pattern", [
+    (["--todo-factor", "2", "--todo-until", "0.01"], r"--todo-until 0.01 turns ToDo on for none of the 11 UNet calls"),
+    (["--tome-threshold", "0.5", "--tome-sx", "1", "--tome-sy", "1"], "--tome-threshold needs cells of at least 2 tokens"),
+    (["--tome-reuse", "1"], "--tome-reuse needs --tome-ratio or --tome-threshold"),  # given at its default: still given
+    (["--todo-until", "1", "--todo-max-downsample", "1"], "--todo-max-downsample, --todo-until need --todo-factor"),
+    (["--deepcache-branch=0"], "--deepcache-branch needs --deepcache-interval"),
+    (["--deepcache-br", "0"], "--deepcache-branch needs --deepcache-interval"),  # argparse's prefix spelling
+    (["--todo-factor", "3"], r"--todo-factor 3 is coarser than the latent grid itself \(2 cells"),
+    (["--deepcache-interval", "3", "--deepcache-branch", "99"], r"--deepcache-branch must be at most \d+ for this UNet"),
+])
+def test_successor_flags_that_would_do_nothing_or_fail_late(single_file, tmp_path, monkeypatch, extra, pattern):
+    """Refused in one line before any tensor is read, and the folders made for --out are gone again."""
+    def no_reading(*args, **kwargs):
+        raise AssertionError("a tensor was read before the flags were checked")
+    monkeypatch.setattr(weights.checkpoint.Checkpoint, "tensor", no_reading)
+    status, lines = run(["--weights", str(single_file), *BASE, "--out", str(tmp_path / "new" / "deep" / "x.png"), *extra])
+    assert_one_line_error(status, lines, pattern)
+    assert not (tmp_path / "new").exists()
 
 
 # ---- 5. large sizes fail early, in one line ----

@@ -216,7 +216,7 @@ def test_bad_weights(tiny_pipeline, single_file, tmp_path, capsys, kind):
     (["--steps", "1000"], "--steps: 1000 steps do not fit on the 1000 timesteps"),
     (["--tome-ratio", "0.9"], r"ratio must be in \[0, 0.75\]"),
     (["--tome-ratio", "0.5", "--tome-merge", "attn,ffn"], "--tome-merge takes a comma list"),
-    (["--tome-no-rand"], "--tome-\\* options need --tome-ratio"),
+    (["--tome-no-rand"], "--tome-no-rand needs --tome-ratio or --tome-threshold"),
     (["--tokenizer", "/nonexistent/tok"], "no tokenizer here"),
 ])
 def test_bad_settings(single_file, tmp_path, capsys, extra, pattern):

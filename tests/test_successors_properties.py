@@ -197,10 +197,10 @@ def test_flags_run_and_are_written_into_the_png(single_file, tmp_path, flags, ex
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--todo-until", "0.5"], "--todo-\\* options need --todo-factor"),
+    (["--todo-until", "0.5"], "--todo-until needs --todo-factor"),
     (["--todo-factor", "0"], "--todo-factor must be an integer >= 1"),
     (["--todo-factor", "2", "--todo-until", "0"], "--todo-until must be a share of the UNet calls"),
-    (["--tome-reuse", "3"], "--tome-\\* options need --tome-ratio or --tome-threshold"),
+    (["--tome-reuse", "3"], "--tome-reuse needs --tome-ratio or --tome-threshold"),
     (["--tome-ratio", "0.5", "--tome-threshold", "0.7"], "give one of them"),
     (["--tome-threshold", "2"], "--tome-threshold must be a cosine similarity"),
     (["--tome-ratio", "0.5", "--tome-reuse", "0"], "--tome-reuse must be an integer >= 1"),

@@ -34,13 +34,15 @@ def find_tokenizer(path: Path, tokenizer) -> Tokenizer:
 
 
 def load(path, tokenizer=None, device="cpu", dtype=torch.float32, vae=None, ema: bool = False,
-         attention: str = "sdpa") -> StableDiffusion:
+         attention: str = "sdpa", check=None) -> StableDiffusion:
     """The four parts of SD 1.5.
 
     tokenizer: a folder with vocab.json + merges.txt, or bpe_simple_vocab_16e6.txt.gz (default: found beside path).
     vae: a VAE file (LDM or diffusers names) or folder that replaces the baked-in decoder, or supplies a missing one.
     ema: from a file that holds both UNets, load the EMA copy (default: the non-EMA one, said in a WeightsNotice).
     attention: "sdpa" (torch's fused kernel) or "plain" (softmax(QKᵀ/√D)V written out) in the UNet.
+    check: called as check(unet_config, vae_config) once every header is checked, before any tensor is read:
+    where a caller checks what depends on the model's shape (the command line: image size, memory).
     """
     path = Path(path)
     if not path.exists():
@@ -69,6 +71,8 @@ def load(path, tokenizer=None, device="cpu", dtype=torch.float32, vae=None, ema:
         raise WeightsError(f"{decoder.checkpoint.path}: the VAE decodes {decoder.config.z_channels}-channel latents, "
                            f"the UNet makes {unet.config.in_channels}")
     tokens = find_tokenizer(path, tokenizer)
+    if check is not None:
+        check(unet.config, decoder.config)
     return StableDiffusion(unet.load(device, dtype).channels_last(), text_encoder.load(device, dtype), tokens,
                            decoder.load(device, dtype))
 
