@@ -71,8 +71,23 @@ def test_paired_ratio_cancels_drift():
 @pytest.mark.parametrize("argv, message", [
     (["--ratios", "0.9"], r"ratio must be in \[0, 0.75\]"),
     (["--quality-steps", "3"], "--quality-steps needs --weights"),
-    (["--weights", "no/such/file.safetensors"], "--weights no/such/file.safetensors: no such file or folder"),
-    (["--decode", "--methods"], "--decode times the decoder alone"),
+    (["--weights", "no/such/file.safetensors"], "--weights 'no/such/file.safetensors': no such file or folder"),
+    (["--weights", ""], "--weights '': no such file or folder"),
+    (["--decode", "--methods"], "--methods and --decode are two different measurements"),
+    # a flag the chosen measurement does not read is named, never silently ignored
+    (["--reuse", "0"], "--reuse: not used without --methods"),
+    (["--check-image", "--steps", "20"], "--check-image, --steps: not used without --methods"),
+    (["--methods", "--ratios", "0.3", "--unpacked"], "--ratios, --unpacked: not used with --methods"),
+    (["--decode", "--attention", "plain", "--max-downsample", "2"], "--attention, --max-downsample: not used with --decode"),
+    (["--decode", "--weights", "."], "--weights: not used with --decode"),
+    (["--methods", "--compare"], "--compare: not used with --methods"),
+    # values, each error naming its flag
+    (["--methods", "--reuse", "0"], "--reuse: ToMe reuse must be an integer >= 1"),
+    (["--methods", "--ca-threshold", "nan"], "--ca-threshold: ToMe threshold must be a cosine similarity"),
+    (["--methods", "--todo-factor", "0"], "--todo-factor: ToDo factor must be"),
+    (["--methods", "--deepcache-interval", "-1"], "--deepcache-interval: DeepCache interval must be"),
+    (["--methods", "--tome-ratio", "nan"], "--tome-ratio: ToMe ratio must be in"),
+    (["--ratios", "nan"], "--ratios: ToMe ratio must be in"),
 ])
 def test_bench_bad_input(capsys, argv, message):
     import re

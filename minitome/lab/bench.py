@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from minitome.checks import check_size, check_steps_flag
+from minitome.checks import check_size, check_steps_flag, flags_given
 from .common import ImageComparison, markdown_table, stopwatch
 from .measure import Call, Job
 from .runner import paired, run_child
@@ -63,7 +63,62 @@ def parse_args(argv=None):
     m.add_argument("--deepcache-interval", type=int, default=3)
     m.add_argument("--steps", type=int, default=50, help="PLMS steps of the composed image")
     m.add_argument("--check-image", action="store_true", help="also run DeepCache's whole image, to check the composition")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.given = flags_given(p, argv)
+    return args
+
+
+# the flags each mode reads beyond --sizes, --device, --dtype and --json; any other flag given is an error
+METHODS_ONLY = ("tome_ratio", "reuse", "todo_factor", "ca_threshold", "deepcache_interval", "steps", "check_image")
+MODE_FLAGS = {
+    "ratios": {"ratios", "max_downsample", "attention", "batch", "repeats", "weights", "compare", "unpacked",
+               "quality_steps"},
+    "methods": {"attention", "batch", "repeats", "weights", "quality_steps", *METHODS_ONLY},
+    "decode": {"compare"},
+}
+
+
+def named(flag: str, check):
+    """check(), its ValueError prefixed with the flag it is about."""
+    try:
+        check()
+    except ValueError as error:
+        raise ValueError(f"{flag}: {error}") from None
+
+
+def check_args(args):
+    """Every option, before anything is measured; a ValueError names the flag."""
+    from minitome.tome import ToMeConfig
+    mode = "methods" if args.methods else "decode" if args.decode else "ratios"
+    stray = sorted(args.given - MODE_FLAGS[mode] - {"sizes", "device", "dtype", "json", "methods", "decode"})
+    if args.methods and args.decode:
+        raise ValueError("--methods and --decode are two different measurements: give one of them")
+    if stray:
+        flags = ", ".join("--" + f.replace("_", "-") for f in stray)
+        why = {"methods": "it times the methods' UNet calls", "decode": "it times the VAE decoder alone on random weights",
+               "ratios": "they set up --methods"}[mode]
+        raise ValueError(f"{flags}: not used {'with --' + mode if mode != 'ratios' else 'without --methods'} ({why})")
+    if args.batch < 1 or args.repeats < 1:
+        raise ValueError("--batch and --repeats must be >= 1")
+    for ratio in args.ratios:
+        named("--ratios", lambda: ToMeConfig(ratio=ratio, max_downsample=args.max_downsample))
+    if args.weights is not None and (not args.weights or not Path(args.weights).exists()):
+        raise ValueError(f"--weights {args.weights!r}: no such file or folder")
+    if args.quality_steps and not args.weights:
+        raise ValueError("--quality-steps needs --weights (random weights make no image worth comparing)")
+    if args.quality_steps:
+        check_steps_flag(args.quality_steps, "--quality-steps")
+    if args.methods:
+        from minitome.todo import ToDoConfig
+        from unet.deepcache import DeepCacheConfig
+        named("--tome-ratio", lambda: ToMeConfig(ratio=args.tome_ratio))
+        named("--reuse", lambda: ToMeConfig(reuse=args.reuse))
+        named("--ca-threshold", lambda: ToMeConfig(threshold=args.ca_threshold))
+        named("--todo-factor", lambda: ToDoConfig(factor=args.todo_factor))
+        named("--deepcache-interval", lambda: DeepCacheConfig(interval=args.deepcache_interval))
+        check_steps_flag(args.steps, "--steps")
+        if args.compare:
+            raise ValueError("--compare times diffusers + tomesd beside ToMe's ratios, not beside --methods")
 
 
 def matmul_rate(device, dtype) -> float:
@@ -152,30 +207,7 @@ def main(argv=None) -> int:
     try:
         device = pick_device(args.device)
         dtype = pick_dtype(args.dtype, device)
-        if args.batch < 1 or args.repeats < 1:
-            raise ValueError("--batch and --repeats must be >= 1")
-        from minitome.tome import ToMeConfig
-        for ratio in args.ratios:
-            ToMeConfig(ratio=ratio, max_downsample=args.max_downsample)
-        if args.weights and not Path(args.weights).exists():
-            raise ValueError(f"--weights {args.weights}: no such file or folder")
-        if args.decode and (args.methods or args.weights or args.quality_steps):
-            raise ValueError("--decode times the decoder alone on random weights: no --methods, --weights or "
-                             "--quality-steps with it")
-        if args.quality_steps and not args.weights:
-            raise ValueError("--quality-steps needs --weights (random weights make no image worth comparing)")
-        if args.quality_steps:
-            check_steps_flag(args.quality_steps, "--quality-steps")
-        if args.methods:
-            from minitome.todo import ToDoConfig
-            from unet.deepcache import DeepCacheConfig
-            ToMeConfig(ratio=args.tome_ratio, reuse=args.reuse)
-            ToMeConfig(threshold=args.ca_threshold)
-            ToDoConfig(factor=args.todo_factor)
-            DeepCacheConfig(interval=args.deepcache_interval)
-            check_steps_flag(args.steps, "--steps")
-            if args.compare:
-                raise ValueError("--compare times diffusers + tomesd beside ToMe's ratios, not beside --methods")
+        check_args(args)
         if args.compare:
             for module in ("diffusers", "tomesd"):
                 importlib.import_module(module)
