@@ -43,14 +43,9 @@ class StableDiffusion:
     vae: VAEDecoder
 
 
-def vae_scale_factor(sd) -> int:
-    """How many pixels per latent cell: 2^(levels − 1), 8 for SD."""
-    return 2 ** (len(sd.vae.config.ch_mult) - 1)
-
-
 def check_image_size(sd, width: int, height: int):
     """Width and height positive multiples of the VAE's pixels per latent cell (8 for SD)."""
-    check_size(width, height, vae_scale_factor(sd))
+    check_size(width, height, sd.vae.config.scale_factor)
 
 
 @torch.no_grad()
@@ -79,7 +74,7 @@ def sample_latents(sd, prompt: str, negative_prompt: str = "", steps: int = 50, 
     context = sd.text_encoder(sd.tokenizer(prompts).to(device))  # (2B or B, 77, 768)
 
     # 2. the initial noise, drawn on the CPU as diffusers does
-    factor = vae_scale_factor(sd)
+    factor = sd.vae.config.scale_factor
     shape = (batch, unet.config.in_channels, height // factor, width // factor)
     latents = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed), dtype=dtype).to(device)
 
@@ -119,7 +114,7 @@ def noise_estimate(unet, context: torch.Tensor, guidance: float, tome=None, todo
             generator = generators.setdefault(config.seed, torch.Generator().manual_seed(config.seed))
             if config.reuse > 1 or config.replan_calls is not None:
                 plans = stores.setdefault(config, PlanStore(config))
-        downsample = todo if todo is not None and (calls is None or done[0] < round(todo.until * calls)) else None
+        downsample = todo if todo is not None and (calls is None or done[0] < todo.calls_on(calls)) else None
         done[0] += 1
         eps = unet(x_in, t_in, context, tome=config, tome_generator=generator, plans=plans, todo=downsample,
                    deep_cache=cache)

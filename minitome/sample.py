@@ -109,7 +109,7 @@ def todo_config(args) -> ToDoConfig:
         return None
     todo = ToDoConfig(factor=args.todo_factor, max_downsample=args.todo_max_downsample, until=args.todo_until)
     calls = unet_calls(args.sampler, args.steps)
-    if todo.until > 0 and round(todo.until * calls) == 0:  # ToDo acts on the first round(until · calls) calls
+    if todo.calls_on(calls) == 0:
         raise ValueError(f"--todo-until {args.todo_until:g} turns ToDo on for none of the {calls} UNet calls of "
                          f"{args.steps} {args.sampler.upper()} steps: use at least {1 / calls:.3g}, or leave ToDo off")
     return todo
@@ -213,9 +213,8 @@ def run(args) -> int:
         print(f"seed: {seed}", file=sys.stderr)
 
         def check_model(unet, vae):  # the flags that depend on the model's shape, from the headers alone
-            scale = 2 ** (len(vae.ch_mult) - 1)  # pixels per latent cell
-            check_size(args.width, args.height, scale, ("--width", "--height"))
-            latent = min(args.width, args.height) // scale
+            check_size(args.width, args.height, vae.scale_factor, ("--width", "--height"))
+            latent = min(args.width, args.height) // vae.scale_factor
             if todo is not None and todo.factor > latent:
                 raise ValueError(f"--todo-factor {todo.factor} is coarser than the latent grid itself ({latent} cells on "
                                  f"its shorter side at this size): at most {latent}")

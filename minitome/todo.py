@@ -37,6 +37,10 @@ class ToDoConfig:
         if not 0 < self.until <= 1:
             raise ValueError(f"ToDo until must be a share of the UNet calls in (0, 1], got {self.until!r}")
 
+    def calls_on(self, calls: int) -> int:
+        """How many of a run's `calls` UNet calls, from the first, downsample."""
+        return round(self.until * calls)
+
 
 def downsample_kv(tokens: torch.Tensor, hw: tuple, settings) -> torch.Tensor:
     """The input self-attention computes its keys and values from: tokens (B, N, C) on an (h, w) grid,

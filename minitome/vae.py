@@ -28,6 +28,11 @@ class VAEConfig:
     out_channels: int = 3
     groups: int = 32
 
+    @property
+    def scale_factor(self) -> int:
+        """Pixels per latent cell in each direction: 2^(levels − 1), 8 for SD."""
+        return 2 ** (len(self.ch_mult) - 1)
+
     @classmethod
     def tiny(cls, **overrides) -> "VAEConfig":
         return cls(**{"ch": 32, "ch_mult": (1, 1, 2, 2), "num_res_blocks": 1, **overrides})
