@@ -84,21 +84,26 @@ class Outputs:
             self.remove_folders()
             raise ValueError(f"--out {out}: cannot create folder {out.parent} ({error.strerror})") from None
         try:
+            n = 0  # the next name to try: each reservation goes on from where the last one stopped
             for _ in range(count):
-                self.paths.append(self.reserve(out))
+                path, n = self.reserve(out, n)
+                self.paths.append(path)
         except BaseException:
             self.abandon()
             raise
 
     @staticmethod
-    def reserve(out: Path) -> Path:
-        candidate, n = out, 1
+    def reserve(out: Path, n: int = 0) -> tuple:
+        """(the first free name from the n-th on: out.png for 0, out-n.png after; the number after it).
+        A batch's names are reserved in one pass over the numbers, never from the start again: linear in
+        the batch and the files already there."""
         while True:
+            candidate = out if n == 0 else out.with_name(f"{out.stem}-{n}{out.suffix}")
             try:
                 os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # 0o666 less the umask
-                return candidate
+                return candidate, n + 1
             except FileExistsError:  # a file, a folder or a (dangling) symlink: take the next name
-                candidate, n = out.with_name(f"{out.stem}-{n}{out.suffix}"), n + 1
+                n += 1
             except OSError as error:
                 raise ValueError(f"--out {candidate}: cannot create it ({error.strerror})") from None
 

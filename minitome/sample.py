@@ -2,12 +2,13 @@
 
 Where this sits: the command line around `minitome/pipeline.py`. In order, each step failing fast:
 
-1. every flag is checked (`check`), with no file touched;
-2. the output files are reserved (`minitome/output.py`): an unwritable path fails now, not after sampling;
-3. the weights are loaded (`weights.load`, which checks every header before reading a tensor); from the
-   headers, before any tensor is read, the flags that depend on the model's shape are checked and the
-   run's memory is estimated against what is free (`minitome/device.py`);
-4. the PNG metadata (model hash included) is made, then the images are sampled and written whole.
+1. every flag is checked (`check`), with no file touched: arithmetic on the flags only;
+2. the weights' headers are read (`weights.load` checks every header before reading a tensor) and the flags
+   that depend on the model's shape are checked, the run's memory estimated against what is free
+   (`minitome/device.py`);
+3. the output files are reserved (`minitome/output.py`): an unwritable path fails now, not after sampling;
+4. the tensors are read, the PNG metadata (model hash included) is made, then the images are sampled and
+   written whole.
 Bad input is one line on stderr and exit status 2, never a traceback and never a file left behind;
 Ctrl-C and SIGTERM remove the reserved files too (exit 130 and 143).
 """
@@ -208,11 +209,10 @@ def run(args) -> int:
         tome, todo, deep_cache = accelerations(args)
         device = pick_device(args.device)
         dtype = pick_dtype(args.dtype, device)
-        outputs = Outputs(Path(args.out), args.batch)
         seed = args.seed if args.seed is not None else random.randrange(2**32)
-        print(f"seed: {seed}", file=sys.stderr)
 
         def check_model(unet, vae):  # the flags that depend on the model's shape, from the headers alone
+            nonlocal outputs
             check_size(args.width, args.height, vae.scale_factor, ("--width", "--height"))
             latent = min(args.width, args.height) // vae.scale_factor
             if todo is not None and todo.factor > latent:
@@ -223,6 +223,10 @@ def run(args) -> int:
             deepest = len(unet.layout()["input_blocks"]) - 2  # the branch must end above the deepest input block
             if deep_cache is not None and deep_cache.branch > deepest:
                 raise ValueError(f"--deepcache-branch must be at most {deepest} for this UNet, got {deep_cache.branch}")
+            # every check passed: the output names are reserved now, before the first tensor is read, so that
+            # an unwritable --out fails in milliseconds and a run refused for its size touches no file
+            outputs = Outputs(Path(args.out), args.batch)
+            print(f"seed: {seed}", file=sys.stderr)
 
         sd = load(args.weights, tokenizer=args.tokenizer, device=device, dtype=dtype, vae=args.vae, ema=args.ema,
                   attention=args.attention, check=check_model)

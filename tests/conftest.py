@@ -4,18 +4,62 @@ Every parameter is drawn from an explicit generator, 1-D ones too (norm weights 
 around 0, each with its own noise), so a swapped weight and bias, or a norm left at its default,
 cannot pass a parity test.
 """
+import contextlib
 import gzip
 import importlib.util
 import json
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
 
 warnings.filterwarnings("ignore", category=FutureWarning)
+
+# Property tests draw the same examples on every run and every machine (derandomize: the seed comes from the
+# test's own source), so the suite's outcome and length never depend on luck. MINITOME_HYPOTHESIS=explore draws
+# fresh examples, for hunting new failures by hand.
+settings.register_profile("suite", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("MINITOME_HYPOTHESIS", "suite"))
+
+
+class Hang(Exception):
+    """Raised by `finishes_within` in the main thread when the work outlives its bound."""
+
+
+@contextlib.contextmanager
+def finishes_within(seconds: int, what: str):
+    """Fail (a finding, not a slow machine: the bound is ~100× what the work takes) when `what` runs longer than
+    `seconds`, instead of hanging the suite. SIGALRM interrupts the main thread wherever it is."""
+    def alarm(signum, frame):
+        raise Hang()
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(seconds)
+    try:
+        yield
+    except Hang:
+        pytest.fail(f"{what} did not finish within {seconds} s: a hang or work that grows without bound")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.fixture
+def float32_bound(request):
+    """check(error, bound): the float32 smoke tests' assertion. With MINITOME_FLOAT32_LOG naming a file, each
+    error is also appended there as one JSON line (tests/float32_spread.py reads them across CPU kernels)."""
+    def check(error: float, bound: float):
+        log = os.environ.get("MINITOME_FLOAT32_LOG")
+        if log:
+            with open(log, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"test": request.node.nodeid, "error": error, "bound": bound}) + "\n")
+        assert error <= bound, f"float32 error {error:.3e} above its bound {bound:.1e}"
+    return check
 
 TINY_DIFFUSERS_UNET = dict(block_out_channels=(32, 64, 64, 64), cross_attention_dim=32,
                            attention_head_dim=8, norm_num_groups=32)

@@ -7,7 +7,6 @@ UNet file, then one mutation: of its JSON header (a tensor dropped, renamed, add
 moved; the header replaced by other JSON), or of its bytes (truncated, flipped, length field changed).
 """
 import json
-import signal
 import struct
 
 import pytest
@@ -16,6 +15,7 @@ from hypothesis import HealthCheck, event, given, settings, strategies as st
 from safetensors.torch import load_file, save_file
 
 import weights
+from conftest import finishes_within
 from unet import UNetConfig, UNetModel
 
 CONFIG = UNetConfig(model_channels=32, channel_mult=(1, 1), num_res_blocks=1, attention_levels=(0,), context_dim=32)
@@ -109,14 +109,6 @@ def mutated(draw, valid):
     return with_header(data, header)
 
 
-class Hang(Exception):
-    pass
-
-
-def alarm(signum, frame):
-    raise Hang()
-
-
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data())
@@ -124,19 +116,13 @@ def test_any_bytes_load_exactly_when_the_library_and_the_part_agree(valid, tmp_p
     path = tmp_path / "fuzzed.safetensors"
     path.write_bytes(data.draw(mutated(valid)))
     expected = reference_accepts(path, valid[2])
-    previous = signal.signal(signal.SIGALRM, alarm)
-    signal.alarm(20)
-    try:
-        unet = weights.load_unet(path)
-        loaded = True
-    except weights.WeightsError as error:
-        assert "\n" not in str(error) and str(path) in str(error)
-        loaded = False
-    except Hang:
-        pytest.fail("loading did not finish within 20 s")
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
+    with finishes_within(60, "loading a fuzzed checkpoint"):  # milliseconds when it works
+        try:
+            unet = weights.load_unet(path)
+            loaded = True
+        except weights.WeightsError as error:
+            assert "\n" not in str(error) and str(path) in str(error)
+            loaded = False
     event(f"loaded: {loaded}")
     assert loaded == expected
     if loaded:

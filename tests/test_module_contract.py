@@ -15,10 +15,14 @@ def model(tiny_pipeline):
     return tiny_pipeline[0], weights.load(tiny_pipeline[1])
 
 
+UNET_LATENT = 16  # the tiny UNet halves it 3 times: 2 × 2 = 4 tokens in the deepest attention (see the autograd test)
+
+
 def run(part: str, module, dtype=torch.float32):
     g = torch.Generator().manual_seed(0)
     if part == "unet":
-        return module(torch.randn(1, 4, 8, 8, generator=g).to(dtype), 10, torch.randn(1, 77, 64, generator=g).to(dtype))
+        x = torch.randn(1, 4, UNET_LATENT, UNET_LATENT, generator=g).to(dtype)
+        return module(x, 10, torch.randn(1, 77, 64, generator=g).to(dtype))
     if part == "text_encoder":
         return module(torch.tensor([[49406, 320, 2368] + [49407] * 74]))
     return module(torch.randn(1, 4, 4, 4, generator=g).to(dtype))
@@ -70,7 +74,14 @@ def test_dtype_and_device_moves(model, part):
 
 @pytest.mark.parametrize("part", PARTS)
 def test_autograd_reaches_every_parameter(model, part):
+    """Every parameter gets a non-zero gradient, where the input makes every parameter matter: softmax over a
+    single key is 1 whatever q and k are, so self-attention's to_q and to_k have a zero gradient by the math
+    (not by rounding) at a level with one token. The input is sized so that the deepest level has several.
+    The text encoder's token table gets gradient only in the rows of the ids it was given."""
     module = copy.deepcopy(getattr(model[1], part)).requires_grad_(True)
+    if part == "unet":
+        deepest = UNET_LATENT // 2 ** (len(module.config.channel_mult) - 1)
+        assert deepest ** 2 >= 2, "the deepest attention needs at least two tokens for to_q and to_k to matter"
     run(part, module).square().mean().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in module.parameters())
     unused = [n for n, p in module.named_parameters() if p.grad.abs().max() == 0]
