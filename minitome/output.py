@@ -11,7 +11,7 @@ file is ever left behind:
   reservation in one rename, with the mode the reservation got from the umask;
 - abandon: on failure, Ctrl-C or SIGTERM, the reservations not yet written and any temporary file
   are removed, and so are the folders made for `--out` when nothing was written into them.
-The PNG carries an A1111-style `parameters` text chunk (prompt, negative prompt, settings, model hash).
+The PNG carries an A1111-style `parameters` text chunk, written by minitome/png_text.py.
 """
 import os
 import re
@@ -21,7 +21,6 @@ from pathlib import Path
 
 from PIL.PngImagePlugin import PngInfo
 
-from .tome import MERGE_TARGETS
 
 
 def model_hash(path: Path) -> str:
@@ -41,27 +40,6 @@ def model_hash(path: Path) -> str:
         print(f"minitome.sample: warning: ignored {sidecar}: not a current sha256 of the weights; computing it",
               file=sys.stderr)
     return sha256_of(path)[:10]
-
-
-def parameters_text(args, seed: int, short_hash: str, tome=None, todo=None, deep_cache=None) -> str:
-    """The A1111 `parameters` chunk: prompt, negative prompt, then one line of settings (args: the command line's;
-    tome, todo, deep_cache: the acceleration configs, None when off)."""
-    settings = [f"Steps: {args.steps}", f"Sampler: {args.sampler.upper()}", f"CFG scale: {args.guidance:g}",
-                f"Seed: {seed}", f"Size: {args.width}x{args.height}"]
-    if short_hash:
-        settings.append(f"Model hash: {short_hash}")
-    settings.append(f"Model: {Path(args.weights).stem}")
-    if tome is not None:
-        merged = "+".join(t for t, on in zip(MERGE_TARGETS, (tome.merge_attn, tome.merge_crossattn, tome.merge_mlp)) if on)
-        amount = f"threshold {tome.threshold:g}" if tome.threshold is not None else f"ratio {tome.ratio:g}"
-        settings.append(f"ToMe: {amount}, max_downsample {tome.max_downsample}, sx {tome.sx}, sy {tome.sy}, "
-                        f"use_rand {tome.use_rand}, merge {merged}, seed {tome.seed}, reuse {tome.reuse}")
-    if todo is not None:
-        settings.append(f"ToDo: factor {todo.factor}, max_downsample {todo.max_downsample}, until {todo.until:g}")
-    if deep_cache is not None:
-        settings.append(f"DeepCache: interval {deep_cache.interval}, branch {deep_cache.branch}")
-    lines = [args.prompt] + ([f"Negative prompt: {args.negative_prompt}"] if args.negative_prompt else [])
-    return "\n".join(lines + [", ".join(settings)])
 
 
 def png_info(parameters: str) -> PngInfo:

@@ -12,7 +12,7 @@ choices as diffusers' StableDiffusionPipeline, so a seed gives the same image:
 - decoding: image = clamp((vae(latents / 0.18215) + 1) / 2, 0, 1), then round(image · 255) as uint8.
 ToMe's partitions come from their own generator (seeded with tome.seed), so turning ToMe on never
 changes the noise. What a run keeps from one UNet call to the next (that generator, CA-ToMe's kept plans,
-DeepCache's deep features) lives in `noise_estimate`'s closure, made afresh for each run.
+DeepCache's deep features) lives in one `Run` (minitome/run.py) that `noise_estimate` makes for each run.
 """
 import math
 from dataclasses import dataclass
@@ -24,12 +24,12 @@ from PIL import Image
 from sampler import SAMPLERS, unet_calls
 from sampler.schedule import check_steps
 from unet import UNetModel
-from unet.deepcache import DeepCache, DeepCacheConfig
 from .checks import check_size
 from .clip import CLIPTextModel
+from .deepcache import DeepCacheConfig
+from .run import Run
 from .tokenizer import Tokenizer
 from .todo import ToDoConfig
-from .plans import PlanStore
 from .tome import ToMeConfig
 from .vae import SCALE, VAEDecoder
 
@@ -95,29 +95,16 @@ def noise_estimate(unet, context: torch.Tensor, guidance: float, tome=None, todo
     ε = ε_uncond + g · (ε_cond − ε_uncond), or on [cond] alone when g ≤ 1 (context holds the prompts
     in that order).
 
-    It owns what one run keeps from call to call, and hands it to every UNet call: ToMe's generator (one
-    per seed) and its kept plans (a PlanStore, when the config reuses them), the DeepCache. tome: a
-    ToMeConfig, None, or a schedule t → ToMeConfig or None. todo: on for the first round(todo.until · calls)
-    of the run's `calls` UNet calls (all of them without `calls`). deep_cache: a DeepCacheConfig for the run."""
+    It makes the run (minitome/run.py) that every UNet call of this sampling run shares: tome a ToMeConfig,
+    None, or a schedule t → ToMeConfig or None; todo on for the first round(todo.until · calls) of the run's
+    `calls` UNet calls (all of them without `calls`); deep_cache a DeepCacheConfig."""
     guided = guidance > 1
-    schedule = tome if callable(tome) else (lambda t: tome)
-    generators, stores = {}, {}  # seed → generator; ToMeConfig → PlanStore
-    cache = DeepCache(deep_cache) if deep_cache is not None else None
-    done = [0]  # UNet calls made so far
+    run = Run(tome=tome, todo=todo, deep_cache=deep_cache, calls=calls)
 
     def eps_model(x, t):
         x_in = torch.cat([x, x]) if guided else x
         t_in = torch.full((x_in.shape[0],), t, device=x.device)
-        config = schedule(t)
-        generator = plans = None
-        if config is not None:
-            generator = generators.setdefault(config.seed, torch.Generator().manual_seed(config.seed))
-            if config.reuse > 1 or config.replan_calls is not None:
-                plans = stores.setdefault(config, PlanStore(config))
-        downsample = todo if todo is not None and (calls is None or done[0] < todo.calls_on(calls)) else None
-        done[0] += 1
-        eps = unet(x_in, t_in, context, tome=config, tome_generator=generator, plans=plans, todo=downsample,
-                   deep_cache=cache)
+        eps = unet(x_in, t_in, context, run=run)
         if not guided:
             return eps
         eps_uncond, eps_cond = eps.chunk(2)

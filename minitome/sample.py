@@ -23,24 +23,29 @@ from pathlib import Path
 
 import torch
 
-from .checks import check_size, check_steps_flag, flags_given
+from .checks import check_size
 from .device import check_fits, pick_device, pick_dtype
-from .output import Outputs, model_hash, parameters_text
-from unet.deepcache import DeepCacheConfig
-from .todo import ToDoConfig
-from sampler import unet_calls
-from .tome import MERGE_TARGETS, ToMeConfig
-
-SEEDS = 2 ** 64  # torch.Generator takes seeds in [0, 2⁶⁴)
+from .flags import check_steps_flag, flags_given
+from .method_flags import SEEDS, accelerations, flag_named
+from .output import Outputs, model_hash
+from .png_text import flags_from, parameters_text
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    """The flags; with --from PNG, that image's settings first and the flags given after them (they override)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--from", dest="from_png")
+    from_png = first.parse_known_args(argv)[0].from_png
+    png_flags, png_fields = flags_from(Path(from_png)) if from_png else ([], {})
     p = argparse.ArgumentParser(prog="python -m minitome.sample", description=__doc__.splitlines()[0])
+    p.add_argument("--from", dest="from_png", metavar="PNG",
+                   help="take a PNG's parameters text (one minitome or A1111 wrote) as the settings; later flags override")
     p.add_argument("--weights", required=True, help="SD 1.x .safetensors file or diffusers folder")
     p.add_argument("--tokenizer", help="tokenizer folder or bpe_simple_vocab_16e6.txt.gz (default: beside the weights)")
     p.add_argument("--vae", help="a VAE file or folder that replaces the weights' own decoder (or supplies a missing one)")
     p.add_argument("--ema", action="store_true", help="from a file holding two UNets (v1-5-pruned), load the EMA one")
-    p.add_argument("--prompt", required=True)
+    p.add_argument("--prompt", required=not from_png)
     p.add_argument("--negative-prompt", default="")
     p.add_argument("--steps", type=int, default=50, help="sampler steps: 10 to 999 (some counts are refused, see README)")
     p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (≤ 1: off)")
@@ -68,74 +73,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="auto: float16 on cuda, float32 elsewhere")
     p.add_argument("--attention", default="sdpa", choices=("sdpa", "plain"))
     p.add_argument("--out", default="outputs/minitome.png", help="PNG path; an existing file gets a numbered sibling")
-    args = p.parse_args(argv)
-    args.given = flags_given(p, argv)
+    args = p.parse_args(png_flags + argv)
+    args.given, args.png_fields = flags_given(p, png_flags + argv), png_fields
     return args
-
-
-def needs(args, flags: tuple, switch: str, method: str):
-    """The options in `flags` were given without `switch`, which turns their method on: an error naming them."""
-    given = [f for f in flags if f in args.given]
-    if given:
-        names = ", ".join("--" + f.replace("_", "-") for f in given)
-        raise ValueError(f"{names} need{'s' if len(given) == 1 else ''} {switch} ({method} is off without it)")
-
-
-def tome_config(args) -> ToMeConfig:
-    if args.tome_ratio is None and args.tome_threshold is None:
-        needs(args, ("tome_max_downsample", "tome_sx", "tome_sy", "tome_no_rand", "tome_merge", "tome_seed",
-                     "tome_reuse"), "--tome-ratio or --tome-threshold", "ToMe")
-        return None
-    if args.tome_ratio is not None and args.tome_threshold is not None:
-        raise ValueError("--tome-ratio and --tome-threshold both say how much to merge: give one of them")
-    targets = [t.strip() for t in args.tome_merge.split(",") if t.strip()]
-    unknown = [t for t in targets if t not in MERGE_TARGETS]
-    if unknown or not targets:
-        raise ValueError(f"--tome-merge takes a comma list of {', '.join(MERGE_TARGETS)}, got {args.tome_merge!r}")
-    if not 0 <= args.tome_seed < SEEDS:
-        raise ValueError(f"--tome-seed must be in [0, 2^64), got {args.tome_seed}")
-    if args.tome_threshold is not None and args.tome_sx == 1 and args.tome_sy == 1:
-        raise ValueError("--tome-sx 1 --tome-sy 1: cells of one token are all dst, with no src to merge; "
-                         "--tome-threshold needs cells of at least 2 tokens")
-    ratio = args.tome_ratio if args.tome_ratio is not None else 0.5  # unused with a threshold
-    return ToMeConfig(ratio=ratio, max_downsample=args.tome_max_downsample, sx=args.tome_sx,
-                      sy=args.tome_sy, use_rand=not args.tome_no_rand, merge_attn="attn" in targets,
-                      merge_crossattn="crossattn" in targets, merge_mlp="mlp" in targets, seed=args.tome_seed,
-                      threshold=args.tome_threshold, reuse=args.tome_reuse)
-
-
-def todo_config(args) -> ToDoConfig:
-    if args.todo_factor is None:
-        needs(args, ("todo_max_downsample", "todo_until"), "--todo-factor", "ToDo")
-        return None
-    todo = ToDoConfig(factor=args.todo_factor, max_downsample=args.todo_max_downsample, until=args.todo_until)
-    calls = unet_calls(args.sampler, args.steps)
-    if todo.calls_on(calls) == 0:
-        raise ValueError(f"--todo-until {args.todo_until:g} turns ToDo on for none of the {calls} UNet calls of "
-                         f"{args.steps} {args.sampler.upper()} steps: use at least {1 / calls:.3g}, or leave ToDo off")
-    return todo
-
-
-def deep_cache_config(args) -> DeepCacheConfig:
-    if args.deepcache_interval is None:
-        needs(args, ("deepcache_branch",), "--deepcache-interval", "DeepCache")
-        return None
-    return DeepCacheConfig(interval=args.deepcache_interval, branch=args.deepcache_branch)
-
-
-def accelerations(args) -> tuple:
-    """(ToMeConfig, ToDoConfig, DeepCacheConfig) from the flags, each None when off; ValueErrors name the flag."""
-    try:
-        tome, todo, deep_cache = tome_config(args), todo_config(args), deep_cache_config(args)
-    except ValueError as error:
-        message = str(error)
-        for name, flag in (("ToMe ", "--tome-"), ("ToDo ", "--todo-"), ("DeepCache ", "--deepcache-")):
-            message = message.replace(name, flag) if message.startswith(name) else message
-        raise ValueError(message) from None
-    if tome is not None and tome.merge_attn and todo is not None and todo.factor > 1:
-        raise ValueError("--todo-factor and ToMe's self-attention merging (--tome-merge attn) both change self-attention's "
-                         "tokens: use one of them")
-    return tome, todo, deep_cache
 
 
 def check(args):
@@ -148,11 +88,23 @@ def check(args):
     check_size(args.width, args.height, 8, ("--width", "--height"))
     if args.seed is not None and not 0 <= args.seed < SEEDS:
         raise ValueError(f"--seed must be in [0, 2^64), got {args.seed}")
+    if "VAE" in args.png_fields and not args.vae:  # the files an image was made with: its text can only name them
+        fields = args.png_fields
+        raise ValueError(f"--from {args.from_png}: its image was made with the VAE {fields['VAE']!r}"
+                         f"{' (hash ' + fields['VAE hash'] + ')' if 'VAE hash' in fields else ''}: give it with --vae PATH")
     for name in ("prompt", "negative_prompt"):
         try:
             getattr(args, name).encode("utf-8")
         except UnicodeEncodeError:
             raise ValueError(f"--{name.replace('_', '-')} is not valid UTF-8 text") from None
+
+
+def check_from(args, short_hash: str):
+    """With --from, weights whose hash differs from the image's are said in one line (the image will differ)."""
+    fields = args.png_fields
+    if "Model hash" in fields and short_hash and fields["Model hash"] != short_hash:
+        print(f"minitome.sample: warning: --from {args.from_png} was made with model hash {fields['Model hash']}, "
+              f"--weights has {short_hash}: the image will differ", file=sys.stderr, flush=True)
 
 
 class Progress:
@@ -189,7 +141,10 @@ def out_of_memory(error: BaseException) -> bool:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except ValueError as error:  # --from: a file that is no image, or has no parameters text
+        return fail(f"error: {error}", 2)
     previous = signal.signal(signal.SIGTERM, terminate)
     try:
         with warnings.catch_warnings():
@@ -214,15 +169,12 @@ def run(args) -> int:
         def check_model(unet, vae):  # the flags that depend on the model's shape, from the headers alone
             nonlocal outputs
             check_size(args.width, args.height, vae.scale_factor, ("--width", "--height"))
-            latent = min(args.width, args.height) // vae.scale_factor
-            if todo is not None and todo.factor > latent:
-                raise ValueError(f"--todo-factor {todo.factor} is coarser than the latent grid itself ({latent} cells on "
-                                 f"its shorter side at this size): at most {latent}")
+            if todo is not None:
+                flag_named(todo.check_latent, (args.height // vae.scale_factor, args.width // vae.scale_factor))
             check_fits(args.width, args.height, args.batch, args.guidance > 1, args.attention, unet.num_heads,
                        dtype, device, vae.ch * (vae.ch_mult[0] + vae.ch_mult[1]))
-            deepest = len(unet.layout()["input_blocks"]) - 2  # the branch must end above the deepest input block
-            if deep_cache is not None and deep_cache.branch > deepest:
-                raise ValueError(f"--deepcache-branch must be at most {deepest} for this UNet, got {deep_cache.branch}")
+            if deep_cache is not None:
+                flag_named(deep_cache.check_layout, unet)
             # every check passed: the output names are reserved now, before the first tensor is read, so that
             # an unwritable --out fails in milliseconds and a run refused for its size touches no file
             outputs = Outputs(Path(args.out), args.batch)
@@ -231,11 +183,15 @@ def run(args) -> int:
         sd = load(args.weights, tokenizer=args.tokenizer, device=device, dtype=dtype, vae=args.vae, ema=args.ema,
                   attention=args.attention, check=check_model)
         sd.unet.pack_convolutions()  # float32 on the CPU: convolution weights laid out once (unet/packed_conv.py)
-        text = parameters_text(args, seed, model_hash(Path(args.weights)), tome, todo, deep_cache)
+        short_hash = model_hash(Path(args.weights))
+        vae_hash = model_hash(Path(args.vae)) if args.vae else ""
+        check_from(args, short_hash)
+        texts = [parameters_text(args, seed, short_hash, tome, todo, deep_cache, str(dtype).replace("torch.", ""),
+                                 vae_hash, i) for i in range(args.batch)]
         images = generate(sd, args.prompt, args.negative_prompt, args.steps, args.guidance, seed, args.width,
                           args.height, args.batch, args.sampler, tome, Progress(args.steps), todo, deep_cache)
         for i, image in enumerate(images):
-            print(outputs.write(i, image, text))
+            print(outputs.write(i, image, texts[i]))
         finished = True
         return 0
     except (ValueError, WeightsError, OSError) as error:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .checks import whole_number
 
 PARTITIONS = ("cells", "random", "alternating")  # how the dst are chosen (the paper's Figure 5)
 MERGE_TARGETS = ("attn", "crossattn", "mlp")      # the sub-layers merging can wrap: ToMeConfig.merge_<target>
@@ -53,10 +54,7 @@ class ToMeConfig:
     replan_calls: tuple = None    # or plan exactly at these UNet calls (0 = the first), e.g. CA-ToMe's schedules
 
     def __post_init__(self):
-        for name in ("sx", "sy"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"ToMe {name} must be an integer >= 1, got {value!r}")
+        whole_number(self.sx, 1, "ToMe sx"), whole_number(self.sy, 1, "ToMe sy")
         if self.partition not in PARTITIONS:
             raise ValueError(f"ToMe partition must be one of {', '.join(PARTITIONS)}, got {self.partition!r}")
         if self.partition == "random" and not self.use_rand:
@@ -65,25 +63,23 @@ class ToMeConfig:
             raise ValueError(f"ToMe max_downsample must be one of 1, 2, 4, 8, got {self.max_downsample!r}")
         if self.threshold is not None and not -1 <= self.threshold <= 1:
             raise ValueError(f"ToMe threshold must be a cosine similarity in [-1, 1], got {self.threshold!r}")
-        if isinstance(self.reuse, bool) or not isinstance(self.reuse, int) or self.reuse < 1:
-            raise ValueError(f"ToMe reuse must be an integer >= 1 (plan every `reuse` UNet calls), got {self.reuse!r}")
+        whole_number(self.reuse, 1, "ToMe reuse")  # plan every `reuse` UNet calls
         if self.replan_calls is not None and (not isinstance(self.replan_calls, tuple) or 0 not in self.replan_calls):
             raise ValueError(f"ToMe replan_calls must be a tuple of UNet calls that includes 0, got {self.replan_calls!r}")
         top = 1 - 1 / (self.sx * self.sy)
         if not 0 <= self.ratio <= top:
-            raise ValueError(f"ToMe ratio must be in [0, {top:g}] (1 - 1/(sx·sy)) for sx={self.sx}, sy={self.sy}, "
+            raise ValueError(f"ToMe ratio must be in [0, {top!r}] (1 - 1/(sx·sy)) for sx={self.sx}, sy={self.sy}, "
                              f"got {self.ratio!r}")
 
 
 @dataclass(frozen=True)
 class BlockSettings:
-    """What `UNetModel.forward` hands down to every transformer block for one call: the latent's (H, W);
-    ToMe's settings, the generator its random partitions are drawn from (None when use_rand is off) and
-    the plans kept between calls (CA-ToMe's reuse); ToDo's settings (minitome/todo.py)."""
+    """What every transformer block reads for one UNet call: the latent's (H, W); ToMe's settings and the
+    generator its random partitions are drawn from; ToDo's settings (minitome/todo.py). Plain data: the
+    run that made it (minitome/run.py) keeps whatever lives longer than a call."""
     latent_hw: tuple
     tome: ToMeConfig = None
     generator: torch.Generator = None
-    plans: object = None     # a PlanStore (minitome/plans.py)
     todo: object = None
 
 
@@ -204,17 +200,15 @@ def tome_plan(x: torch.Tensor, hw: tuple, settings: BlockSettings = None) -> Pla
 
     The identity when there are no ToMe settings, when the block is downsampled more than max_downsample,
     when r = int(N · ratio) is 0 (or the threshold is 1 or more), or when the grid has no full sy × sx
-    cell. Between planning calls (reuse, replan_calls) the block's kept plan. With rand_per_image (and
-    use_rand) image b of the batch gets the b-th partition drawn from the generator.
+    cell. With use_rand the partition is drawn from settings.generator (its only side effect: the generator
+    advances); without it, or without a generator, the top-left of each cell. With rand_per_image image b of
+    the batch gets the b-th partition drawn. Keeping plans between calls is the run's (minitome/run.py).
     """
     if settings is None or settings.tome is None:
         return IDENTITY
     cfg, N = settings.tome, x.shape[1]
     if downsample_level(settings.latent_hw, N) > cfg.max_downsample:
         return IDENTITY
-    kept = settings.plans.reused() if settings.plans is not None else None
-    if kept is not None:  # CA-ToMe: the plan made at the last planning call, applied to this call's tokens
-        return kept
     r = int(N * cfg.ratio)
     if (r <= 0 and cfg.threshold is None) or (cfg.threshold is not None and cfg.threshold >= 1):
         return IDENTITY  # checked before the draw, as tomesd and ca-tome do, so the generator advances identically
@@ -225,5 +219,4 @@ def tome_plan(x: torch.Tensor, hw: tuple, settings: BlockSettings = None) -> Pla
         return IDENTITY
     src, dst = torch.stack([s for s, _ in parts]), torch.stack([d for _, d in parts])  # (draws, ·)
     slot = match(x, src, dst, min(r, src.shape[1]), cfg.threshold)
-    plan = Plan(slot, int(slot.max()) + 1, cfg)
-    return settings.plans.keep(plan) if settings.plans is not None else plan
+    return Plan(slot, int(slot.max()) + 1, cfg)

@@ -9,6 +9,8 @@ set_alpha_to_one false), computed in float32 as they are.
 """
 import torch
 
+from minitome.checks import whole_number
+
 NUM_TRAIN_TIMESTEPS = 1000
 
 
@@ -40,8 +42,7 @@ def check_steps(steps: int):
     the end of the table). Those runs would start denoising pure noise as if it were a half-clean
     latent (diffusers' schedulers take them and give a poor image). Counts from 10 up mostly work.
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a whole number >= 1, got {steps!r}")
+    whole_number(steps, 1, "steps")
     if usable(steps):
         return
     below = next((s for s in range(min(steps, NUM_TRAIN_TIMESTEPS) - 1, 0, -1) if usable(s)), None)

@@ -79,8 +79,11 @@ def randomize_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
 
 
 # Parity in float64: both sides compute in float64; the errors measured are 1e-16 – 4e-14 relative, and a
-# real mistake (a norm's eps off by 10×) shows as 1e-6 or more (tests/test_teeth.py). One float32
-# smoke test per part keeps its own bound, at its measured level.
+# real mistake (a norm's eps off by 10×) shows as 1e-6 or more (tests/test_teeth.py): these bounds are the
+# ones with teeth. One float32 smoke test per part keeps its own bound: the largest error measured across
+# CPU kernels (PyTorch's scalar, AVX2 and AVX-512 code, oneDNN down to SSE4.1, 1 and 2 threads:
+# tests/float32_spread.py) times a margin of about 4, so that it holds on any CPU; it catches gross mistakes
+# (a wrong layer, a swapped weight), which float32 rounding could never explain.
 F64_BOUND = 1e-10
 
 

@@ -233,7 +233,8 @@ def test_a_dangling_symlink_or_existing_file_at_out_gets_the_next_name(single_fi
 
 
 def test_a_name_too_long_fails_before_loading(single_file, tmp_path, monkeypatch):
-    monkeypatch.setattr(weights, "load", lambda *a, **k: pytest.fail("the weights were loaded"))
+    """Refused once the headers are checked, before any tensor is read."""
+    monkeypatch.setattr(weights.checkpoint.Checkpoint, "tensor", lambda *a, **k: pytest.fail("a tensor was read"))
     status, lines = run(["--weights", str(single_file), *BASE, "--out", str(tmp_path / ("x" * 300 + ".png"))])
     assert_one_line_error(status, lines, "cannot create it \\(File name too long\\)")
     assert no_files(tmp_path)
@@ -316,6 +317,25 @@ def test_successor_flags_that_would_do_nothing_or_fail_late(single_file, tmp_pat
     status, lines = run(["--weights", str(single_file), *BASE, "--out", str(tmp_path / "new" / "deep" / "x.png"), *extra])
     assert_one_line_error(status, lines, pattern)
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("argv, flag, limit", [
+    (["--tome-sx", "3", "--tome-sy", "3", "--tome-ratio", "0.95"], "--tome-ratio", r"must be in \[0, ([\d.e-]+)\]"),
+    (["--tome-ratio", "0.8"], "--tome-ratio", r"must be in \[0, ([\d.e-]+)\]"),
+    (["--todo-factor", "2", "--todo-until", "0.01"], "--todo-until", r"use at least ([\d.e-]+)"),
+    (["--todo-factor", "2", "--todo-until", "0.04", "--sampler", "ddim"], "--todo-until", r"use at least ([\d.e-]+)"),
+    (["--steps", "400"], "--steps", r"the nearest counts that work: (\d+)"),
+    (["--steps", "400"], "--steps", r"the nearest counts that work: \d+ or (\d+)"),
+])
+def test_a_limit_a_message_names_can_be_typed_back_in(single_file, tmp_path, argv, flag, limit):
+    """The number a refusal names as the limit is one the program takes, not a rounding of it."""
+    import re
+    status, lines = run(["--weights", str(single_file), *BASE, *argv, "--out", str(tmp_path / "a.png")])
+    assert status == 2, lines
+    value = re.search(limit, lines[-1]).group(1)
+    argv = [value if previous == flag else a for previous, a in zip([None] + argv, argv)]
+    status, lines = run(["--weights", str(single_file), *BASE, *argv, "--out", str(tmp_path / "b.png")])
+    assert status == 0, lines
 
 
 # ---- 5. large sizes fail early, in one line ----

@@ -82,7 +82,7 @@ def test_paired_ratio_cancels_drift():
     (["--decode", "--weights", "."], "--weights: not used with --decode"),
     (["--methods", "--compare"], "--compare: not used with --methods"),
     # values, each error naming its flag
-    (["--methods", "--reuse", "0"], "--reuse: ToMe reuse must be an integer >= 1"),
+    (["--methods", "--reuse", "0"], "--reuse: ToMe reuse must be a whole number >= 1"),
     (["--methods", "--ca-threshold", "nan"], "--ca-threshold: ToMe threshold must be a cosine similarity"),
     (["--methods", "--todo-factor", "0"], "--todo-factor: ToDo factor must be"),
     (["--methods", "--deepcache-interval", "-1"], "--deepcache-interval: DeepCache interval must be"),

@@ -131,7 +131,39 @@ def test_png_parameters_and_no_overwrite(single_file, tmp_path, capsys):
     assert lines[2].startswith("Steps: 10, Sampler: PLMS, CFG scale: 7.5, Seed: 7, Size: 16x24, Model hash: ")
     import hashlib
     assert f"Model hash: {hashlib.sha256(single_file.read_bytes()).hexdigest()[:10]}," in lines[2]
-    assert "ToMe: ratio 0.3, max_downsample 1, sx 2, sy 2, use_rand True, merge attn, seed 0" in lines[2]
+    assert 'ToMe: "ratio 0.3, max_downsample 1, sx 2, sy 2, use_rand True, merge attn, seed 0' in lines[2]
+    assert "Batch size: 2, Batch pos: 0" in lines[2] and "Batch pos: 1" in Image.open(tmp_path / "same-1.png").text["parameters"]
+
+
+@pytest.mark.parametrize("extra, written", [
+    (["--tome-ratio", "0.4999999", "--guidance", "7.123456789", "--tome-seed", "3"], "CFG scale: 7.123456789"),
+    (["--batch", "3", "--tome-threshold", "0.30000001", "--tome-reuse", "2", "--deepcache-interval", "3",
+      "--deepcache-branch", "1", "--tome-no-rand"], "threshold 0.30000001"),
+    (["--todo-factor", "2", "--todo-until", "0.6000001", "--tome-ratio", "0.3", "--tome-merge", "crossattn,mlp",
+      "--sampler", "ddim", "--attention", "plain", "--guidance", "1"], "until 0.6000001"),
+])
+def test_a_png_remakes_its_image_with_from(single_file, tmp_path, extra, written):
+    """A PNG's text holds every value that changes its pixels, each reading back to the same number: --from takes
+    it as the settings and gives the same pixels and the same text, for every image of a batch."""
+    base = ["--weights", str(single_file), "--prompt", "a cat, wearing: a hat", "--negative-prompt", "dog, \"blurry\"",
+            "--steps", "10", "--seed", "5", "--width", "24", "--height", "16"]
+    assert main(base + extra + ["--out", str(tmp_path / "a.png")]) == 0
+    made = sorted(tmp_path.glob("a*.png"))  # a-1, a-2, a: the same name order as the remade b-1, b-2, b
+    assert written in Image.open(made[0]).text["parameters"]
+    for position, png in enumerate(made):
+        out = tmp_path / f"from-{position}" / "b.png"
+        assert main(["--weights", str(single_file), "--from", str(png), "--out", str(out)]) == 0
+        again = sorted(out.parent.glob("b*.png"))[position]
+        assert np.array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(png)))
+        assert Image.open(again).text["parameters"] == Image.open(png).text["parameters"]  # Batch pos included
+
+
+def test_later_flags_override_from(single_file, tmp_path):
+    assert main(["--weights", str(single_file), "--prompt", "a cat", "--steps", "10", "--seed", "5", "--width", "16",
+                 "--height", "16", "--out", str(tmp_path / "a.png")]) == 0
+    assert main(["--weights", str(single_file), "--from", str(tmp_path / "a.png"), "--seed", "6", "--steps", "11",
+                 "--out", str(tmp_path / "b.png")]) == 0
+    assert "Steps: 11, Sampler: PLMS, CFG scale: 7.5, Seed: 6," in Image.open(tmp_path / "b.png").text["parameters"]
 
 
 def test_random_seed_is_printed_and_reproduces(single_file, tmp_path, capsys):

@@ -16,7 +16,7 @@ from conftest import F64_BOUND, float64_pipeline, relative_error
 from minitome import ToMeConfig
 from minitome.pipeline import decode, sample_latents
 from minitome.todo import ToDoConfig
-from unet.deepcache import DeepCacheConfig
+from minitome.deepcache import DeepCacheConfig
 
 SETTINGS = dict(prompt="a red fox in the snow, watercolor", negative_prompt="blurry", steps=10, guidance=7.5,
                 seed=1234, width=64, height=48)

@@ -5,10 +5,10 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import weights
+from minitome.deepcache import DeepCacheConfig
+from minitome.run import Run
 from minitome.todo import ToDoConfig, downsample_kv
-from minitome.plans import PlanStore
-from minitome.tome import BlockSettings, ToMeConfig, match, partition, tome_plan
-from unet.deepcache import DeepCache, DeepCacheConfig
+from minitome.tome import BlockSettings, ToMeConfig, match, partition
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_todo_and_tome_on_self_attention_together_are_refused(unet):
         unet(x, t, context, tome=ToMeConfig(), todo=ToDoConfig())
 
 
-@pytest.mark.parametrize("kwargs, message", [(dict(factor=0), "factor must be an integer >= 1"),
+@pytest.mark.parametrize("kwargs, message", [(dict(factor=0), "factor must be a whole number >= 1"),
                                              (dict(max_downsample=3), "max_downsample must be one of"),
                                              (dict(until=0), r"until must be a share of the UNet calls in \(0, 1\]"),
                                              (dict(until=1.5), "until must be")])
@@ -69,8 +69,13 @@ def test_todo_until_covers_the_first_calls(tiny_pipeline, monkeypatch):
     """until = 0.5 over a 10-step PLMS run (11 UNet calls): ToDo on the first round(5.5) = 6 calls."""
     from minitome.pipeline import generate
     sd = weights.load(tiny_pipeline[1])
-    seen, forward = [], type(sd.unet).forward
-    monkeypatch.setattr(type(sd.unet), "forward", lambda self, *a, **k: seen.append(k.get("todo")) or forward(self, *a, **k))
+    seen, begin = [], Run.begin
+
+    def recording_begin(self, t, latent):
+        call = begin(self, t, latent)
+        seen.append(call.settings.todo)
+        return call
+    monkeypatch.setattr(Run, "begin", recording_begin)
     generate(sd, "a cat", steps=10, width=32, height=32, todo=ToDoConfig(until=0.5))
     assert [todo is not None for todo in seen] == [True] * 6 + [False] * 5
 
@@ -102,15 +107,14 @@ def test_threshold_above_every_similarity_changes_nothing(unet):
 @pytest.mark.parametrize("config, planning", [(ToMeConfig(reuse=3), [0, 3, 6]), (ToMeConfig(reuse=1), list(range(8))),
                                               (ToMeConfig(replan_calls=(0, 2, 7)), [0, 2, 7])])
 def test_plans_are_made_on_the_planning_calls_and_reused_between(config, planning):
-    store, x = PlanStore(config), torch.randn(2, 64, 8, generator=torch.Generator().manual_seed(0))
-    generator = torch.Generator().manual_seed(1)
+    run, x = Run(tome=config), torch.randn(2, 64, 8, generator=torch.Generator().manual_seed(0))
+    latent = torch.zeros(2, 4, 8, 8)
     made, states = [], []
-    for call in range(8):
-        store.begin_call()
-        before = generator.get_state()
-        plan = tome_plan(x + call, (8, 8), BlockSettings((8, 8), config, generator, store))
-        made.append(plan)
-        states.append(not torch.equal(before, generator.get_state()))  # did this call draw a partition?
+    for i in range(8):
+        call = run.begin(500, latent)
+        before = call.settings.generator.get_state()
+        made.append(call.plan("input_blocks.1.1.transformer_blocks.0", x + i, (8, 8)))
+        states.append(not torch.equal(before, call.settings.generator.get_state()))  # did this call draw a partition?
     assert [i for i, drew in enumerate(states) if drew] == planning
     for i in range(8):
         last = max(p for p in planning if p <= i)
@@ -118,7 +122,7 @@ def test_plans_are_made_on_the_planning_calls_and_reused_between(config, plannin
 
 
 @pytest.mark.parametrize("kwargs, message", [(dict(threshold=1.5), r"threshold must be a cosine similarity in \[-1, 1\]"),
-                                             (dict(reuse=0), "reuse must be an integer >= 1"),
+                                             (dict(reuse=0), "reuse must be a whole number >= 1"),
                                              (dict(replan_calls=(2, 3)), "must be a tuple of UNet calls that includes 0")])
 def test_ca_tome_settings_are_checked(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -138,22 +142,22 @@ def count_runs(unet, blocks):
 
 def test_deepcache_interval_1_is_exactly_sd(unet):
     x, t, context = inputs()
-    cache = DeepCache(DeepCacheConfig(interval=1))
+    run = Run(deep_cache=DeepCacheConfig(interval=1))
     with torch.no_grad():
-        assert torch.equal(unet(x, t, context, deep_cache=cache), unet(x, t, context))
-        assert torch.equal(unet(x, t, context, deep_cache=cache), unet(x, t, context))
+        assert torch.equal(unet(x, t, context, run=run), unet(x, t, context))
+        assert torch.equal(unet(x, t, context, run=run), unet(x, t, context))
 
 
 @pytest.mark.parametrize("interval, branch", [(3, 0), (2, 4), (4, 10)])
 def test_deepcache_recomputes_the_deep_part_every_interval_calls_and_the_shallow_branch_always(tiny_unet_folder, interval, branch):
     unet = weights.load_unet(tiny_unet_folder[1], dtype=torch.float64)
     runs = count_runs(unet, list(unet.input_blocks) + [unet.middle_block] + list(unet.output_blocks))
-    cache, x, t, context = DeepCache(DeepCacheConfig(interval, branch)), *inputs()
+    run, (x, t, context) = Run(deep_cache=DeepCacheConfig(interval, branch)), inputs()
     whole = []
     with torch.no_grad():
         for call in range(7):
             before = dict(runs)
-            unet(x + 0.01 * call, t, context, deep_cache=cache)
+            unet(x + 0.01 * call, t, context, run=run)
             ran = [runs[k] - before[k] for k in runs]
             whole.append(ran[len(unet.input_blocks)] == 1)  # the middle block ran
             shallow_in, shallow_out = ran[:branch + 1], ran[-(branch + 1):]
@@ -164,15 +168,15 @@ def test_deepcache_recomputes_the_deep_part_every_interval_calls_and_the_shallow
 
 
 def test_deepcache_starts_whole_when_the_batch_changes(unet):
-    cache = DeepCache(DeepCacheConfig(interval=5))
+    run = Run(deep_cache=DeepCacheConfig(interval=5))
     with torch.no_grad():
-        unet(*inputs(batch=2), deep_cache=cache)
+        unet(*inputs(batch=2), run=run)
         x, t, context = inputs(batch=1)
-        assert torch.equal(unet(x, t, context, deep_cache=cache), unet(x, t, context))
+        assert torch.equal(unet(x, t, context, run=run), unet(x, t, context))
 
 
-@pytest.mark.parametrize("kwargs, message", [(dict(interval=0), "interval must be an integer >= 1"),
-                                             (dict(branch=-1), "branch must be an integer >= 0")])
+@pytest.mark.parametrize("kwargs, message", [(dict(interval=0), "interval must be a whole number >= 1"),
+                                             (dict(branch=-1), "branch must be a whole number >= 0")])
 def test_deepcache_config_is_checked(kwargs, message):
     with pytest.raises(ValueError, match=message):
         DeepCacheConfig(**kwargs)
@@ -181,11 +185,11 @@ def test_deepcache_config_is_checked(kwargs, message):
 # ---- the command line ----
 
 @pytest.mark.parametrize("flags, expected", [
-    (["--todo-factor", "2", "--todo-until", "0.5"], "ToDo: factor 2, max_downsample 1, until 0.5"),
-    (["--tome-threshold", "0.7", "--tome-reuse", "3"], "ToMe: threshold 0.7, max_downsample 1, sx 2, sy 2, use_rand True, "
-                                                      "merge attn, seed 0, reuse 3"),
-    (["--deepcache-interval", "3", "--deepcache-branch", "2"], "DeepCache: interval 3, branch 2"),
-    (["--deepcache-interval", "3", "--todo-factor", "2"], "ToDo: factor 2, max_downsample 1, until 1, DeepCache: interval 3"),
+    (["--todo-factor", "2", "--todo-until", "0.5"], 'ToDo: "factor 2, max_downsample 1, until 0.5"'),
+    (["--tome-threshold", "0.7", "--tome-reuse", "3"], 'ToMe: "threshold 0.7, max_downsample 1, sx 2, sy 2, use_rand True, '
+                                                      'merge attn, seed 0, reuse 3"'),
+    (["--deepcache-interval", "3", "--deepcache-branch", "2"], 'DeepCache: "interval 3, branch 2"'),
+    (["--deepcache-interval", "3", "--todo-factor", "2"], 'ToDo: "factor 2, max_downsample 1, until 1", DeepCache: "interval 3'),
 ])
 def test_flags_run_and_are_written_into_the_png(single_file, tmp_path, flags, expected):
     from PIL import Image
@@ -198,15 +202,15 @@ def test_flags_run_and_are_written_into_the_png(single_file, tmp_path, flags, ex
 
 @pytest.mark.parametrize("flags, message", [
     (["--todo-until", "0.5"], "--todo-until needs --todo-factor"),
-    (["--todo-factor", "0"], "--todo-factor must be an integer >= 1"),
+    (["--todo-factor", "0"], "--todo-factor must be a whole number >= 1"),
     (["--todo-factor", "2", "--todo-until", "0"], "--todo-until must be a share of the UNet calls"),
     (["--tome-reuse", "3"], "--tome-reuse needs --tome-ratio or --tome-threshold"),
     (["--tome-ratio", "0.5", "--tome-threshold", "0.7"], "give one of them"),
     (["--tome-threshold", "2"], "--tome-threshold must be a cosine similarity"),
-    (["--tome-ratio", "0.5", "--tome-reuse", "0"], "--tome-reuse must be an integer >= 1"),
+    (["--tome-ratio", "0.5", "--tome-reuse", "0"], "--tome-reuse must be a whole number >= 1"),
     (["--tome-ratio", "0.5", "--todo-factor", "2"], "use one of them"),
     (["--deepcache-branch", "2"], "--deepcache-branch needs --deepcache-interval"),
-    (["--deepcache-interval", "0"], "--deepcache-interval must be an integer >= 1"),
+    (["--deepcache-interval", "0"], "--deepcache-interval must be a whole number >= 1"),
     (["--deepcache-interval", "3", "--deepcache-branch", "11"], "--deepcache-branch must be at most 10 for this UNet"),
 ])
 def test_bad_flags_are_one_line(single_file, tmp_path, capsys, flags, message):

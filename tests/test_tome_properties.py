@@ -264,8 +264,8 @@ def test_tiny_latent_misclassified_level_has_no_full_cell():
     (dict(ratio=0.6, sx=1, sy=2), r"ratio must be in \[0, 0.5\]"),
     (dict(ratio=float("nan")), "ratio must be"),
     (dict(max_downsample=3), "max_downsample must be one of 1, 2, 4, 8"),
-    (dict(sx=0), "sx must be an integer >= 1"),
-    (dict(sy=-1), "sy must be an integer >= 1"),
+    (dict(sx=0), "sx must be a whole number >= 1"),
+    (dict(sy=-1), "sy must be a whole number >= 1"),
 ])
 def test_config_rejects_out_of_range_values(kwargs, message):
     with pytest.raises(ValueError, match=message):

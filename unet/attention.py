@@ -10,13 +10,16 @@ turns them back. Mirrors CompVis `ldm/modules/attention.py`; names equal the che
 Token Merging (`minitome/tome.py`) happens in BasicTransformerBlock.forward, in plain sight: one
 plan from the block's input, then merge before and unmerge after each sub-layer it applies to. Token
 Downsampling (`minitome/todo.py`) happens there too: self-attention's keys and values from a coarser grid.
+Both read the call's settings from `call` (minitome/run.py), which the UNet's forward hands every block;
+the block names itself to it by `place`, its module name in the UNet, so that a plan kept between calls
+is always the block's own.
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from minitome.run import PLAIN, Call
 from minitome.todo import downsample_kv
-from minitome.tome import BlockSettings, tome_plan
 
 
 class CrossAttention(nn.Module):
@@ -76,12 +79,13 @@ class BasicTransformerBlock(nn.Module):
         self.ff = FeedForward(dim)
         self.attn2 = CrossAttention(dim, context_dim, heads, attention)  # cross-attention to the text
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.place = ""  # its name in the UNet, e.g. "input_blocks.1.1.transformer_blocks.0" (set by UNetModel)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, hw: tuple, settings: BlockSettings = None) -> torch.Tensor:
-        """x (B, N, C) with N = h·w; context (B, T, context_dim). settings=None: plain SD 1.5."""
-        plan = tome_plan(x, hw, settings)  # ToMe: identity without its settings, or when the block is too small
+    def forward(self, x: torch.Tensor, context: torch.Tensor, hw: tuple, call: Call = PLAIN) -> torch.Tensor:
+        """x (B, N, C) with N = h·w; context (B, T, context_dim). call=PLAIN: plain SD 1.5."""
+        plan = call.plan(self.place, x, hw)  # ToMe: identity when off, or when the block is too small
         h = plan.merge_attn(self.norm1(x))
-        x = x + plan.unmerge_attn(self.attn1(h, downsample_kv(h, hw, settings)))           # self-attention; ToDo: its keys, values
+        x = x + plan.unmerge_attn(self.attn1(h, downsample_kv(h, hw, call.settings)))      # self-attention; ToDo: its keys, values
         x = x + plan.unmerge_cross(self.attn2(plan.merge_cross(self.norm2(x)), context))  # cross-attention
         x = x + plan.unmerge_mlp(self.ff(plan.merge_mlp(self.norm3(x))))                  # feed-forward
         return x
@@ -98,9 +102,9 @@ class SpatialTransformer(nn.Module):
             BasicTransformerBlock(channels, context_dim, heads, attention) for _ in range(depth))
         self.proj_out = nn.Conv2d(channels, channels, 1)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, settings: BlockSettings = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor, call: Call = PLAIN) -> torch.Tensor:
         B, C, h, w = x.shape
         tokens = self.proj_in(self.norm(x)).flatten(2).transpose(1, 2)  # (B, N, C), raster order
         for block in self.transformer_blocks:
-            tokens = block(tokens, context, (h, w), settings)
+            tokens = block(tokens, context, (h, w), call)
         return x + self.proj_out(tokens.transpose(1, 2).unflatten(2, (h, w)))  # (B, C, h, w)

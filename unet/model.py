@@ -18,34 +18,34 @@ Shape of the SD 1.5 network (widths 320, 640, 1280, 1280; levels at H, H/2, H/4,
     out           GroupNorm, SiLU, conv_out
 
 Every output block first concatenates the skip saved by the matching input block.
-ToMe and ToDo: `forward(..., tome=ToMeConfig(...))` or `todo=ToDoConfig(...)` passes the settings, the
-latent size and the partition generator down to each transformer block as plain arguments (a
-BlockSettings). DeepCache acts here, in forward: a call may skip the deep part and reuse its features.
-With none of them, forward is exactly SD 1.5.
+ToMe, ToDo and DeepCache: `forward(..., run=run)` takes the sampling run (minitome/run.py), which gives each
+call its `Call`: the settings every transformer block reads (and the plans it keeps, by block place).
+DeepCache acts here, in forward: a call may skip the deep part and reuse its features. `tome=` and `todo=`
+are shorthands for a run of one call. With none of them, forward is exactly SD 1.5.
 """
 import torch
 import torch.nn as nn
 
+from minitome.run import Call, Run
 from minitome.todo import ToDoConfig
-from minitome.plans import PlanStore
-from minitome.tome import BlockSettings, ToMeConfig
-from .attention import SpatialTransformer
+from minitome.tome import ToMeConfig
+from .attention import BasicTransformerBlock, SpatialTransformer
 from .blocks import Downsample, ResBlock, Upsample, timestep_embedding
 from .config import UNetConfig
-from .deepcache import DeepCache
 from .packed_conv import pack_convolutions
 
 
 class Sequence(nn.ModuleList):
-    """One numbered entry of input_blocks / output_blocks: layers that UNetModel.forward runs in order."""
+    """One numbered entry of input_blocks / output_blocks: its layers, which UNetModel.forward runs in order
+    (a ModuleList, not an nn.Sequential: the layers take different arguments, see `run_layer`)."""
 
 
-def run_layer(layer: nn.Module, x, emb, context, settings, upsample_size=None):
+def run_layer(layer: nn.Module, x, emb, context, call: Call, upsample_size=None):
     """One layer of a block, given what it needs."""
     if isinstance(layer, ResBlock):
         return layer(x, emb)
     if isinstance(layer, SpatialTransformer):
-        return layer(x, context, settings)
+        return layer(x, context, call)
     if isinstance(layer, Upsample):
         return layer(x, upsample_size)
     return layer(x)  # conv_in, Downsample
@@ -73,62 +73,57 @@ class UNetModel(nn.Module):
         self.output_blocks = nn.ModuleList(Sequence(map(make, block)) for block in layout["output_blocks"])
         self.out = nn.Sequential(
             nn.GroupNorm(c.norm_groups, c.model_channels), nn.SiLU(), nn.Conv2d(c.model_channels, c.out_channels, 3, padding=1))
+        for name, module in self.named_modules():  # each transformer block knows its place: what a run keys its plans by
+            if isinstance(module, BasicTransformerBlock):
+                module.place = name
 
-    def forward(self, x: torch.Tensor, t, context: torch.Tensor, tome: ToMeConfig = None,
-                tome_generator: torch.Generator = None, plans: PlanStore = None, todo: ToDoConfig = None,
-                deep_cache: DeepCache = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t, context: torch.Tensor, tome: ToMeConfig = None, todo: ToDoConfig = None,
+                run: Run = None) -> torch.Tensor:
         """x (B, 4, H, W), t (B,) or a scalar, context (B, T, context_dim) → ε (B, 4, H, W).
 
-        The accelerations, each off when None (then this is exactly SD 1.5):
-        tome: Token Merging in the transformer blocks (minitome/tome.py). tome_generator: where its random
-            partitions are drawn from (any device; a CPU one is cheapest); a sampling run passes one for all
-            its calls, so each call and block gets its own partition; when None, a fresh one seeded with
-            tome.seed is used for this call. plans: the run's PlanStore, for plans reused between calls.
-        todo: Token Downsampling in self-attention (minitome/todo.py); not together with ToMe's merge_attn.
-        deep_cache: the run's DeepCache (unet/deepcache.py): this call may reuse the deep features.
+        run: the sampling run this call belongs to (minitome/run.py): its methods (ToMe, ToDo, DeepCache) and
+        what they keep from call to call. tome= and todo= are shorthands for a run of this one call (ToMe's
+        partitions then drawn from a generator seeded with tome.seed). All None: exactly SD 1.5.
         """
         if x.ndim != 4 or x.shape[1] != self.config.in_channels:
             raise ValueError(f"the UNet takes latents (B, {self.config.in_channels}, H, W), got {tuple(x.shape)}")
-        if tome is not None and tome.merge_attn and todo is not None and todo.factor > 1:
-            raise ValueError("ToMe's merge_attn and ToDo both change self-attention's tokens: use one of them")
+        if run is None:
+            run = Run(tome=tome, todo=todo)
+        elif tome is not None or todo is not None:
+            raise ValueError("give the methods to the run (Run(tome=..., todo=...)) or to the call, not both")
+        if run.deep_cache is not None:
+            run.deep_cache.check_layout(self.config)
+        call = run.begin(t, x)
         t = torch.as_tensor(t, device=x.device)
         t = t.expand(x.shape[0]) if t.ndim == 0 else t
         emb = self.time_embed(timestep_embedding(t, self.config.model_channels).to(x.dtype))
-        if tome is not None and tome.use_rand and tome_generator is None:
-            tome_generator = torch.Generator().manual_seed(tome.seed)
-        if plans is not None:
-            plans.begin_call()
-        settings = BlockSettings(tuple(x.shape[-2:]), tome, tome_generator if tome and tome.use_rand else None,
-                                 plans, todo)
 
-        # DeepCache: a call that reuses the deep features runs only the shallow branch, the first `depth`
-        # input blocks and the last `depth` output blocks (every block, on a whole call or without it)
-        reuse = deep_cache is not None and deep_cache.reuse(x.shape[0])
-        depth = deep_cache.config.branch + 1 if deep_cache is not None else 0
-        deep = len(self.output_blocks) - depth  # the output blocks of the deep part
+        # DeepCache: a call that reuses the deep features runs only the shallow branch, the first `call.depth`
+        # input blocks and the last `call.depth` output blocks (every block, on a whole call or without it)
+        deep = len(self.output_blocks) - call.depth  # the output blocks of the deep part
 
         # channels-last (NHWC) activations: oneDNN convolves them without first copying them into its own
         # layout (about 6% of a call on the CPU), and a (B, C, h, w) map becomes (B, h·w, C) tokens and back
         # as a free view instead of a copy. Weights are made channels-last by `channels_last()`.
         x = x.contiguous(memory_format=torch.channels_last)
         skips = []
-        for block in self.input_blocks[:depth] if reuse else self.input_blocks:
+        for block in self.input_blocks[:call.depth] if call.reuse_deep else self.input_blocks:
             for layer in block:
-                x = run_layer(layer, x, emb, context, settings)
+                x = run_layer(layer, x, emb, context, call)
             skips.append(x)
-        if reuse:
-            x = deep_cache.features
+        if call.reuse_deep:
+            x = run.cache.features
         else:
             for layer in self.middle_block:
-                x = run_layer(layer, x, emb, context, settings)
-            x = self.up(self.output_blocks[:deep], x, skips, emb, context, settings)
-            if deep_cache is not None:
-                deep_cache.keep(x)
-        x = self.up(self.output_blocks[deep:], x, skips, emb, context, settings)
+                x = run_layer(layer, x, emb, context, call)
+            x = self.up(self.output_blocks[:deep], x, skips, emb, context, call)
+            if run.cache is not None:
+                run.cache.keep(x)
+        x = self.up(self.output_blocks[deep:], x, skips, emb, context, call)
         return self.out(x).contiguous()
 
     @staticmethod
-    def up(blocks, x, skips: list, emb, context, settings):
+    def up(blocks, x, skips: list, emb, context, call: Call):
         """The way up through `blocks`, each first concatenating the skip its twin on the way down saved."""
         for block in blocks:
             # layer by layer, not as one module call: a call would hold the concatenation as its argument
@@ -137,7 +132,7 @@ class UNetModel(nn.Module):
             x = torch.cat([x, skips.pop()], dim=1)
             size = skips[-1].shape[-2:] if skips else None  # Upsample to the next skip's size
             for layer in block:
-                x = run_layer(layer, x, emb, context, settings, size)
+                x = run_layer(layer, x, emb, context, call, size)
         return x
 
     def channels_last(self) -> "UNetModel":

@@ -28,9 +28,11 @@ import sys
 
 import torch
 
-from minitome.checks import check_size, check_steps_flag
+from minitome.checks import check_size
+from minitome.flags import check_steps_flag
 from minitome.pipeline import linear_schedule, noise_estimate
 from minitome.tome import ToMeConfig
+from sampler import plms_sample
 from .ablate_tokens import kmeans_rows, partition_rows, tokens
 from .common import PAPER_PARTITIONS, ImageComparison, markdown_table, random_unet, stopwatch
 
@@ -64,7 +66,7 @@ def unet_rows(args, model, configs: list) -> list:
     rows, base, eps0, images = [], None, None, comparison(sd, args, args.size, args.steps)
     for label, tome in configs:
         with torch.no_grad():
-            eps, seconds = stopwatch(lambda: unet(x, 500, context, tome=tome, tome_generator=torch.Generator().manual_seed(0)),
+            eps, seconds = stopwatch(lambda: unet(x, 500, context, tome=tome),
                                      repeats=args.repeats)
         base, eps0 = base or seconds, eps if eps0 is None else eps0
         rows.append([label, f"{seconds:.2f}", f"{base / seconds:.2f}×", change(eps, eps0)] +
@@ -76,7 +78,6 @@ def unet_rows(args, model, configs: list) -> list:
 def when_rows(args, model, schedules: list) -> list:
     """Seconds of a whole PLMS run, how far its latent moves (and PSNR/SSIM with --weights) for each
     (label, schedule t → ToMeConfig)."""
-    from sampler import plms_sample
     sd, unet = model
     g = torch.Generator().manual_seed(1)
     noise = torch.randn(1, 4, args.when_size // 8, args.when_size // 8, generator=g)

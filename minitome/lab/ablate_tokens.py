@@ -10,6 +10,7 @@ import torch
 
 from minitome.tome import match, merge, partition, unmerge
 from .common import PAPER_PARTITIONS, block_input, stopwatch
+from .visualize import landscape, patch_tokens
 
 
 def merge_error(x: torch.Tensor, slot: torch.Tensor, tokens_left: int) -> float:
@@ -57,7 +58,6 @@ def kmeans_rows(x: torch.Tensor, hw, ratio: float) -> list:
 
 def tokens(args, sd):
     """The tokens of experiments 1–2: (x (1, N, C), (h, w), a description for the titles)."""
-    from .visualize import landscape, patch_tokens
     if sd is None:
         x, hw = patch_tokens(landscape(args.size))
         return x, hw, f"the {hw[0]}×{hw[1]} patch tokens of a drawn {args.size}² picture"

@@ -20,11 +20,17 @@ from pathlib import Path
 
 import torch
 
-from minitome.checks import check_size, check_steps_flag, flags_given
-from .common import ImageComparison, markdown_table, stopwatch
-from .measure import Call, Job
+from minitome.checks import check_size
+from minitome.flags import check_steps_flag, flags_given
+from minitome.deepcache import DeepCacheConfig
+from minitome.device import pick_device, pick_dtype
+from minitome.todo import ToDoConfig
+from minitome.tome import ToMeConfig
+from .common import PROMPTS, ImageComparison, markdown_table, stopwatch
+from .decode import decode_table
+from .jobs import CallKind, Job
+from .methods import compare_methods
 from .runner import paired, run_child
-PROMPTS = ["a photograph of an astronaut riding a horse", "a watercolor painting of a fox in the snow"]
 
 
 def parse_size(text: str) -> tuple:
@@ -88,7 +94,6 @@ def named(flag: str, check):
 
 def check_args(args):
     """Every option, before anything is measured; a ValueError names the flag."""
-    from minitome.tome import ToMeConfig
     mode = "methods" if args.methods else "decode" if args.decode else "ratios"
     stray = sorted(args.given - MODE_FLAGS[mode] - {"sizes", "device", "dtype", "json", "methods", "decode"})
     if args.methods and args.decode:
@@ -109,8 +114,6 @@ def check_args(args):
     if args.quality_steps:
         check_steps_flag(args.quality_steps, "--quality-steps")
     if args.methods:
-        from minitome.todo import ToDoConfig
-        from unet.deepcache import DeepCacheConfig
         named("--tome-ratio", lambda: ToMeConfig(ratio=args.tome_ratio))
         named("--reuse", lambda: ToMeConfig(reuse=args.reuse))
         named("--ca-threshold", lambda: ToMeConfig(threshold=args.ca_threshold))
@@ -132,7 +135,7 @@ def ratio_call(impl: str, ratio: float, max_downsample: int) -> dict:
     """One implementation at one ToMe ratio, as measure.py's Call fields ("unpacked": minitome without its
     convolutions packed for the CPU)."""
     tome = {"ratio": ratio, "max_downsample": max_downsample} if ratio > 0 else None
-    return dataclasses.asdict(Call(label=f"ratio {ratio:g}", impl="minitome" if impl == "unpacked" else impl,
+    return dataclasses.asdict(CallKind(label=f"ratio {ratio:g}", impl="minitome" if impl == "unpacked" else impl,
                                    tome=tome, packed=impl != "unpacked"))
 
 
@@ -166,7 +169,6 @@ def measure_table(job: Job, impls: tuple, ratios: list, max_downsample: int, lab
 def image_quality(args, size, device, dtype) -> dict:
     """ratio → (PSNR, SSIM) of its images against ratio 0's, same prompts and seeds."""
     import weights
-    from minitome.tome import ToMeConfig
     sd = weights.load(args.weights, device=device, dtype=dtype)
     sd.unet.channels_last().pack_convolutions()
     images, scores = ImageComparison(sd, PROMPTS, size, args.quality_steps), {}
@@ -203,7 +205,6 @@ def table(rows: list, compare: bool, with_quality: bool) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from minitome.device import pick_device, pick_dtype
     try:
         device = pick_device(args.device)
         dtype = pick_dtype(args.dtype, device)
@@ -225,10 +226,8 @@ def main(argv=None) -> int:
     impls = ("minitome",) + (("diffusers",) if args.compare else ()) + (("unpacked",) if args.unpacked else ())
     try:
         if args.methods:
-            from .methods import compare_methods
             return compare_methods(args, device, dtype, name, results)
         if args.decode:
-            from .memory import decode_table
             return decode_table(args, device, dtype, results)
         for size in args.sizes:
             q = image_quality(args, size, device, dtype) if args.quality_steps else {}

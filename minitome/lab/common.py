@@ -10,8 +10,12 @@ import time
 import numpy as np
 import torch
 
+from minitome.pipeline import generate
 from unet import UNetConfig, UNetModel
+from unet.attention import BasicTransformerBlock
 from .quality import psnr, ssim
+
+PROMPTS = ["a photograph of an astronaut riding a horse", "a watercolor painting of a fox in the snow"]  # image quality's
 
 # the paper's names for the partitions (its Figure 5), as (ToMeConfig.partition, use_rand)
 PAPER_PARTITIONS = {"random 2×2 (ToMe-SD)": ("cells", True), "2-stride grid": ("cells", False),
@@ -54,14 +58,12 @@ def block_input(sd, prompt: str, size: int, steps: int, block: int = 0, call: in
     """Generate an image and catch the input of transformer block `block` (in the order a call runs them)
     at UNet call `call` (-1: the last), with a forward pre-hook: returns (tokens (1, N, C) of the prompt's
     half of the guidance batch, (h, w), the image)."""
-    from unet.attention import BasicTransformerBlock
-    from minitome.pipeline import generate
     blocks = [m for m in sd.unet.modules() if isinstance(m, BasicTransformerBlock)]
     if not 0 <= block < len(blocks):
         raise ValueError(f"block must be in 0 … {len(blocks) - 1}, got {block}")
     caught, calls = {}, [0]
 
-    def catch(module, args):  # args of BasicTransformerBlock.forward: (x, context, hw, settings)
+    def catch(module, args):  # args of BasicTransformerBlock.forward: (x, context, hw, call)
         if call in (-1, calls[0]):
             caught["tokens"], caught["hw"] = args[0][-1:].float().cpu(), args[2]  # [uncond, cond]: the cond half
         calls[0] += 1
@@ -85,7 +87,6 @@ class ImageComparison:
 
     def images(self, tome=None, **accelerations) -> list:
         """The prompts' images, with ToMe (a config or schedule) and any other accelerations `generate` takes."""
-        from minitome.pipeline import generate
         width, height = self.size
         return [np.asarray(generate(self.sd, p, steps=self.steps, seed=i, width=width, height=height, tome=tome,
                                     **accelerations)[0]) for i, p in enumerate(self.prompts)]

@@ -20,49 +20,22 @@ import dataclasses
 import json
 import statistics
 import sys
-from dataclasses import dataclass
 
 import torch
 
-from minitome.todo import ToDoConfig
-from minitome.plans import PlanStore
-from minitome.tome import IDENTITY, BlockSettings, ToMeConfig, tome_plan
+from minitome.deepcache import DeepCacheConfig
+from minitome.clip import CLIPTextModel
+from minitome.pipeline import noise_estimate
+from minitome.vae import VAEDecoder
+from sampler import plms_sample
+from unet.attention import BasicTransformerBlock
+from minitome.run import Run
+from minitome.todo import ToDoConfig, downsample_kv
+from minitome.tome import IDENTITY, BlockSettings, tome_plan
 from unet import UNetConfig, UNetModel, packed_conv
-from unet.deepcache import DeepCache, DeepCacheConfig
 from .common import random_unet, stopwatch
-from .memory import peak_above
-
-
-@dataclass
-class Call:
-    """One kind of UNet call (sent as JSON)."""
-    label: str = "none"
-    impl: str = "minitome"   # or "diffusers" (merged by tomesd when tome is set)
-    tome: dict = None        # ToMeConfig's fields
-    todo: dict = None        # ToDoConfig's fields
-    reuse: bool = False      # apply the plan kept from the call before (CA-ToMe's calls between plans)
-    cached: bool = False     # DeepCache: the shallow branch only, on the deep features of the call before
-    branch: int = 0          # DeepCache's branch
-    packed: bool = True      # minitome with its convolutions packed for the CPU (unet/packed_conv.py), or plain
-
-
-@dataclass
-class Job:
-    """What one child process measures (sent to it as JSON)."""
-    part: str                 # "time", "memory", "parts", "image" or "decode"
-    latent: list              # [h, w]
-    batch: int
-    attention: str            # "sdpa" or "plain"
-    repeats: int
-    device: str
-    dtype: str                # "float32", …
-    weights: str = None       # a checkpoint, or None for random SD 1.5-size weights
-    calls: list = None        # "time": the kinds of call (Call fields); "memory": one
-    method: dict = None       # "image": {"tome", "todo", "deep_cache"}: each config's fields, or None
-    steps: int = 50           # "image": PLMS steps
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self))
+from .jobs import CallKind, Job, tome_from
+from .memory import measure_decode, peak_above
 
 
 def build_unet(job: Job, device, dtype, packed: bool = True) -> UNetModel:
@@ -92,26 +65,20 @@ def as_diffusers(unet: UNetModel, job: Job):
     return reference
 
 
-def tome_from(fields: dict) -> ToMeConfig:
-    """A ToMeConfig from its fields as JSON carries them (replan_calls comes as a list)."""
-    if not fields:
-        return None
-    calls = fields.get("replan_calls")
-    return ToMeConfig(**{**fields, "replan_calls": tuple(calls) if calls is not None else None})
-
-
 class Configuration:
     """One kind of call: `prepare()` before each call (tomesd patches the diffusers model in place, so the
-    model switches ratio there), then `call(x, t, context)`. The plan store and the deep-feature cache are
-    made here, once: the first call fills them, every later one reuses them."""
+    model switches ratio there), then `call(x, t, context)`. The kept plan and the deep features live in a run,
+    made here, once (a Run): the first call fills them, every later one reuses them."""
 
-    def __init__(self, spec: Call, model):
+    def __init__(self, spec: CallKind, model):
         self.spec, self.model = spec, model
         self.tome = tome_from(spec.tome)
         self.todo = ToDoConfig(**spec.todo) if spec.todo else None
-        self.generator = torch.Generator().manual_seed(0)
-        self.plans = PlanStore(dataclasses.replace(self.tome, replan_calls=(0,))) if spec.reuse else None
-        self.cache = DeepCache(DeepCacheConfig(interval=2 ** 62, branch=spec.branch)) if spec.cached else None
+        # one run for all the calls of this kind: a plan made at its first call only (reuse), the deep features
+        # kept from its first call only (cached); ToMe's partitions from the generator of seed tome.seed
+        tome = dataclasses.replace(self.tome, replan_calls=(0,)) if spec.reuse else self.tome
+        deep_cache = DeepCacheConfig(interval=2 ** 62, branch=spec.branch) if spec.cached else None
+        self.run = Run(tome=tome, todo=self.todo, deep_cache=deep_cache)
 
     def prepare(self):
         if self.spec.impl == "diffusers":
@@ -124,13 +91,11 @@ class Configuration:
     def call(self, x, t, context):
         if self.spec.impl == "diffusers":
             return self.model(x, t, context).sample
-        return self.model(x, t, context, tome=self.tome, tome_generator=self.generator, plans=self.plans,
-                          todo=self.todo, deep_cache=self.cache)
+        return self.model(x, t, context, run=self.run)
 
 
 def blocks_run(unet: UNetModel, call) -> list:
     """(input tokens (B, N, C), (h, w)) of every transformer block a call runs, caught with forward pre-hooks."""
-    from unet.attention import BasicTransformerBlock
     seen = []
     hooks = [m.register_forward_pre_hook(lambda m, args: seen.append((args[0].detach().clone(), args[2])))
              for m in unet.modules() if isinstance(m, BasicTransformerBlock)]
@@ -145,11 +110,10 @@ def blocks_run(unet: UNetModel, call) -> list:
 def token_work(blocks: list, c: Configuration, latent: tuple, device) -> tuple:
     """(the tokens of each block that merges or downsamples, the seconds ToMe's own functions take on them),
     on the blocks' own inputs in the call: what a threshold merges depends on them."""
-    from minitome.todo import downsample_kv
     tokens, plans = [], []
     for x, hw in blocks:
         shape = x.shape
-        settings = BlockSettings(latent, c.tome, torch.Generator().manual_seed(0), None, c.todo)
+        settings = BlockSettings(latent, c.tome, torch.Generator().manual_seed(0), c.todo)
         plan = tome_plan(x, hw, settings)
         kv = downsample_kv(x, hw, settings)
         if plan is not IDENTITY:
@@ -202,7 +166,7 @@ def measure_memory(job: Job) -> dict:
     device, dtype = torch.device(job.device), getattr(torch, job.dtype)
     unet = build_unet(job, device, dtype)
     x, t, context = inputs(unet, job, device, dtype)
-    spec = Call(**job.calls[0])
+    spec = CallKind(**job.calls[0])
     c = Configuration(spec, as_diffusers(unet, job) if spec.impl == "diffusers" else unet)
     del unet  # with diffusers, only the measured model stays loaded
     c.prepare()
@@ -216,7 +180,7 @@ def measure_time(job: Job) -> dict:
     device, dtype = torch.device(job.device), getattr(torch, job.dtype)
     unet = build_unet(job, device, dtype)
     x, t, context = inputs(unet, job, device, dtype)
-    specs = [Call(**c) for c in job.calls]
+    specs = [CallKind(**c) for c in job.calls]
     reference = as_diffusers(unet, job) if any(s.impl == "diffusers" for s in specs) else None
     plain = build_unet(job, device, dtype, packed=False) if any(not s.packed for s in specs) else None
     configs = [Configuration(s, reference if s.impl == "diffusers" else unet if s.packed else plain) for s in specs]
@@ -245,9 +209,43 @@ def measure_time(job: Job) -> dict:
     return {"calls": results}
 
 
+@torch.no_grad()
+def measure_parts(job: Job) -> dict:
+    """Seconds for the text encoder on a CFG pair of prompts and the VAE decoder on one image (measure.py's "parts"
+    job): the weights' own, or random SD 1.5 ones."""
+    device, dtype = torch.device(job.device), getattr(torch, job.dtype)
+    if job.weights:
+        import weights
+        sd = weights.load(job.weights, device=device, dtype=dtype)
+        clip, vae = sd.text_encoder, sd.vae
+    else:
+        torch.manual_seed(0)
+        clip, vae = CLIPTextModel().to(device, dtype).eval(), VAEDecoder().to(device, dtype).eval()
+    ids = torch.randint(0, 49408, (2, 77), generator=torch.Generator().manual_seed(0)).to(device)
+    z = torch.randn(1, 4, *job.latent, generator=torch.Generator().manual_seed(0)).to(device, dtype)
+    return {"text_seconds": stopwatch(lambda: clip(ids), job.repeats, device)[1],
+            "decode_seconds": stopwatch(lambda: vae(z), job.repeats, device)[1]}
+
+
+@torch.no_grad()
+def measure_image(job: Job) -> dict:
+    """One whole PLMS run (job.steps steps, CFG on a batch of one) with job.method, timed (measure.py's "image"
+    job): the UNet calls and the sampler's own arithmetic, as the pipeline runs them (noise_estimate, plms_sample)."""
+    device, dtype = torch.device(job.device), getattr(torch, job.dtype)
+    unet = build_unet(job, device, dtype)
+    g = torch.Generator().manual_seed(1)
+    noise = torch.randn(1, 4, *job.latent, generator=g).to(device, dtype)
+    context = torch.randn(2, 77, unet.config.context_dim, generator=g).to(device, dtype)
+    method = job.method
+    tome = tome_from(method.get("tome"))
+    todo = ToDoConfig(**method["todo"]) if method.get("todo") else None
+    deep_cache = DeepCacheConfig(**method["deep_cache"]) if method.get("deep_cache") else None
+    eps_model = noise_estimate(unet, context, 7.5, tome, todo, deep_cache, job.steps + 1)
+    _, seconds = stopwatch(lambda: plms_sample(eps_model, noise, job.steps), 1, device, warmup=False)
+    return {"seconds": seconds}
+
+
 def measure(job: Job) -> dict:
-    from .memory import measure_decode
-    from .methods import measure_image, measure_parts  # the methods' table's own measurements
     return {"time": measure_time, "memory": measure_memory, "parts": measure_parts, "image": measure_image,
             "decode": measure_decode}[job.part](job)
 

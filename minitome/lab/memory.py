@@ -8,11 +8,10 @@ is alive, so bench.py starts these processes with MALLOC_MMAP_THRESHOLD_=262144:
 MiB, against torch's profiler). That setting slows calls, which is why timing runs in other processes.
 Figures are MiB. Linux only on the CPU (it reads /proc/self).
 """
-import json
-
 import torch
 
-from .common import markdown_table, sync
+from minitome.vae import VAEDecoder
+from .common import sync
 
 
 def rss_mb(field: str) -> float:
@@ -66,30 +65,9 @@ def measure_decode(job) -> dict:
                             up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2)
         decode = lambda z: vae.decode(z).sample  # noqa: E731
     else:
-        from minitome.vae import VAEDecoder
         vae = decode = VAEDecoder()
     vae.to(device, dtype).eval()
     z = torch.randn(1, 4, *job.latent, generator=torch.Generator().manual_seed(0)).to(device, dtype)
     start = time.perf_counter()
     peak = peak_above(lambda: decode(z), device)
     return {"impl": impl, "peak_mb": peak, "seconds": time.perf_counter() - start}
-
-
-def decode_table(args, device, dtype, results: dict) -> int:
-    """--decode: the VAE decoder alone, one process per size and implementation (its memory needs the process
-    to itself, as the UNet's does)."""
-    from .measure import Job  # measure.py imports this module
-    from .runner import run_child
-    rows = []
-    for size in args.sizes:
-        for impl in ("minitome", "diffusers") if args.compare else ("minitome",):
-            job = Job(part="decode", latent=[size[1] // 8, size[0] // 8], batch=1, attention="sdpa", repeats=1,
-                      device=str(device), dtype=str(dtype).replace("torch.", ""), calls=[{"impl": impl}])
-            row = run_child(job, f"[{size[0]}x{size[1]} decode {impl}]")
-            rows.append([f"{size[0]}×{size[1]}", impl, f"{row['peak_mb'] / 1024:.2f}", f"{row['seconds']:.1f}"])
-            results["tables"].append({"size": list(size), **row})
-    if args.json:
-        print(json.dumps(results, indent=1))
-    else:
-        print(markdown_table(["image", "decoder", "peak GiB above weights", "s"], rows))
-    return 0

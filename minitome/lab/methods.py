@@ -25,9 +25,9 @@ import torch
 
 from minitome.todo import ToDoConfig
 from sampler import unet_calls
-from unet.deepcache import DeepCacheConfig
-from .common import ImageComparison, markdown_table, stopwatch
-from .measure import Call, Job, build_unet, tome_from
+from minitome.deepcache import DeepCacheConfig
+from .common import PROMPTS, ImageComparison, markdown_table
+from .jobs import CallKind, Job, tome_from
 from .runner import paired, run_child
 
 # ca-tome's CONFIG_3 (its best schedule, for 50 steps): the `inference_step`s (a UNet call's index + 1) at
@@ -36,19 +36,19 @@ CA_TOME_CONFIG_3 = (0, 8, 11, 13, 20, 25, 30, 35, 45, 46, 47, 48, 49)
 
 
 def replan_calls(schedule=CA_TOME_CONFIG_3) -> tuple:
-    """ca-tome's schedule as the UNet calls (from 0) at which minitome's PlanStore plans."""
+    """ca-tome's schedule as the UNet calls (from 0) at which a minitome run makes new plans."""
     return tuple(sorted({0} | {step - 1 for step in schedule if step >= 1}))
 
 
 def call_kinds(args) -> list:
-    """Every kind of UNet call the methods make (measure.py's Call), by label."""
+    """Every kind of UNet call the methods make (a CallKind each), by label."""
     tome = {"ratio": args.tome_ratio}
     ca = {"threshold": args.ca_threshold, "replan_calls": replan_calls()}
     todo = {"factor": args.todo_factor}
-    return [Call("none"), Call("ToMe", tome=tome), Call("ToMe, kept plan", tome=tome, reuse=True),
-            Call("ToDo", todo=todo), Call("CA-ToMe", tome=ca), Call("CA-ToMe, kept plan", tome=ca, reuse=True),
-            Call("DeepCache shallow branch", cached=True), Call("DeepCache shallow + ToDo", todo=todo, cached=True),
-            Call("DeepCache shallow + ToMe", tome=tome, cached=True)]
+    return [CallKind("none"), CallKind("ToMe", tome=tome), CallKind("ToMe, kept plan", tome=tome, reuse=True),
+            CallKind("ToDo", todo=todo), CallKind("CA-ToMe", tome=ca), CallKind("CA-ToMe, kept plan", tome=ca, reuse=True),
+            CallKind("DeepCache shallow branch", cached=True), CallKind("DeepCache shallow + ToDo", todo=todo, cached=True),
+            CallKind("DeepCache shallow + ToMe", tome=tome, cached=True)]
 
 
 @dataclasses.dataclass
@@ -122,9 +122,7 @@ def measure_methods(job: Job, args, label: str, size) -> dict:
 
 def image_quality(args, size, job) -> dict:
     """method → (PSNR, SSIM) of its images against the unaccelerated ones, same prompts and seeds."""
-    import torch
     import weights
-    from .bench import PROMPTS
     sd = weights.load(args.weights, device=job.device, dtype=getattr(torch, job.dtype))
     sd.unet.channels_last().pack_convolutions()
     images, scores = ImageComparison(sd, PROMPTS, size, args.quality_steps), {}
@@ -135,46 +133,6 @@ def image_quality(args, size, job) -> dict:
                                              deep_cache=DeepCacheConfig(**s["deep_cache"]) if s["deep_cache"] else None)
         print(f"  quality: {method.label} done", file=sys.stderr, flush=True)
     return scores
-
-
-@torch.no_grad()
-def measure_parts(job: Job) -> dict:
-    """Seconds for the text encoder on a CFG pair of prompts and the VAE decoder on one image (measure.py's "parts"
-    job): the weights' own, or random SD 1.5 ones."""
-    from minitome.clip import CLIPTextModel
-    from minitome.vae import VAEDecoder
-    device, dtype = torch.device(job.device), getattr(torch, job.dtype)
-    if job.weights:
-        import weights
-        sd = weights.load(job.weights, device=device, dtype=dtype)
-        clip, vae = sd.text_encoder, sd.vae
-    else:
-        torch.manual_seed(0)
-        clip, vae = CLIPTextModel().to(device, dtype).eval(), VAEDecoder().to(device, dtype).eval()
-    ids = torch.randint(0, 49408, (2, 77), generator=torch.Generator().manual_seed(0)).to(device)
-    z = torch.randn(1, 4, *job.latent, generator=torch.Generator().manual_seed(0)).to(device, dtype)
-    return {"text_seconds": stopwatch(lambda: clip(ids), job.repeats, device)[1],
-            "decode_seconds": stopwatch(lambda: vae(z), job.repeats, device)[1]}
-
-
-@torch.no_grad()
-def measure_image(job: Job) -> dict:
-    """One whole PLMS run (job.steps steps, CFG on a batch of one) with job.method, timed (measure.py's "image"
-    job): the UNet calls and the sampler's own arithmetic, as the pipeline runs them (noise_estimate, plms_sample)."""
-    from minitome.pipeline import noise_estimate
-    from sampler import plms_sample
-    device, dtype = torch.device(job.device), getattr(torch, job.dtype)
-    unet = build_unet(job, device, dtype)
-    g = torch.Generator().manual_seed(1)
-    noise = torch.randn(1, 4, *job.latent, generator=g).to(device, dtype)
-    context = torch.randn(2, 77, unet.config.context_dim, generator=g).to(device, dtype)
-    method = job.method
-    tome = tome_from(method.get("tome"))
-    todo = ToDoConfig(**method["todo"]) if method.get("todo") else None
-    deep_cache = DeepCacheConfig(**method["deep_cache"]) if method.get("deep_cache") else None
-    eps_model = noise_estimate(unet, context, 7.5, tome, todo, deep_cache, job.steps + 1)
-    _, seconds = stopwatch(lambda: plms_sample(eps_model, noise, job.steps), 1, device, warmup=False)
-    return {"seconds": seconds}
 
 
 def compare_methods(args, device, dtype, name: str, results: dict) -> int:

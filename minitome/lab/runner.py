@@ -1,6 +1,6 @@
 """Running measure.py's jobs in fresh processes, and comparing the times they bring back.
 
-Where this sits: bench.py, methods.py and memory.py hand their jobs to `run_child`; `paired` turns two
+Where this sits: the modes (bench.py's table, methods.py, decode.py) hand their jobs to `run_child`; `paired` turns two
 configurations' times, taken in the same rounds, into one ratio.
 """
 import json
@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .measure import Job
+from .jobs import Job
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository
 

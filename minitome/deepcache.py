@@ -1,8 +1,8 @@
 """DeepCache: reuse the UNet's deep features between calls, recompute only its shallow branch.
 
-Where this sits: `UNetModel.forward` (unet/model.py) takes a `DeepCache` object that the sampler loop
-creates for one run and hands to every UNet call (minitome/pipeline.py); nothing is kept inside the
-model. Paper: Ma et al., "DeepCache: Accelerating Diffusion Models for Free", CVPR 2024, arXiv
+Where this sits: a sampling run (minitome/run.py) holds one `DeepCache`; each UNet call asks it whether to
+reuse the deep features, and `UNetModel.forward` (unet/model.py) runs the whole UNet or only its shallow
+branch accordingly; nothing is kept inside the model. Paper: Ma et al., "DeepCache: Accelerating Diffusion Models for Free", CVPR 2024, arXiv
 2312.00858; behaviour follows the `DeepCache` package's `DeepCacheSDHelper` (uniform schedule).
 
 The UNet's output is the sum of what the skip connections carry up and what comes back from below.
@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .checks import whole_number
+
 
 @dataclass(frozen=True)
 class DeepCacheConfig:
@@ -28,10 +30,13 @@ class DeepCacheConfig:
     branch: int = 0     # how deep the recomputed shallow branch reaches: input_blocks[:branch + 1] (0 … 10 in SD 1.5)
 
     def __post_init__(self):
-        for name, low in (("interval", 1), ("branch", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"DeepCache {name} must be an integer >= {low}, got {value!r}")
+        whole_number(self.interval, 1, "DeepCache interval"), whole_number(self.branch, 0, "DeepCache branch")
+
+    def check_layout(self, unet_config):
+        """The branch against a UNet's layout: it must end above the deepest input block."""
+        deepest = len(unet_config.layout()["input_blocks"]) - 2
+        if self.branch > deepest:
+            raise ValueError(f"DeepCache branch must be at most {deepest} for this UNet, got {self.branch}")
 
 
 class DeepCache:

@@ -1,0 +1,82 @@
+"""The command line's method flags (--tome-*, --todo-*, --deepcache-*) → the methods' configs.
+
+Where this sits: `python -m minitome.sample` (minitome/sample.py) calls `accelerations(args)` among its first
+checks. Each config checks its own ranges (minitome/tome.py, todo.py, deepcache.py) and which methods run
+together is `check_methods`' (minitome/run.py); here are only what the flags add: a method's flag given
+without the flag that turns it on, and the configs' messages named by their flags.
+"""
+from sampler import unet_calls
+from .deepcache import DeepCacheConfig
+from .run import check_methods
+from .todo import ToDoConfig
+from .tome import MERGE_TARGETS, ToMeConfig
+
+SEEDS = 2 ** 64  # torch.Generator takes seeds in [0, 2⁶⁴)
+
+
+def needs(args, flags: tuple, switch: str, method: str):
+    """The options in `flags` were given without `switch`, which turns their method on: an error naming them."""
+    given = [f for f in flags if f in args.given]
+    if given:
+        names = ", ".join("--" + f.replace("_", "-") for f in given)
+        raise ValueError(f"{names} need{'s' if len(given) == 1 else ''} {switch} ({method} is off without it)")
+
+
+def tome_config(args) -> ToMeConfig:
+    if args.tome_ratio is None and args.tome_threshold is None:
+        needs(args, ("tome_max_downsample", "tome_sx", "tome_sy", "tome_no_rand", "tome_merge", "tome_seed",
+                     "tome_reuse"), "--tome-ratio or --tome-threshold", "ToMe")
+        return None
+    if args.tome_ratio is not None and args.tome_threshold is not None:
+        raise ValueError("--tome-ratio and --tome-threshold both say how much to merge: give one of them")
+    targets = [t.strip() for t in args.tome_merge.split(",") if t.strip()]
+    unknown = [t for t in targets if t not in MERGE_TARGETS]
+    if unknown or not targets:
+        raise ValueError(f"--tome-merge takes a comma list of {', '.join(MERGE_TARGETS)}, got {args.tome_merge!r}")
+    if not 0 <= args.tome_seed < SEEDS:
+        raise ValueError(f"--tome-seed must be in [0, 2^64), got {args.tome_seed}")
+    if args.tome_threshold is not None and args.tome_sx == 1 and args.tome_sy == 1:
+        raise ValueError("--tome-sx 1 --tome-sy 1: cells of one token are all dst, with no src to merge; "
+                         "--tome-threshold needs cells of at least 2 tokens")
+    ratio = args.tome_ratio if args.tome_ratio is not None else 0.5  # unused with a threshold
+    return ToMeConfig(ratio=ratio, max_downsample=args.tome_max_downsample, sx=args.tome_sx,
+                      sy=args.tome_sy, use_rand=not args.tome_no_rand, merge_attn="attn" in targets,
+                      merge_crossattn="crossattn" in targets, merge_mlp="mlp" in targets, seed=args.tome_seed,
+                      threshold=args.tome_threshold, reuse=args.tome_reuse)
+
+
+def todo_config(args) -> ToDoConfig:
+    if args.todo_factor is None:
+        needs(args, ("todo_max_downsample", "todo_until"), "--todo-factor", "ToDo")
+        return None
+    todo = ToDoConfig(factor=args.todo_factor, max_downsample=args.todo_max_downsample, until=args.todo_until)
+    calls = unet_calls(args.sampler, args.steps)
+    if todo.calls_on(calls) == 0:
+        raise ValueError(f"--todo-until {args.todo_until:g} turns ToDo on for none of the {calls} UNet calls of "
+                         f"{args.steps} {args.sampler.upper()} steps: use at least {ToDoConfig.least_until(calls)!r}, or leave ToDo off")
+    return todo
+
+
+def deep_cache_config(args) -> DeepCacheConfig:
+    if args.deepcache_interval is None:
+        needs(args, ("deepcache_branch",), "--deepcache-interval", "DeepCache")
+        return None
+    return DeepCacheConfig(interval=args.deepcache_interval, branch=args.deepcache_branch)
+
+
+def flag_named(check, *args):
+    """check(*args), a ValueError from a method's config ("ToDo factor must …") naming the flag ("--todo-factor")."""
+    try:
+        return check(*args)
+    except ValueError as error:
+        message = str(error)
+        for name, flag in (("ToMe ", "--tome-"), ("ToDo ", "--todo-"), ("DeepCache ", "--deepcache-")):
+            message = message.replace(name, flag) if message.startswith(name) else message
+        raise ValueError(message) from None
+
+
+def accelerations(args) -> tuple:
+    """(ToMeConfig, ToDoConfig, DeepCacheConfig) from the flags, each None when off; ValueErrors name the flag."""
+    tome, todo, deep_cache = (flag_named(config, args) for config in (tome_config, todo_config, deep_cache_config))
+    check_methods(tome, todo, deep_cache)  # which methods run together: one rule, one message (minitome/run.py)
+    return tome, todo, deep_cache

@@ -1,0 +1,127 @@
+"""The text a PNG carries, A1111's `parameters` chunk: written so that it makes its image again.
+
+Where this sits: `python -m minitome.sample` writes it into every image (minitome/output.py saves it), and
+`--from PNG` reads it back as the run's flags, later flags overriding it (A1111's "PNG Info → send to
+txt2img"). The layout is A1111's, so its PNG Info tab and other tools read it:
+
+    a red fox in the snow                                   the prompt (any number of lines)
+    Negative prompt: blurry                                 when there is one
+    Steps: 20, Sampler: PLMS, CFG scale: 7.5, Seed: 1, Size: 512x512, Model hash: 6ce0161689, …
+
+Every value that changes the pixels is written, each so that it reads back to the same number: floats in
+Python's shortest round-trip form (`repr`: 0.4999999 stays 0.4999999, where six significant digits would
+write 0.5 for a run whose pixels differ from 0.5's). A batch shares one noise tensor, so each image says its
+place in it (A1111's "Batch size", "Batch pos"). A value holding commas is quoted as a JSON string, as A1111
+quotes its own.
+"""
+import json
+import re
+from pathlib import Path
+
+from .tome import MERGE_TARGETS
+
+
+def number(value: float) -> str:
+    """A float written to read back to itself: the shortest round-trip form, without a trailing '.0'."""
+    text = repr(float(value))
+    return text[:-2] if text.endswith(".0") else text
+
+
+def quoted(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False) if any(c in text for c in ',:"\n') else text
+
+
+def parameters_text(args, seed: int, short_hash: str, tome=None, todo=None, deep_cache=None, dtype: str = "float32",
+                    vae_hash: str = "", position: int = 0) -> str:
+    """The `parameters` chunk of the image at `position` of the batch (args: the command line's; tome, todo,
+    deep_cache: the methods' configs, None when off; dtype: the run's; vae_hash: of --vae when given)."""
+    fields = {"Steps": args.steps, "Sampler": args.sampler.upper(), "CFG scale": number(args.guidance), "Seed": seed,
+              "Size": f"{args.width}x{args.height}"}
+    if short_hash:
+        fields["Model hash"] = short_hash
+    fields["Model"] = quoted(Path(args.weights).stem)
+    if args.vae:
+        fields["VAE"] = quoted(Path(args.vae).stem)
+        if vae_hash:
+            fields["VAE hash"] = vae_hash
+    if args.ema:
+        fields["EMA"] = "True"
+    if args.batch > 1:
+        fields["Batch size"], fields["Batch pos"] = args.batch, position
+    if tome is not None:
+        merged = "+".join(t for t, on in zip(MERGE_TARGETS, (tome.merge_attn, tome.merge_crossattn, tome.merge_mlp)) if on)
+        amount = f"threshold {number(tome.threshold)}" if tome.threshold is not None else f"ratio {number(tome.ratio)}"
+        fields["ToMe"] = quoted(f"{amount}, max_downsample {tome.max_downsample}, sx {tome.sx}, sy {tome.sy}, "
+                                f"use_rand {tome.use_rand}, merge {merged}, seed {tome.seed}, reuse {tome.reuse}")
+    if todo is not None:
+        fields["ToDo"] = quoted(f"factor {todo.factor}, max_downsample {todo.max_downsample}, until {number(todo.until)}")
+    if deep_cache is not None:
+        fields["DeepCache"] = quoted(f"interval {deep_cache.interval}, branch {deep_cache.branch}")
+    if dtype != "float32":
+        fields["Dtype"] = dtype
+    if args.attention != "sdpa":
+        fields["Attention"] = args.attention
+    lines = [args.prompt] + ([f"Negative prompt: {args.negative_prompt}"] if args.negative_prompt else [])
+    return "\n".join(lines + [", ".join(f"{k}: {v}" for k, v in fields.items())])
+
+
+FIELD = re.compile(r'\s*([\w][\w \-/]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')  # A1111's: key: value or key: "quoted"
+
+
+def read_fields(text: str) -> tuple:
+    """(prompt, negative prompt, {field: value}) from a `parameters` chunk; the settings are its last line."""
+    *lines, settings = text.split("\n")
+    negative = [i for i, line in enumerate(lines) if line.startswith("Negative prompt: ")]
+    prompt = "\n".join(lines[:negative[0]] if negative else lines)
+    negative_prompt = "\n".join(lines[negative[0]:])[len("Negative prompt: "):] if negative else ""
+    fields = {}
+    for key, value in FIELD.findall(settings):
+        fields[key.strip()] = json.loads(value) if value.startswith('"') else value.strip()
+    return prompt, negative_prompt, fields
+
+
+def pairs(value: str) -> dict:
+    """'ratio 0.5, max_downsample 1, …' → {'ratio': '0.5', 'max_downsample': '1', …}"""
+    return dict(item.strip().split(" ", 1) for item in value.split(",") if item.strip())
+
+
+def flags_from(path: Path) -> list:
+    """The command-line flags that remake the image of the PNG at `path`, from its `parameters` text (not the
+    weights, the VAE or the output: they are files of this machine). ValueError naming the file otherwise."""
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(path) as image:
+            text = image.text.get("parameters") if hasattr(image, "text") else None
+    except (OSError, UnidentifiedImageError) as error:
+        raise ValueError(f"--from {path}: not an image Pillow reads ({error})") from None
+    if not text:
+        raise ValueError(f"--from {path}: no 'parameters' text in it")
+    prompt, negative_prompt, f = read_fields(text)
+    try:
+        width, height = f["Size"].split("x")
+        argv = ["--prompt", prompt, "--negative-prompt", negative_prompt, "--steps", f["Steps"],
+                "--sampler", f["Sampler"].lower(), "--guidance", f["CFG scale"], "--seed", f["Seed"],
+                "--width", width, "--height", height]
+        if "Batch size" in f:
+            argv += ["--batch", f["Batch size"]]
+        if f.get("EMA") == "True":
+            argv += ["--ema"]
+        if "Dtype" in f:
+            argv += ["--dtype", f["Dtype"]]
+        if "Attention" in f:
+            argv += ["--attention", f["Attention"]]
+        if "ToMe" in f:
+            t = pairs(f["ToMe"])
+            amount = ["--tome-threshold", t["threshold"]] if "threshold" in t else ["--tome-ratio", t["ratio"]]
+            argv += amount + ["--tome-max-downsample", t["max_downsample"], "--tome-sx", t["sx"], "--tome-sy", t["sy"],
+                              "--tome-merge", t["merge"].replace("+", ","), "--tome-seed", t["seed"],
+                              "--tome-reuse", t["reuse"]] + (["--tome-no-rand"] if t["use_rand"] == "False" else [])
+        if "ToDo" in f:
+            t = pairs(f["ToDo"])
+            argv += ["--todo-factor", t["factor"], "--todo-max-downsample", t["max_downsample"], "--todo-until", t["until"]]
+        if "DeepCache" in f:
+            t = pairs(f["DeepCache"])
+            argv += ["--deepcache-interval", t["interval"], "--deepcache-branch", t["branch"]]
+    except (KeyError, ValueError) as error:
+        raise ValueError(f"--from {path}: its parameters text lacks or garbles a field ({error})") from None
+    return argv, f
