@@ -83,6 +83,9 @@ class Embeddings(nn.Module):
 
 
 class Encoder(nn.Module):
+    """Holds the layers under the checkpoint's name (`encoder.layers.<i>`). No forward of its own:
+    CLIPTextModel.forward runs the layers in plain sight, one line each."""
+
     def __init__(self, c: CLIPTextConfig):
         super().__init__()
         self.layers = nn.ModuleList(EncoderLayer(c) for _ in range(c.layers))

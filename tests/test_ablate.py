@@ -50,7 +50,7 @@ def test_ablate_bad_input(capsys):
     assert main(["--ratio", "0.8"]) == 2
     assert main(["--size", "100"]) == 2
     assert main(["--tau", "1000"]) == 2
-    assert main(["--weights", "/nonexistent/model.safetensors", "--skip-unet"]) == 2
+    assert main(["--weights", "/nonexistent/model.safetensors", "--sections", "1", "2"]) == 2
     err = capsys.readouterr().err
     assert "must be a positive multiple of 64" in err and err.count("minitome.lab.ablate: error:") == 4
 

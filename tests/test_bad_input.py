@@ -338,6 +338,29 @@ def test_a_limit_a_message_names_can_be_typed_back_in(single_file, tmp_path, arg
     assert status == 0, lines
 
 
+@pytest.mark.parametrize("what, pattern", [("missing", "--from .*missing.png: not an image Pillow reads"),
+                                           ("text", "--from .*text.png: not an image Pillow reads"),
+                                           ("bare", "--from .*bare.png: no 'parameters' text in it"),
+                                           ("garbled", "--from .*garbled.png: its parameters text lacks or garbles a field"),
+                                           ("vae", r"--from .*vae.png: its image was made with the VAE 'ft-mse' \(hash ")])
+def test_a_png_from_that_cannot_remake_its_image_is_one_line(single_file, tmp_path, what, pattern):
+    from PIL import Image
+    from minitome.output import png_info
+    png = tmp_path / f"{what}.png"
+    if what == "text":
+        png.write_text("not a picture")
+    elif what == "bare":
+        Image.new("RGB", (8, 8)).save(png)
+    elif what == "garbled":
+        Image.new("RGB", (8, 8)).save(png, pnginfo=png_info("a cat\nSteps: 10, Sampler: PLMS"))
+    elif what == "vae":
+        Image.new("RGB", (8, 8)).save(png, pnginfo=png_info(
+            "a cat\nSteps: 10, Sampler: PLMS, CFG scale: 7.5, Seed: 1, Size: 16x16, VAE: ft-mse, VAE hash: 0123456789"))
+    status, lines = run(["--weights", str(single_file), "--from", str(png), "--out", str(tmp_path / "o" / "x.png")])
+    assert_one_line_error(status, lines, pattern)
+    assert no_files(tmp_path / "o")
+
+
 # ---- 5. large sizes fail early, in one line ----
 
 @pytest.mark.parametrize("extra", [["--batch", "1000", "--width", "512", "--height", "512"],

@@ -190,6 +190,8 @@ def test_deepcache_config_is_checked(kwargs, message):
                                                       'merge attn, seed 0, reuse 3"'),
     (["--deepcache-interval", "3", "--deepcache-branch", "2"], 'DeepCache: "interval 3, branch 2"'),
     (["--deepcache-interval", "3", "--todo-factor", "2"], 'ToDo: "factor 2, max_downsample 1, until 1", DeepCache: "interval 3'),
+    (["--tome-ratio", "0.5", "--tome-reuse", "2", "--tome-max-downsample", "2", "--deepcache-interval", "3",
+      "--deepcache-branch", "1"], 'reuse 2", DeepCache: "interval 3, branch 1"'),  # kept plans beside the shallow branch
 ])
 def test_flags_run_and_are_written_into_the_png(single_file, tmp_path, flags, expected):
     from PIL import Image

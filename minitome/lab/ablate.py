@@ -106,11 +106,10 @@ def main(argv=None) -> int:
     p.add_argument("--when-size", type=int, default=256, help="image size for the schedule runs (5, 6)")
     p.add_argument("--when-steps", type=int, default=10, help="PLMS steps for the schedule runs (5, 6)")
     p.add_argument("--tau", type=int, default=500, help="noise-level threshold (a timestep, 0–999) for 5")
-    p.add_argument("--skip-unet", action="store_true", help="only the token experiments (1–2)")
     p.add_argument("--sections", type=int, nargs="+", default=list(range(1, 8)), choices=range(1, 8),
                    metavar="N", help="which experiments to run (1–7; default all)")
     args = p.parse_args(argv)
-    show = set(args.sections) & ({1, 2} if args.skip_unet else set(range(1, 8)))
+    show = set(args.sections)  # --sections 1 2: only the token experiments, no UNet
     try:
         ToMeConfig(ratio=args.ratio)
         if args.repeats < 1:

@@ -26,7 +26,7 @@ from minitome.deepcache import DeepCacheConfig
 from minitome.device import pick_device, pick_dtype
 from minitome.todo import ToDoConfig
 from minitome.tome import ToMeConfig
-from .common import PROMPTS, ImageComparison, markdown_table, stopwatch
+from .common import image_quality, markdown_table, stopwatch
 from .decode import decode_table
 from .jobs import CallKind, Job
 from .methods import compare_methods
@@ -166,18 +166,6 @@ def measure_table(job: Job, impls: tuple, ratios: list, max_downsample: int, lab
     return rows
 
 
-def image_quality(args, size, device, dtype) -> dict:
-    """ratio → (PSNR, SSIM) of its images against ratio 0's, same prompts and seeds."""
-    import weights
-    sd = weights.load(args.weights, device=device, dtype=dtype)
-    sd.unet.channels_last().pack_convolutions()
-    images, scores = ImageComparison(sd, PROMPTS, size, args.quality_steps), {}
-    for ratio in sorted(args.ratios):  # the lowest first: the reference
-        scores[ratio] = images.scores(ToMeConfig(ratio=ratio, max_downsample=args.max_downsample) if ratio > 0 else None)
-        print(f"  quality: ratio {ratio:g} done", file=sys.stderr, flush=True)
-    return scores
-
-
 def table(rows: list, compare: bool, with_quality: bool) -> str:
     head = ["ratio", "s/call", "speed-up", "peak MB", "merged tokens", "merging", "GFLOP/s", "% matmul"]
     if compare:
@@ -230,7 +218,9 @@ def main(argv=None) -> int:
         if args.decode:
             return decode_table(args, device, dtype, results)
         for size in args.sizes:
-            q = image_quality(args, size, device, dtype) if args.quality_steps else {}
+            runs = {ratio: {"tome": ToMeConfig(ratio=ratio, max_downsample=args.max_downsample) if ratio > 0 else None}
+                    for ratio in sorted(args.ratios)}  # the lowest first: the reference
+            q = image_quality(args.weights, device, dtype, size, args.quality_steps, runs) if args.quality_steps else {}
             for attention in args.attention:
                 job = Job(part="time", latent=[size[1] // 8, size[0] // 8], batch=args.batch, attention=attention,
                           repeats=args.repeats, device=str(device), dtype=str(dtype).replace("torch.", ""),

@@ -5,6 +5,7 @@ Where this sits: `bench.py`, `measure.py`, `ablate.py`, `ablate_tokens.py` and `
 these, so that each of them is the one way that thing is done in the lab.
 """
 import statistics
+import sys
 import time
 
 import numpy as np
@@ -76,6 +77,19 @@ def block_input(sd, prompt: str, size: int, steps: int, block: int = 0, call: in
     if "tokens" not in caught:
         raise ValueError(f"call must be -1 or in 0 … {calls[0] - 1} (the UNet calls of {steps} steps), got {call}")
     return caught["tokens"], caught["hw"], image
+
+
+def image_quality(weights_path, device, dtype, size: tuple, steps: int, runs: dict) -> dict:
+    """label → (PSNR, SSIM) of the images each run's settings make (runs: label → `generate` keyword arguments,
+    the first the reference) against the first's, from the weights at weights_path, same prompts and seeds."""
+    import weights
+    sd = weights.load(weights_path, device=device, dtype=dtype)
+    sd.unet.channels_last().pack_convolutions()
+    images, scores = ImageComparison(sd, PROMPTS, size, steps), {}
+    for label, settings in runs.items():
+        scores[label] = images.scores(**settings)
+        print(f"  quality: {label} done", file=sys.stderr, flush=True)
+    return scores
 
 
 class ImageComparison:

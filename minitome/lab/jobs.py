@@ -8,6 +8,8 @@ import dataclasses
 import json
 from dataclasses import dataclass
 
+import torch
+
 from minitome.tome import ToMeConfig
 
 
@@ -41,6 +43,10 @@ class Job:
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
+
+    def torch_device_dtype(self) -> tuple:
+        """(torch.device, torch.dtype) the child measures on, from the names the JSON carries."""
+        return torch.device(self.device), getattr(torch, self.dtype)
 
 
 def tome_from(fields: dict) -> ToMeConfig:

@@ -163,7 +163,7 @@ def progress(text: str):
 @torch.no_grad()
 def measure_memory(job: Job) -> dict:
     """One kind of call's peak memory above the loaded weights (memory.py)."""
-    device, dtype = torch.device(job.device), getattr(torch, job.dtype)
+    device, dtype = job.torch_device_dtype()
     unet = build_unet(job, device, dtype)
     x, t, context = inputs(unet, job, device, dtype)
     spec = CallKind(**job.calls[0])
@@ -177,7 +177,7 @@ def measure_memory(job: Job) -> dict:
 @torch.no_grad()
 def measure_time(job: Job) -> dict:
     """Every kind of call in job.calls timed, interleaved (see the module's docstring)."""
-    device, dtype = torch.device(job.device), getattr(torch, job.dtype)
+    device, dtype = job.torch_device_dtype()
     unet = build_unet(job, device, dtype)
     x, t, context = inputs(unet, job, device, dtype)
     specs = [CallKind(**c) for c in job.calls]
@@ -213,7 +213,7 @@ def measure_time(job: Job) -> dict:
 def measure_parts(job: Job) -> dict:
     """Seconds for the text encoder on a CFG pair of prompts and the VAE decoder on one image (measure.py's "parts"
     job): the weights' own, or random SD 1.5 ones."""
-    device, dtype = torch.device(job.device), getattr(torch, job.dtype)
+    device, dtype = job.torch_device_dtype()
     if job.weights:
         import weights
         sd = weights.load(job.weights, device=device, dtype=dtype)
@@ -231,7 +231,7 @@ def measure_parts(job: Job) -> dict:
 def measure_image(job: Job) -> dict:
     """One whole PLMS run (job.steps steps, CFG on a batch of one) with job.method, timed (measure.py's "image"
     job): the UNet calls and the sampler's own arithmetic, as the pipeline runs them (noise_estimate, plms_sample)."""
-    device, dtype = torch.device(job.device), getattr(torch, job.dtype)
+    device, dtype = job.torch_device_dtype()
     unet = build_unet(job, device, dtype)
     g = torch.Generator().manual_seed(1)
     noise = torch.randn(1, 4, *job.latent, generator=g).to(device, dtype)

@@ -56,7 +56,7 @@ def measure_decode(job) -> dict:
     for AutoencoderKL.decode, both with SD 1.5's configuration and random weights (the values do not change
     the work)."""
     import time
-    device, dtype = torch.device(job.device), getattr(torch, job.dtype)
+    device, dtype = job.torch_device_dtype()
     impl = job.calls[0]["impl"] if job.calls else "minitome"
     torch.manual_seed(0)
     if impl == "diffusers":

@@ -26,7 +26,7 @@ import torch
 from minitome.todo import ToDoConfig
 from sampler import unet_calls
 from minitome.deepcache import DeepCacheConfig
-from .common import PROMPTS, ImageComparison, markdown_table
+from .common import image_quality, markdown_table
 from .jobs import CallKind, Job, tome_from
 from .runner import paired, run_child
 
@@ -116,23 +116,14 @@ def measure_methods(job: Job, args, label: str, size) -> dict:
         result["check"] = {"method": method["method"], "composed": method["seconds"], "measured": measured,
                            "difference": method["seconds"] / measured - 1}
     if args.quality_steps:
-        result["quality"] = image_quality(args, size, job)
+        runs = {}
+        for method in methods(args):
+            s = method.settings()
+            runs[method.label] = {"tome": tome_from(s["tome"]), "todo": ToDoConfig(**s["todo"]) if s["todo"] else None,
+                                  "deep_cache": DeepCacheConfig(**s["deep_cache"]) if s["deep_cache"] else None}
+        result["quality"] = image_quality(args.weights, torch.device(job.device), getattr(torch, job.dtype), size,
+                                          args.quality_steps, runs)
     return result
-
-
-def image_quality(args, size, job) -> dict:
-    """method → (PSNR, SSIM) of its images against the unaccelerated ones, same prompts and seeds."""
-    import weights
-    sd = weights.load(args.weights, device=job.device, dtype=getattr(torch, job.dtype))
-    sd.unet.channels_last().pack_convolutions()
-    images, scores = ImageComparison(sd, PROMPTS, size, args.quality_steps), {}
-    for method in methods(args):
-        s = method.settings()
-        scores[method.label] = images.scores(tome=tome_from(s["tome"]),
-                                             todo=ToDoConfig(**s["todo"]) if s["todo"] else None,
-                                             deep_cache=DeepCacheConfig(**s["deep_cache"]) if s["deep_cache"] else None)
-        print(f"  quality: {method.label} done", file=sys.stderr, flush=True)
-    return scores
 
 
 def compare_methods(args, device, dtype, name: str, results: dict) -> int:

@@ -55,8 +55,8 @@ def landscape(size: int = 512) -> Image.Image:
     return Image.fromarray(np.clip(np.asarray(img, dtype=np.float64) + grain, 0, 255).round().astype(np.uint8))
 
 
-def patch_tokens(img: Image.Image) -> torch.Tensor:
-    """(1, N, 3·8·8) tokens: each 8 × 8 patch's pixels, centred on the picture's mean colour."""
+def patch_tokens(img: Image.Image) -> tuple:
+    """((1, N, 3·8·8) tokens, (h, w) their grid): each 8 × 8 patch's pixels, centred on the picture's mean colour."""
     a = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255)
     h, w = a.shape[0] // PATCH, a.shape[1] // PATCH
     patches = a[: h * PATCH, : w * PATCH].reshape(h, PATCH, w, PATCH, 3).permute(0, 2, 1, 3, 4).reshape(h * w, -1)
