@@ -22,12 +22,12 @@ import torch
 from PIL import Image
 
 from sampler import SAMPLERS, unet_calls
-from sampler.schedule import check_steps
+from sampler.schedule import check_steps, timesteps
 from unet import UNetModel
 from .checks import check_size
 from .clip import CLIPTextModel
 from .deepcache import DeepCacheConfig
-from .run import Run
+from .run import Run, check_methods
 from .tokenizer import Tokenizer
 from .todo import ToDoConfig
 from .tome import ToMeConfig
@@ -65,6 +65,9 @@ def sample_latents(sd, prompt: str, negative_prompt: str = "", steps: int = 50, 
         raise ValueError(f"guidance must be a finite number, got {guidance}")
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    if callable(tome) and todo is not None:  # a ToMe schedule beside ToDo: each step's config, before any work
+        for t in timesteps(steps):
+            check_methods(tome(t), todo, deep_cache)
     unet = sd.unet
     device, dtype = next(unet.parameters()).device, next(unet.parameters()).dtype
     guided = guidance > 1

@@ -95,8 +95,8 @@ class Run:
             self.todo.check_latent(tuple(latent.shape[-2:]))
         on = self.todo is not None and (self.calls is None or self.made < self.todo.calls_on(self.calls))
         todo = self.todo if on else None
-        if callable(self.tome):
-            check_methods(tome, todo, self.deep_cache)
+        if callable(self.tome):  # a schedule's config of this call (the pipeline checks them all before it starts)
+            check_methods(tome, self.todo, self.deep_cache)
         self.made += 1
         call = Call(BlockSettings(tuple(latent.shape[-2:]), tome, None, todo))
         if tome is not None:
