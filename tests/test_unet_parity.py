@@ -24,6 +24,7 @@ from unet.packed_conv import PackedConv2d
 # float32: the largest error measured across CPU kernels (tests/float32_spread.py, 2026-12-06) times a margin of ~4.5
 F32_BOUND = 8e-6       # the tiny UNet: 1.23e-6 (oneDNN AVX) – 1.79e-6 (scalar ATen kernels)
 F32_FULL_BOUND = 2e-5  # full size at 64×64: 3.07e-6 (oneDNN SSE4.1) – 4.24e-6 (1 thread)
+F32_CONV_BOUND = 1e-5  # a packed convolution against nn.Conv2d: 0 with 2 threads here, 2.03e-6 with 1 (2026-12-06)
 
 
 def inputs(hw, seed, batch=2, context_dim=32, dtype=torch.float64):
@@ -157,7 +158,9 @@ def address_space(limit: int):
 
 def test_full_size_unet_matches_diffusers_at_512(tmp_path_factory, float32_bound):
     """SD 1.5 at full size in float32, a 64×64 latent (512² image), batch 2: parity, the parameter count, and
-    every packed convolution (unet/packed_conv.py) bit for bit against nn.Conv2d."""
+    every packed convolution (unet/packed_conv.py) against nn.Conv2d on the same input, within float32 rounding:
+    not bit for bit, since oneDNN picks another kernel for a prepacked weight at some thread counts (with one
+    thread 46 of the 98 differ in their last bits)."""
     from diffusers import UNet2DConditionModel
     from conftest import randomize_
     assert sum(p.numel() for p in UNetModel().parameters()) == 859_520_964
@@ -169,15 +172,15 @@ def test_full_size_unet_matches_diffusers_at_512(tmp_path_factory, float32_bound
     ours = weights.load_unet(folder).pack_convolutions()
     assert ours.config == UNetConfig()
     x, t, context = inputs((64, 64), seed=4, context_dim=768, dtype=torch.float32)
-    # each packed convolution must give exactly what nn.Conv2d's own call gives on the same input
+    # each packed convolution must give what nn.Conv2d's own call gives on the same input, up to float32 rounding
     packed = [m for m in ours.modules() if isinstance(m, PackedConv2d)]
     assert len(packed) == 98
-    unequal = []
+    conv_errors = []
 
     def same_as_conv2d(module, args, out):  # F.conv2d is nn.Conv2d's forward
         conv = F.conv2d(args[0], module.state_dict()["weight"], module.bias, module.stride, module.padding,
                         module.dilation, module.groups)
-        unequal.extend([] if torch.equal(conv, out) else [module])
+        conv_errors.append(relative_error(out, conv))
 
     hooks = [m.register_forward_hook(same_as_conv2d) for m in packed]
     with torch.no_grad():
@@ -187,4 +190,6 @@ def test_full_size_unet_matches_diffusers_at_512(tmp_path_factory, float32_bound
     for hook in hooks:
         hook.remove()
     float32_bound(err, F32_FULL_BOUND)
-    assert not unequal, f"{len(unequal)} of {len(packed)} packed convolutions differ from nn.Conv2d"
+    assert len(conv_errors) == len(packed)
+    print(f"packed vs nn.Conv2d, largest relative difference: {max(conv_errors):.2e}")
+    assert max(conv_errors) <= F32_CONV_BOUND, max(conv_errors)

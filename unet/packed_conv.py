@@ -9,7 +9,7 @@ blocked layout of its own (channels grouped in sixteens, say), chosen for the sh
 nn.Conv2d keeps its weight in PyTorch's layout, so every call first copies the weight into oneDNN's.
 For the big 1280-channel convolutions at the bottom of the UNet that copy is most of the work (more
 than half the time of a 3×3, 1280 → 1280 convolution at 8×8); over a whole SD 1.5 UNet call at 512² it
-is a few percent (docs/benchmark.md), with the same bits out.
+is a few percent (docs/benchmark.md), with the same numbers out up to float32 rounding.
 
 The layout oneDNN picks depends on the input's shape, and a weight laid out for the wrong shape can be
 slow (three times slower for 1280 channels at 32×32 with the layout chosen for 64×64), so a
@@ -20,9 +20,10 @@ costs no memory; `state_dict()` still returns the weight in PyTorch's layout.
 The two operators are the ones torch.compile's CPU backend uses when it freezes a model's weights
 (torch/_inductor/fx_passes/mkldnn_fusion.py); they are internal to PyTorch, so `available()` checks
 for them (and that oneDNN is enabled) and nothing is packed otherwise. A layout change is an exact
-copy, and the convolution is oneDNN's either way: on every one of the 98 convolutions of the full-size
-UNet the output bits equal nn.Conv2d's (tests/test_unet_parity.py); on small odd shapes oneDNN may
-pick another kernel, equal within rounding (tests/test_packed_conv.py). Inference only: no gradients.
+copy, and the convolution is oneDNN's either way: on the 98 convolutions of the full-size UNet the
+output equals nn.Conv2d's to float32 rounding (tests/test_unet_parity.py; with two threads here to the
+bit, with one thread oneDNN picks another kernel for some of them); on small odd shapes likewise
+(tests/test_packed_conv.py). Inference only: no gradients.
 """
 import torch
 import torch.nn as nn
