@@ -98,10 +98,9 @@ class Run:
         if callable(self.tome):  # a schedule's config of this call (the pipeline checks them all before it starts)
             check_methods(tome, self.todo, self.deep_cache)
         self.made += 1
-        call = Call(BlockSettings(tuple(latent.shape[-2:]), tome, None, todo))
+        generator = None if tome is None else self.generators.setdefault(tome.seed, torch.Generator().manual_seed(tome.seed))
+        call = Call(BlockSettings(tuple(latent.shape[-2:]), tome, generator, todo))
         if tome is not None:
-            generator = self.generators.setdefault(tome.seed, torch.Generator().manual_seed(tome.seed))
-            call.settings = BlockSettings(call.settings.latent_hw, tome, generator, todo)
             if tome.reuse > 1 or tome.replan_calls is not None:
                 count = self.tome_calls.get(tome, 0)
                 self.tome_calls[tome] = count + 1
