@@ -8,13 +8,18 @@ import argparse
 import os
 from pathlib import Path
 
-from sampler.schedule import check_steps
+from sampler import check_sampler
 
 
-def check_steps_flag(steps: int, flag: str):
-    """`sampler.schedule.check_steps`, its message naming the flag."""
+def check_steps_flag(steps: int, flag: str, sampler: str = "plms", spacing: str = "leading"):
+    """`sampler.check_sampler`: the sampler, spacing and step count, its message naming the flag at fault."""
     try:
-        check_steps(steps)
+        check_sampler(sampler, spacing)
+    except ValueError as error:
+        flag_of = "--spacing" if str(error).startswith(("karras", "spacing")) else "--sampler"
+        raise ValueError(f"{flag_of}: {error}") from None
+    try:
+        check_sampler(sampler, spacing, steps)
     except ValueError as error:
         raise ValueError(f"{flag}: {error}") from None
 

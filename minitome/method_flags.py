@@ -5,7 +5,7 @@ checks. Each config checks its own ranges (minitome/tome.py, todo.py, deepcache.
 together is `check_methods`' (minitome/run.py); here are only what the flags add: a method's flag given
 without the flag that turns it on, and the configs' messages named by their flags.
 """
-from sampler import unet_calls
+from sampler import A1111_NAMES, unet_calls
 from .deepcache import DeepCacheConfig
 from .run import check_methods
 from .todo import ToDoConfig
@@ -53,7 +53,7 @@ def todo_config(args) -> ToDoConfig:
     calls = unet_calls(args.sampler, args.steps)
     if todo.calls_on(calls) == 0:
         raise ValueError(f"--todo-until {args.todo_until:g} turns ToDo on for none of the {calls} UNet calls of "
-                         f"{args.steps} {args.sampler.upper()} steps: use at least {ToDoConfig.least_until(calls)!r}, or leave ToDo off")
+                         f"{args.steps} {A1111_NAMES[args.sampler]} steps: use at least {ToDoConfig.least_until(calls)!r}, or leave ToDo off")
     return todo
 
 

@@ -21,8 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sampler import SAMPLERS, unet_calls
-from sampler.schedule import check_steps, timesteps
+from sampler import SAMPLERS, call_timesteps, check_sampler, unet_calls
 from unet import UNetModel
 from .checks import check_size
 from .clip import CLIPTextModel
@@ -51,22 +50,22 @@ def check_image_size(sd, width: int, height: int):
 @torch.no_grad()
 def sample_latents(sd, prompt: str, negative_prompt: str = "", steps: int = 50, guidance: float = 7.5, seed: int = 0,
                    width: int = 512, height: int = 512, batch: int = 1, sampler: str = "plms", tome=None,
-                   callback=None, todo: ToDoConfig = None, deep_cache: DeepCacheConfig = None) -> torch.Tensor:
+                   callback=None, todo: ToDoConfig = None, deep_cache: DeepCacheConfig = None,
+                   spacing: str = "leading") -> torch.Tensor:
     """Stages 1–4: the final latents (B, 4, H/8, W/8) for `batch` images of one prompt.
     callback(i, t) runs after each sampler step.
 
-    tome: a ToMeConfig, None, or a schedule: a function of the timestep t (999 … 1, noisy to clean)
-    returning a ToMeConfig or None for that step, e.g. `lambda t: cfg if t > 500 else None`.
+    sampler: plms, ddim, euler, euler-a or dpm++2m; spacing: leading, linspace, trailing or karras (sampler/).
+    tome: a ToMeConfig, None, or a schedule: a function of the timestep t (999 … 0, noisy to clean; fractional
+    for Euler) returning a ToMeConfig or None for that call, e.g. `lambda t: cfg if t > 500 else None`.
     todo: a ToDoConfig (Token Downsampling), deep_cache: a DeepCacheConfig; see `noise_estimate`.
     """
     check_image_size(sd, width, height)
-    check_steps(steps)
+    check_sampler(sampler, spacing, steps)
     if not math.isfinite(guidance):
         raise ValueError(f"guidance must be a finite number, got {guidance}")
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
-    if callable(tome) and todo is not None:  # a ToMe schedule beside ToDo: each step's config, before any work
-        for t in timesteps(steps):
+    if callable(tome) and todo is not None:  # a ToMe schedule beside ToDo: each call's config, before any work
+        for t in call_timesteps(sampler, steps, spacing):
             check_methods(tome(t), todo, deep_cache)
     unet = sd.unet
     device, dtype = next(unet.parameters()).device, next(unet.parameters()).dtype
@@ -76,16 +75,17 @@ def sample_latents(sd, prompt: str, negative_prompt: str = "", steps: int = 50, 
     prompts = [negative_prompt] * batch + [prompt] * batch if guided else [prompt] * batch
     context = sd.text_encoder(sd.tokenizer(prompts).to(device))  # (2B or B, 77, 768)
 
-    # 2. the initial noise, drawn on the CPU as diffusers does
+    # 2. the initial noise, drawn on the CPU as diffusers does (Euler ancestral draws its later noise from the same stream)
     factor = sd.vae.config.scale_factor
     shape = (batch, unet.config.in_channels, height // factor, width // factor)
-    latents = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed), dtype=dtype).to(device)
+    generator = torch.Generator("cpu").manual_seed(seed)
+    latents = torch.randn(shape, generator=generator, dtype=dtype).to(device)
 
     # 3. the guided noise estimate the sampler calls; ToMe's partitions draw from their own generator
     eps_model = noise_estimate(unet, context, guidance, tome, todo, deep_cache, unet_calls(sampler, steps))
 
     # 4. denoise
-    latents = SAMPLERS[sampler](eps_model, latents, steps, callback=callback)
+    latents = SAMPLERS[sampler](eps_model, latents, steps, spacing, generator=generator, callback=callback)
     if not torch.isfinite(latents).all():  # would decode to a black or noise image
         raise ValueError(f"the sampled latents are not finite (NaN or infinity): guidance {guidance:g} may be too "
                          f"large, or the weights overflow in {str(dtype).replace('torch.', '')}")
@@ -137,8 +137,9 @@ def to_pil(images: torch.Tensor) -> list:
 
 def generate(sd, prompt: str, negative_prompt: str = "", steps: int = 50, guidance: float = 7.5, seed: int = 0,
              width: int = 512, height: int = 512, batch: int = 1, sampler: str = "plms", tome=None,
-             callback=None, todo: ToDoConfig = None, deep_cache: DeepCacheConfig = None) -> list:
+             callback=None, todo: ToDoConfig = None, deep_cache: DeepCacheConfig = None,
+             spacing: str = "leading") -> list:
     """`batch` PIL images for one prompt: the five stages, see `sample_latents` for the arguments."""
     latents = sample_latents(sd, prompt, negative_prompt, steps, guidance, seed, width, height, batch, sampler, tome,
-                             callback, todo, deep_cache)
+                             callback, todo, deep_cache, spacing)
     return to_pil(decode(sd, latents))

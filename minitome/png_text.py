@@ -13,12 +13,21 @@ Python's shortest round-trip form (`repr`: 0.4999999 stays 0.4999999, where six 
 write 0.5 for a run whose pixels differ from 0.5's). A batch shares one noise tensor, so each image says its
 place in it (A1111's "Batch size", "Batch pos"). A value holding commas is quoted as a JSON string, as A1111
 quotes its own.
+
+The sampler is named as A1111 names it ("DPM++ 2M", "Euler a", "Euler", "DDIM", "PLMS"), and a spacing other
+than the default leading is its "Schedule type": karras is "Karras", trailing "SGM Uniform" (A1111's schedule
+that, like trailing, starts every count at the top), linspace "Uniform". The names do not give A1111's images:
+k-diffusion, under A1111's samplers, interpolates log σ between timesteps where diffusers (and minitome)
+interpolate σ itself.
 """
 import json
 import re
 from pathlib import Path
 
+from sampler import A1111_NAMES
 from .tome import MERGE_TARGETS
+
+SCHEDULE_TYPES = {"linspace": "Uniform", "trailing": "SGM Uniform", "karras": "Karras"}
 
 
 def number(value: float) -> str:
@@ -35,8 +44,10 @@ def parameters_text(args, seed: int, short_hash: str, tome=None, todo=None, deep
                     vae_hash: str = "", position: int = 0) -> str:
     """The `parameters` chunk of the image at `position` of the batch (args: the command line's; tome, todo,
     deep_cache: the methods' configs, None when off; dtype: the run's; vae_hash: of --vae when given)."""
-    fields = {"Steps": args.steps, "Sampler": args.sampler.upper(), "CFG scale": number(args.guidance), "Seed": seed,
-              "Size": f"{args.width}x{args.height}"}
+    fields = {"Steps": args.steps, "Sampler": A1111_NAMES[args.sampler]}
+    if args.spacing != "leading":
+        fields["Schedule type"] = SCHEDULE_TYPES[args.spacing]
+    fields.update({"CFG scale": number(args.guidance), "Seed": seed, "Size": f"{args.width}x{args.height}"})
     if short_hash:
         fields["Model hash"] = short_hash
     fields["Model"] = quoted(Path(args.weights).stem)
@@ -80,6 +91,20 @@ def read_fields(text: str) -> tuple:
     return prompt, negative_prompt, fields
 
 
+def sampler_flags(name: str, schedule_type: str = None) -> list:
+    """--sampler and --spacing from A1111's "Sampler" and "Schedule type" (older A1111 wrote "DPM++ 2M Karras")."""
+    if name.endswith(" Karras") and schedule_type is None:
+        name, schedule_type = name[:-len(" Karras")], "Karras"
+    samplers = {v: k for k, v in A1111_NAMES.items()}
+    spacings = {v: k for k, v in SCHEDULE_TYPES.items()}
+    if name not in samplers:
+        raise ValueError(f"Sampler {name!r} is not one of {', '.join(samplers)}")
+    if schedule_type not in (None, "Automatic") and schedule_type not in spacings:
+        raise ValueError(f"Schedule type {schedule_type!r} is not one of {', '.join(spacings)}")
+    spacing = spacings.get(schedule_type, "leading")
+    return ["--sampler", samplers[name], "--spacing", spacing]
+
+
 def pairs(value: str) -> dict:
     """'ratio 0.5, max_downsample 1, …' → {'ratio': '0.5', 'max_downsample': '1', …}"""
     return dict(item.strip().split(" ", 1) for item in value.split(",") if item.strip())
@@ -100,7 +125,7 @@ def flags_from(path: Path) -> list:
     try:
         width, height = f["Size"].split("x")
         argv = ["--prompt", prompt, "--negative-prompt", negative_prompt, "--steps", f["Steps"],
-                "--sampler", f["Sampler"].lower(), "--guidance", f["CFG scale"], "--seed", f["Seed"],
+                *sampler_flags(f["Sampler"], f.get("Schedule type")), "--guidance", f["CFG scale"], "--seed", f["Seed"],
                 "--width", width, "--height", height]
         if "Batch size" in f:
             argv += ["--batch", f["Batch size"]]

@@ -90,7 +90,7 @@ class Run:
 
     def begin(self, t, latent: torch.Tensor) -> Call:
         """Called once at the start of each UNet call, with its timestep and latent (B, C, H, W)."""
-        tome = self.tome(int(torch.as_tensor(t).flatten()[0])) if callable(self.tome) else self.tome
+        tome = self.tome(torch.as_tensor(t).flatten()[0].item()) if callable(self.tome) else self.tome
         if self.todo is not None:
             self.todo.check_latent(tuple(latent.shape[-2:]))
         on = self.todo is not None and (self.calls is None or self.made < self.todo.calls_on(self.calls))

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from sampler import SAMPLERS, SPACINGS
 from .checks import check_size
 from .device import check_fits, pick_device, pick_dtype
 from .flags import check_steps_flag, flags_given
@@ -47,13 +48,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ema", action="store_true", help="from a file holding two UNets (v1-5-pruned), load the EMA one")
     p.add_argument("--prompt", required=not from_png)
     p.add_argument("--negative-prompt", default="")
-    p.add_argument("--steps", type=int, default=50, help="sampler steps: 10 to 999 (some counts are refused, see README)")
+    p.add_argument("--steps", type=int, default=50, help="sampler steps: 1 to 1000 with trailing spacing (leading "
+                   "refuses counts that start far below t = 999, see README)")
     p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (≤ 1: off)")
     p.add_argument("--seed", type=int, help="0 ≤ seed < 2⁶⁴; default: random, and printed")
     p.add_argument("--width", type=int, default=512)
     p.add_argument("--height", type=int, default=512)
     p.add_argument("--batch", type=int, default=1, help="images for the prompt")
-    p.add_argument("--sampler", choices=("plms", "ddim"), default="plms")
+    p.add_argument("--sampler", choices=tuple(SAMPLERS), default="plms")
+    p.add_argument("--spacing", choices=SPACINGS, default="leading",
+                   help="which timesteps the sampler visits; karras with euler and dpm++2m only")
     p.add_argument("--tome-ratio", type=float, help="merge this share of tokens (ToMe is off without it)")
     p.add_argument("--tome-max-downsample", type=int, default=1, choices=(1, 2, 4, 8))
     p.add_argument("--tome-sx", type=int, default=2)
@@ -80,7 +84,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def check(args):
     """Every flag, before anything is read or written; a ValueError names the flag."""
-    check_steps_flag(args.steps, "--steps")
+    check_steps_flag(args.steps, "--steps", args.sampler, args.spacing)
     if not math.isfinite(args.guidance):
         raise ValueError(f"--guidance must be a finite number, got {args.guidance}")
     if args.batch < 1:
@@ -117,7 +121,7 @@ class Progress:
         elapsed = time.perf_counter() - self.start
         rate = (i + 1) / elapsed
         left = (self.steps - i - 1) / rate
-        print(f"step {i + 1}/{self.steps} (t={t}) · {rate:.2f} it/s · {left:.0f} s left", file=sys.stderr, flush=True)
+        print(f"step {i + 1}/{self.steps} (t={t:g}) · {rate:.2f} it/s · {left:.0f} s left", file=sys.stderr, flush=True)
 
 
 class Terminated(Exception):
@@ -189,7 +193,8 @@ def run(args) -> int:
         texts = [parameters_text(args, seed, short_hash, tome, todo, deep_cache, str(dtype).replace("torch.", ""),
                                  vae_hash, i) for i in range(args.batch)]
         images = generate(sd, args.prompt, args.negative_prompt, args.steps, args.guidance, seed, args.width,
-                          args.height, args.batch, args.sampler, tome, Progress(args.steps), todo, deep_cache)
+                          args.height, args.batch, args.sampler, tome, Progress(args.steps), todo, deep_cache,
+                          args.spacing)
         for i, image in enumerate(images):
             print(outputs.write(i, image, texts[i]))
         finished = True

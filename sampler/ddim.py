@@ -1,19 +1,24 @@
 """DDIM with η = 0 (Song et al. 2021): the deterministic sampler, one model call per step.
 
-Where this sits: `minitome/pipeline.py` calls `ddim_sample(eps_model, latents, steps)`; `eps_model(x, t)`
-returns the (guided) noise estimate. Mirrors diffusers' `DDIMScheduler` with SD 1.5's config.
+Where this sits: `minitome/pipeline.py` calls `ddim_sample(eps_model, latents, steps, spacing)`; `eps_model(x, t)`
+returns the (guided) noise estimate. Mirrors diffusers' `DDIMScheduler` with SD 1.5's config. Each step lands
+on the ᾱ of the next timestep it visits; diffusers' lands on ᾱ[t − 1000 // S] whatever the spacing, the same
+point with leading spacing (and with trailing when S divides 1000), a timestep or so away otherwise.
 """
 import torch
 
-from .schedule import alpha_prev, alphas_cumprod, ddim_step, timesteps
+from .schedule import alpha_next, alphas_cumprod, ddim_step
+from .spacing import check_steps, spacing_of
 
 
-def ddim_sample(eps_model, x: torch.Tensor, steps: int, callback=None) -> torch.Tensor:
+def ddim_sample(eps_model, x: torch.Tensor, steps: int, spacing: str = "leading", generator=None,
+                callback=None) -> torch.Tensor:
     """Denoise x from t ≈ 1000 to 0 in `steps` steps. callback(i, t) runs after each step."""
+    check_steps(steps, "ddim", spacing)
     acp = alphas_cumprod().tolist()
-    for i, t in enumerate(timesteps(steps)):
-        eps = eps_model(x, t)
-        x = ddim_step(x, eps, acp[t], alpha_prev(acp, t, steps))
+    ts = spacing_of("ddim", steps, spacing).timesteps
+    for i, t in enumerate(ts):
+        x = ddim_step(x, eps_model(x, t), acp[t], alpha_next(acp, ts, i))
         if callback is not None:
             callback(i, t)
     return x

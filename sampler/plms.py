@@ -1,6 +1,6 @@
 """PLMS, the SD 1.5 default sampler (pseudo linear multistep, Liu et al. 2022, "PNDM").
 
-Where this sits: `minitome/pipeline.py` calls `plms_sample(eps_model, latents, steps)`. Mirrors
+Where this sits: `minitome/pipeline.py` calls `plms_sample(eps_model, latents, steps, spacing)`. Mirrors
 CompVis `ldm/models/diffusion/plms.py`, and diffusers' `PNDMScheduler(skip_prk_steps=True)`.
 
 Each step is a DDIM step (`schedule.ddim_step`) taken with a better ε′: a weighted sum of the
@@ -15,11 +15,13 @@ current and the last few noise estimates, the Adams–Bashforth formulas of orde
 where ε₋k is the raw estimate of k steps ago (only raw estimates are kept, at most three).
 The coefficients are the integrals of the Lagrange polynomials through the past estimates,
 e.g. order 2: extrapolating linearly from ε₋₁ to ε over the next interval gives ε + (ε − ε₋₁)/2.
-S steps take S + 1 model calls (`schedule.check_steps` accepts 10 steps and up, so there is always a next timestep).
+S steps take S + 1 model calls; one step is a plain DDIM step, one call (there is no next timestep to warm up at).
+Like DDIM (sampler/ddim.py), each step lands on the ᾱ of the next timestep the sampler visits.
 """
 import torch
 
-from .schedule import alpha_prev, alphas_cumprod, ddim_step, timesteps
+from .schedule import alpha_next, alphas_cumprod, ddim_step
+from .spacing import check_steps, spacing_of
 
 
 def plms_eps(eps: torch.Tensor, history: list) -> torch.Tensor:
@@ -31,16 +33,20 @@ def plms_eps(eps: torch.Tensor, history: list) -> torch.Tensor:
     return (55 * eps - 59 * history[-1] + 37 * history[-2] - 9 * history[-3]) / 24
 
 
-def plms_sample(eps_model, x: torch.Tensor, steps: int, callback=None) -> torch.Tensor:
+def plms_sample(eps_model, x: torch.Tensor, steps: int, spacing: str = "leading", generator=None,
+                callback=None) -> torch.Tensor:
     """Denoise x from t ≈ 1000 to 0 in `steps` steps. callback(i, t) runs after each step."""
+    check_steps(steps, "plms", spacing)
     acp = alphas_cumprod().tolist()
-    ts = timesteps(steps)
+    ts = spacing_of("plms", steps, spacing).timesteps
     history = []  # raw ε of the previous steps
     for i, t in enumerate(ts):
-        a_t, a_prev = acp[t], alpha_prev(acp, t, steps)
+        a_t, a_prev = acp[t], alpha_next(acp, ts, i)
         eps = eps_model(x, t)
         if history:
             eps_prime = plms_eps(eps, history)
+        elif len(ts) == 1:  # a single step: nowhere to warm up, a DDIM step
+            eps_prime = eps
         else:  # first step: Heun, with a second call at the next timestep
             eps_next = eps_model(ddim_step(x, eps, a_t, a_prev), ts[1])
             eps_prime = (eps + eps_next) / 2

@@ -194,16 +194,71 @@ def tiny_pipeline(clip_tokenizer_folder, tmp_path_factory):
     return pipe, folder
 
 
-def float64_pipeline(pipe, sampler: str = "plms"):
-    """A float64 copy of the reference pipeline: every module in float64, the scheduler's ᾱ table (float32
-    values, as ours) held in float64 so that its steps compute in float64 too."""
+# SD 1.5's scheduler_config.json; from_config drops the keys a scheduler does not take, as pipelines do
+SD15_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+                      set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1, clip_sample=False)
+KARRAS_LESS = ("plms", "ddim", "euler-a")  # the samplers whose diffusers scheduler has no Karras σ's
+
+
+def reference_scheduler(sampler: str, spacing: str = "leading", config=None):
+    """diffusers' scheduler for a minitome sampler, as `Scheduler.from_config(pipe.scheduler.config)` makes it for
+    SD 1.5 (the pipeline's PNDMScheduler config carries timestep_spacing "leading"), with the spacing asked for;
+    karras is use_karras_sigmas on linspace."""
+    from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
+                           EulerDiscreteScheduler, PNDMScheduler)
+    schedulers = {"plms": (PNDMScheduler, {}), "ddim": (DDIMScheduler, {}), "euler": (EulerDiscreteScheduler, {}),
+                  "euler-a": (EulerAncestralDiscreteScheduler, {}),
+                  "dpm++2m": (DPMSolverMultistepScheduler, dict(algorithm_type="dpmsolver++", solver_order=2))}
+    config = config if config is not None else PNDMScheduler.from_config(SD15_SCHEDULER).config
+    cls, extra = schedulers[sampler]
+    spacing_config = dict(timestep_spacing="linspace", use_karras_sigmas=True) if spacing == "karras" else dict(
+        timestep_spacing=spacing)
+    return cls.from_config(config, **extra, **spacing_config)
+
+
+class Float64Torch:
+    """A scheduler module's `torch`, with torch.float32 meaning float64: the σ schedulers' steps upcast the sample
+    "to float32", which would round a float64 run; with this they compute in float64 throughout."""
+    float32 = torch.float64
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+
+def scheduler_in_float64(scheduler):
+    """The reference scheduler computing in float64: its tables (ᾱ, σ: float32 values, as ours) held in float64
+    after each set_timesteps, and its module's float32 upcasts made float64 while it sets and steps."""
+    import functools
+    import sys
+    module = sys.modules[type(scheduler).__module__]
+
+    def in_float64(method):
+        @functools.wraps(method)  # the pipeline reads step's signature to decide whether to pass the generator
+        def call(*args, **kwargs):
+            original, module.torch = module.torch, Float64Torch()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                module.torch = original
+        return call
+
+    def set_timesteps(*args, **kwargs):
+        in_float64(type(scheduler).set_timesteps)(scheduler, *args, **kwargs)
+        for table in ("alphas_cumprod", "final_alpha_cumprod", "sigmas"):
+            if isinstance(getattr(scheduler, table, None), torch.Tensor):
+                setattr(scheduler, table, getattr(scheduler, table).double())
+
+    scheduler.set_timesteps = set_timesteps
+    scheduler.step = in_float64(scheduler.step)
+    return scheduler
+
+
+def float64_pipeline(pipe, sampler: str = "plms", spacing: str = "leading"):
+    """A float64 copy of the reference pipeline, with the scheduler of `sampler` and `spacing` (from SD 1.5's
+    scheduler_config.json) computing in float64."""
     import copy
-    from diffusers import DDIMScheduler
     pipe = copy.deepcopy(pipe).to(torch.float64)
-    if sampler == "ddim":
-        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)
-    pipe.scheduler.alphas_cumprod = pipe.scheduler.alphas_cumprod.double()
-    pipe.scheduler.final_alpha_cumprod = pipe.scheduler.final_alpha_cumprod.double()
+    pipe.scheduler = scheduler_in_float64(reference_scheduler(sampler, spacing))
     return pipe
 
 

@@ -54,10 +54,19 @@ def no_files(folder):
 @pytest.mark.parametrize("extra, pattern", [
     (["--guidance", "inf"], "--guidance must be a finite number, got inf"),
     (["--guidance", "nan"], "--guidance must be a finite number, got nan"),
-    (["--steps", "1000"], "--steps: 1000 steps do not fit"),
-    (["--steps", "5000"], "--steps: 5000 steps do not fit"),
-    (["--steps", "400"], "--steps: 400 steps would start at t = 799"),
-    (["--steps", "600"], "--steps: 600 steps would start at t = 600"),
+    (["--steps", "1000"], "--steps: 1000 steps with leading spacing would start at t = 1000, .* --spacing trailing"),
+    (["--steps", "5000"], "--steps: 5000 steps do not fit on the 1000 timesteps of the schedule: use at most 1000"),
+    (["--steps", "1001", "--spacing", "trailing"], "--steps: 1001 steps do not fit .* at most 1000"),
+    (["--steps", "400"], "--steps: 400 steps with leading spacing would start at t = 799"),
+    (["--steps", "600"], "--steps: 600 steps with leading spacing would start at t = 600"),
+    (["--steps", "4"], "--steps: 4 steps with leading spacing would start at t = 751, .*use --spacing trailing"),
+    (["--steps", "4", "--sampler", "dpm++2m"], "--steps: 4 steps with leading spacing would start at t = 801"),
+    (["--steps", "1", "--sampler", "euler", "--spacing", "linspace"], "--steps: 1 step with linspace spacing would start at t = 0"),
+    (["--sampler", "heun"], "argument --sampler: invalid choice: 'heun'"),
+    (["--spacing", "even"], "argument --spacing: invalid choice: 'even'"),
+    (["--spacing", "karras"], "--spacing: karras spacing works with euler and dpm\\+\\+2m, not plms: PLMS steps in t"),
+    (["--spacing", "karras", "--sampler", "ddim"], "--spacing: karras spacing works with .*, not ddim"),
+    (["--spacing", "karras", "--sampler", "euler-a"], "--spacing: karras .* not euler-a: diffusers' EulerAncestral"),
 ])
 def test_settings_that_would_make_a_wrong_image(single_file, tmp_path, extra, pattern):
     status, lines = run(["--weights", str(single_file), *BASE, "--out", str(tmp_path / "o" / "x.png"), *extra])
@@ -324,8 +333,9 @@ def test_successor_flags_that_would_do_nothing_or_fail_late(single_file, tmp_pat
     (["--tome-ratio", "0.8"], "--tome-ratio", r"must be in \[0, ([\d.e-]+)\]"),
     (["--todo-factor", "2", "--todo-until", "0.01"], "--todo-until", r"use at least ([\d.e-]+)"),
     (["--todo-factor", "2", "--todo-until", "0.04", "--sampler", "ddim"], "--todo-until", r"use at least ([\d.e-]+)"),
-    (["--steps", "400"], "--steps", r"the nearest counts that work: (\d+)"),
-    (["--steps", "400"], "--steps", r"the nearest counts that work: \d+ or (\d+)"),
+    (["--steps", "400"], "--steps", r"the nearest leading counts that work: (\d+)"),
+    (["--steps", "400"], "--steps", r"the nearest leading counts that work: \d+ or (\d+)"),
+    (["--steps", "4", "--sampler", "dpm++2m"], "--steps", r"the nearest leading counts that work: (\d+)"),
 ])
 def test_a_limit_a_message_names_can_be_typed_back_in(single_file, tmp_path, argv, flag, limit):
     """The number a refusal names as the limit is one the program takes, not a rounding of it."""
@@ -464,10 +474,11 @@ texts = st.one_of(st.sampled_from(["", " ", "a cat", "ü😀", "\udcff", "-x", "
 numbers = st.one_of(st.sampled_from(["0", "-1", "1e400", "nan", "inf", "-inf", "", "abc", "٣", "18446744073709551616",
                                      "9" * 30, "0x10", "1.5", " 7 "]), st.integers(-5, 40).map(str))
 FLAGS = {
-    "--steps": st.one_of(st.sampled_from(["10", "11", "0", "-3", "5", "400", "1000", "nan", "", "x", "1e9"])),
+    "--steps": st.one_of(st.sampled_from(["10", "11", "0", "-3", "1", "4", "400", "1000", "1001", "nan", "", "x", "1e9"])),
     "--guidance": numbers, "--seed": numbers, "--width": st.sampled_from(["16", "24", "0", "-16", "17", "nan", "", "65536"]),
     "--height": st.sampled_from(["16", "8", "0", "7", "x"]), "--batch": st.sampled_from(["1", "2", "0", "-1", "x", "1000000"]),
-    "--sampler": st.sampled_from(["plms", "ddim", "euler", ""]), "--tome-ratio": numbers,
+    "--sampler": st.sampled_from(["plms", "ddim", "euler", "euler-a", "dpm++2m", "heun", ""]), "--tome-ratio": numbers,
+    "--spacing": st.sampled_from(["leading", "trailing", "karras", "linspace", "uniform", ""]),
     "--tome-max-downsample": st.sampled_from(["1", "2", "3", "x"]), "--tome-sx": numbers, "--tome-sy": numbers,
     "--tome-merge": st.sampled_from(["attn", "attn,mlp", "", ",", "ffn", "attn,,crossattn"]), "--tome-seed": numbers,
     "--device": st.sampled_from(["cpu", "auto", "meta", "cuda", "mps", "gpu", "", "cpu:0", "cuda:-1"]),

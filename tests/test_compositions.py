@@ -1,7 +1,7 @@
 """ToMe (by ratio, by threshold, with plans reused, on a schedule over t), ToDo and DeepCache together.
 
-Every pair and the triples that make sense, across both samplers, batch 1 and 3, guidance 1 and 7.5, an odd
-latent (9 × 7). Three kinds of check:
+Every pair and the triples that make sense, across every sampler (Euler's fractional timesteps, DPM-Solver++'s
+repeated ones included), batch 1 and 3, guidance 1 and 7.5, an odd latent (9 × 7). Three kinds of check:
 
 - where the reference packages compose on one diffusers pipeline, the same result in float64: tomesd with
   DeepCacheSDHelper, and ca-tome then DeepCacheSDHelper (ca-tome replaces `unet.forward` and samples through its
@@ -31,10 +31,10 @@ from unet.attention import BasicTransformerBlock
 SETTINGS = dict(prompt="a red fox in the snow, watercolor", negative_prompt="blurry", steps=10, width=72, height=56)
 
 
-def ours(sd, sampler="ddim", batch=1, guidance=7.5, **methods):
+def ours(sd, sampler="ddim", batch=1, guidance=7.5, spacing="leading", steps=SETTINGS["steps"], **methods):
     s = SETTINGS
-    return sample_latents(sd, s["prompt"], s["negative_prompt"], s["steps"], guidance, 1234, s["width"], s["height"],
-                          batch, sampler, **methods)
+    return sample_latents(sd, s["prompt"], s["negative_prompt"], steps, guidance, 1234, s["width"], s["height"],
+                          batch, sampler, spacing=spacing, **methods)
 
 
 def reference_latents(pipe, call, batch, guidance):
@@ -150,18 +150,27 @@ def planning_calls(tome, calls_with_config: int) -> bool:
     return calls_with_config % tome.reuse == 0
 
 
-@pytest.mark.parametrize("sampler", ["plms", "ddim"])
-@pytest.mark.parametrize("batch, guidance", BATCHES)
+# every sampler, PLMS and DDIM under both batch settings, the others under one each (fractional t: Euler's)
+RUNS = [("plms", "leading", *b) for b in BATCHES] + [("ddim", "leading", *b) for b in BATCHES] + [
+    ("euler", "karras", *BATCHES[0]), ("euler-a", "linspace", *BATCHES[1]), ("dpm++2m", "karras", *BATCHES[1]),
+    ("dpm++2m", "trailing", *BATCHES[0])]
+
+
+@pytest.mark.parametrize("sampler, spacing, batch, guidance", RUNS)
 @pytest.mark.parametrize("name", sorted(COMBINATIONS))
-def test_each_block_uses_the_plan_it_made_at_its_last_planning_call(sd32, monkeypatch, sampler, batch, guidance, name):
-    methods = COMBINATIONS[name]
+def test_each_block_uses_the_plan_it_made_at_its_last_planning_call(sd32, monkeypatch, sampler, spacing, batch, guidance,
+                                                                      name):
+    check_plan_ownership(sd32, monkeypatch, COMBINATIONS[name], sampler, spacing, batch, guidance)
+
+
+def check_plan_ownership(sd32, monkeypatch, methods, sampler, spacing, batch, guidance, steps=SETTINGS["steps"]):
     unet = sd32.unet
     now = {"call": -1, "place": None, "t": None}
     made, used, configs = [], [], []  # (call, place, plan); (call, place, plan); the ToMeConfig of each call
 
     def count_call(module, args):
         now["call"] += 1
-        now["t"] = int(torch.as_tensor(args[1]).flatten()[0])
+        now["t"] = torch.as_tensor(args[1]).flatten()[0].item()
         tome = methods.get("tome")
         configs.append(tome(now["t"]) if callable(tome) else tome)
 
@@ -183,7 +192,7 @@ def test_each_block_uses_the_plan_it_made_at_its_last_planning_call(sd32, monkey
     monkeypatch.setattr(minitome.run, "tome_plan", recording_tome_plan)
     monkeypatch.setattr(Call, "plan", recording_plan)
     try:
-        latents = ours(sd32, sampler, batch, guidance, **methods)
+        latents = ours(sd32, sampler, batch, guidance, spacing, steps, **methods)
     finally:
         for hook in hooks:
             hook.remove()
@@ -223,12 +232,31 @@ IDENTITIES = {  # (with the identity, without it)
 }
 
 
-@pytest.mark.parametrize("sampler", ["plms", "ddim"])
-@pytest.mark.parametrize("batch, guidance", BATCHES)
+@pytest.mark.parametrize("sampler, spacing, batch, guidance", RUNS)
 @pytest.mark.parametrize("name", sorted(IDENTITIES))
-def test_identities_hold_to_the_bit_beside_every_method(sd32, sampler, batch, guidance, name):
+def test_identities_hold_to_the_bit_beside_every_method(sd32, sampler, spacing, batch, guidance, name):
     with_identity, without = IDENTITIES[name]
-    assert torch.equal(ours(sd32, sampler, batch, guidance, **with_identity), ours(sd32, sampler, batch, guidance, **without))
+    assert torch.equal(ours(sd32, sampler, batch, guidance, spacing, **with_identity),
+                       ours(sd32, sampler, batch, guidance, spacing, **without))
+
+
+@pytest.mark.parametrize("name", ["schedule + DeepCache branch 1", "reuse + ToDo + DeepCache", "replan + DeepCache branch 0"])
+def test_repeated_timesteps_count_as_calls(sd32, monkeypatch, name):
+    """DPM-Solver++ with Karras σ's at 45 steps tells the UNet t = 1 twice in a row: DeepCache's whole calls and
+    ToMe's planning calls are counted in calls, so each comes when its count says, and every block still uses
+    its own plan."""
+    from sampler import call_timesteps
+    ts = call_timesteps("dpm++2m", 45, "karras")
+    assert len(set(ts)) < len(ts)
+    calls, whole = [], []  # every UNet call; the calls that ran the deep blocks
+    counter = sd32.unet.register_forward_pre_hook(lambda module, args: calls.append(len(calls)))
+    hook = sd32.unet.middle_block[0].register_forward_pre_hook(lambda module, args: whole.append(calls[-1]))
+    try:
+        check_plan_ownership(sd32, monkeypatch, COMBINATIONS[name], "dpm++2m", "karras", 1, 7.5, steps=45)
+    finally:
+        hook.remove(), counter.remove()
+    interval = COMBINATIONS[name]["deep_cache"].interval
+    assert len(calls) == 45 and whole == list(range(0, 45, interval))
 
 
 @pytest.mark.parametrize("tome", [ToMeConfig(ratio=0.5), lambda t: ToMeConfig(ratio=0.5) if t > 500 else None,

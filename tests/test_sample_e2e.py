@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 import weights
-from conftest import F64_BOUND, float64_pipeline, relative_error
+from conftest import F64_BOUND, float64_pipeline, reference_scheduler, relative_error
 from minitome.sample import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -77,29 +77,39 @@ def test_sample_with_tome_matches_diffusers_with_tomesd(tiny_pipeline, single_fi
     assert max_pixel_difference(references[0], references[1]) > 2  # merging visibly changed the image
 
 
-def test_ddim_matches_diffusers_with_ddim_scheduler(tiny_pipeline, tmp_path):
-    from diffusers import DDIMScheduler
+@pytest.mark.parametrize("sampler, spacing, steps", [
+    ("ddim", "leading", 10), ("euler", "leading", 10), ("euler", "karras", 10), ("euler-a", "leading", 10),
+    ("euler-a", "trailing", 4), ("euler-a", "linspace", 7), ("dpm++2m", "karras", 10), ("dpm++2m", "leading", 10),
+    ("dpm++2m", "trailing", 1), ("plms", "trailing", 4), ("ddim", "trailing", 2)])
+def test_each_sampler_matches_diffusers_with_its_scheduler(tiny_pipeline, tmp_path, sampler, spacing, steps):
+    """The PNG within 2/255 of StableDiffusionPipeline with the scheduler of that name (Euler a: its noise from the
+    same generator), made as `Scheduler.from_config(pipe.scheduler.config)` with SD 1.5's scheduler config."""
     pipe, folder = tiny_pipeline
     original = pipe.scheduler
-    pipe.scheduler = DDIMScheduler.from_config(original.config, clip_sample=False)  # as SD 1.5's scheduler_config.json
+    pipe.scheduler = reference_scheduler(sampler, spacing)
     try:
-        expected = reference_image(pipe, steps=10)
+        expected = reference_image(pipe, steps=steps)
     finally:
         pipe.scheduler = original
-    done = cli(folder, tmp_path / "img.png", "--sampler", "ddim", steps=10)
-    assert done.returncode == 0, done.stderr
-    assert max_pixel_difference(Image.open(tmp_path / "img.png"), expected) <= 2
+    out = tmp_path / "img.png"
+    assert main(["--weights", str(folder), "--prompt", SETTINGS["prompt"], "--negative-prompt", SETTINGS["negative_prompt"],
+                 "--steps", str(steps), "--seed", str(SETTINGS["seed"]), "--width", str(SETTINGS["width"]), "--height",
+                 str(SETTINGS["height"]), "--sampler", sampler, "--spacing", spacing, "--out", str(out)]) == 0
+    assert max_pixel_difference(Image.open(out), expected) <= 2
 
 
-@pytest.mark.parametrize("sampler, merged", [("plms", False), ("plms", True), ("ddim", False)])
-def test_float64_latents_and_image_match_diffusers(tiny_pipeline, sampler, merged):
+@pytest.mark.parametrize("sampler, spacing, merged", [("plms", "leading", False), ("plms", "leading", True),
+                                                      ("ddim", "leading", False), ("euler", "karras", False),
+                                                      ("euler-a", "trailing", False), ("euler-a", "leading", True),
+                                                      ("dpm++2m", "karras", False), ("dpm++2m", "karras", True)])
+def test_float64_latents_and_image_match_diffusers(tiny_pipeline, sampler, spacing, merged):
     """End to end in float64: the final latents and the decoded image before rounding to 8 bits, against
     StableDiffusionPipeline (+ tomesd with use_rand off) on the same tiny weights."""
     import tomesd
     from minitome import ToMeConfig
     from minitome.pipeline import decode, sample_latents
     pipe, folder = tiny_pipeline
-    reference = float64_pipeline(pipe, sampler)
+    reference = float64_pipeline(pipe, sampler, spacing)
     if merged:
         tomesd.apply_patch(reference, ratio=0.5, use_rand=False)
     s = {**SETTINGS, "steps": 10}
@@ -110,10 +120,11 @@ def test_float64_latents_and_image_match_diffusers(tiny_pipeline, sampler, merge
         expected_image = (reference.vae.decode(expected / reference.vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)
     sd = weights.load(folder, dtype=torch.float64)
     latents = sample_latents(sd, s["prompt"], s["negative_prompt"], s["steps"], s["guidance"], s["seed"], s["width"],
-                             s["height"], sampler=sampler, tome=ToMeConfig(ratio=0.5, use_rand=False) if merged else None)
+                             s["height"], sampler=sampler, tome=ToMeConfig(ratio=0.5, use_rand=False) if merged else None,
+                             spacing=spacing)
     assert latents.dtype == expected.dtype == torch.float64
     errors = relative_error(latents, expected), relative_error(decode(sd, latents), expected_image)
-    print(f"float64 end to end ({sampler}, merged {merged}): latents {errors[0]:.1e}, image {errors[1]:.1e}")
+    print(f"float64 end to end ({sampler} {spacing}, merged {merged}): latents {errors[0]:.1e}, image {errors[1]:.1e}")
     assert max(errors) <= F64_BOUND
 
 

@@ -1,29 +1,29 @@
-"""PLMS and DDIM against diffusers' PNDMScheduler and DDIMScheduler (SD 1.5 scheduler config).
+"""Every sampler against diffusers' scheduler of the same name, made from SD 1.5's scheduler config as a
+pipeline makes it (`Scheduler.from_config(pipe.scheduler.config, …)`), at every spacing and many step counts.
 
-A deterministic fake ε-model records every call, so both sides must make the same calls, at the
-same timesteps, on the same points of the trajectory. Both sides run in float64 (the schedulers' ᾱ
-table, computed in float32 as ours is, is upcast so that their arithmetic is float64 too), bound
-F64_BOUND; one float32 run, bound at its measured level.
+A deterministic fake ε-model records every call, so both sides must make the same calls, at the same
+timesteps, on the same points of the trajectory. Both sides run in float64: the schedulers' tables (ᾱ, σ:
+float32 values, as ours) are held in float64 and their steps' float32 upcast is redirected to float64
+(`Float64Torch`), bound F64_BOUND; one float32 run each, bound from the spread across CPU kernels.
 """
 import math
 
+import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler, PNDMScheduler
+from diffusers import EulerAncestralDiscreteScheduler, PNDMScheduler
 
-from conftest import F64_BOUND, relative_error
-from sampler import ddim_sample, plms_sample
+from conftest import F64_BOUND, KARRAS_LESS, SD15_SCHEDULER, reference_scheduler, relative_error, scheduler_in_float64
+from sampler import SAMPLERS, SPACINGS, call_timesteps, check_sampler, plms_sample, spacing_of, unet_calls
 from sampler.plms import plms_eps
-from sampler.schedule import alphas_cumprod, timesteps, usable
+from sampler.schedule import alphas_cumprod
+from sampler.spacing import check_steps, first_timestep
 
 # float32: the largest error measured across CPU kernels (tests/float32_spread.py, 2026-12-06: 1.03e-6 – 1.20e-6
-# for both samplers; AVX-512 gave the same 1.20e-6) times a margin of 4
+# for PLMS and DDIM; AVX-512 gave the same 1.20e-6) times a margin of 4
 F32_BOUND = 5e-6
-
-# SD 1.5's scheduler_config.json; from_config drops the keys a scheduler does not take, as pipelines do
-SD15_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-                      set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1, clip_sample=False)
-
+RUNS = [(sampler, spacing) for sampler in SAMPLERS for spacing in SPACINGS
+        if not (spacing == "karras" and sampler in KARRAS_LESS)]
 
 class FakeModel:
     """ε(x, t) = 0.8 · tanh(x) · cos(t / 97) + 0.1 · sin(3x): smooth, t-dependent, and it keeps a log."""
@@ -32,33 +32,31 @@ class FakeModel:
         self.calls = []
 
     def __call__(self, x, t):
-        self.calls.append((int(t), x.clone()))
-        return 0.8 * torch.tanh(x) * math.cos(int(t) / 97) + 0.1 * torch.sin(3 * x)
+        self.calls.append((float(t), x.clone()))
+        return 0.8 * torch.tanh(x) * math.cos(float(t) / 97) + 0.1 * torch.sin(3 * x)
 
 
-def in_float64(scheduler):
-    """The reference scheduler with its ᾱ table (float32 values) held in float64, so it computes in float64."""
-    scheduler.alphas_cumprod = scheduler.alphas_cumprod.double()
-    scheduler.final_alpha_cumprod = scheduler.final_alpha_cumprod.double()
-    return scheduler
-
-
-def run_diffusers(scheduler, x, steps):
+def run_diffusers(scheduler, x, steps, seed=0, float64=True):
+    """The denoising loop of diffusers' StableDiffusionPipeline, with the fake model."""
     model = FakeModel()
+    if float64:
+        scheduler = scheduler_in_float64(scheduler)
     scheduler.set_timesteps(steps)
+    generator = torch.Generator().manual_seed(seed)
+    x = x * scheduler.init_noise_sigma
     for t in scheduler.timesteps:
-        x = scheduler.step(model(x, t), t, x).prev_sample
+        x_in = scheduler.scale_model_input(x, t)
+        extra = {"generator": generator} if isinstance(scheduler, (EulerAncestralDiscreteScheduler,)) else {}
+        x = scheduler.step(model(x_in, t), t, x, **extra).prev_sample
     return x, model.calls
 
 
-def compare(ours_fn, scheduler, steps, dtype=torch.float64):
+def compare(sampler, spacing, steps, dtype=torch.float64, seed=0):
     """(our model calls, the largest relative error along the trajectory and at its end)."""
     x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(steps), dtype=dtype)
-    if dtype == torch.float64:
-        scheduler = in_float64(scheduler)
-    ref, ref_calls = run_diffusers(scheduler, x, steps)
+    ref, ref_calls = run_diffusers(reference_scheduler(sampler, spacing), x, steps, seed, dtype == torch.float64)
     model = FakeModel()
-    out = ours_fn(model, x, steps)
+    out = SAMPLERS[sampler](model, x, steps, spacing, generator=torch.Generator().manual_seed(seed))
     assert out.dtype == ref.dtype == dtype
     assert [t for t, _ in model.calls] == [t for t, _ in ref_calls]  # same timesteps, same number of calls
     errors = [relative_error(a, b) for (_, a), (_, b) in zip(model.calls, ref_calls)]  # the trajectory, point by point
@@ -66,46 +64,160 @@ def compare(ours_fn, scheduler, steps, dtype=torch.float64):
     return model.calls, max(errors)
 
 
-COUNTS = [10, 11, 25, 30, 50, 114, 999]
+COUNTS = [1, 2, 3, 4, 7, 10, 20, 25, 50, 114, 250, 999, 1000]
 
 
-@pytest.mark.parametrize("steps", COUNTS)
-def test_plms_matches_pndm_scheduler(steps):
-    calls, error = compare(plms_sample, PNDMScheduler.from_config(SD15_SCHEDULER), steps)
-    assert len(calls) == steps + 1 and error <= F64_BOUND, error
+def same_in_diffusers(sampler: str, spacing: str, steps: int) -> bool:
+    """Where diffusers' schedule is the one minitome defines; the other cases are tested below, one by one:
+    - its trailing spacing gives S + 1 timesteps (the last t = −1) for 62 counts (61, 103, …): numpy's arange
+      overshoots, minitome keeps S;
+    - its DDIM and PNDM step to ᾱ[t − 1000 // S] whatever the spacing: with linspace, or trailing at a count that
+      does not divide 1000, that is not where the next call is (PNDM's warm-up even restarts from a wrong t);
+      minitome steps to the next timestep it visits;
+    - its Euler with Karras σ's at one step spans [σ_min, σ_min] (it takes σ_max from the linspace schedule, which
+      for one step is t = 0 alone); minitome's one step starts at σ_max;
+    - its DPM-Solver++ with linspace at 1000 steps repeats one σ (h = 0) and divides by it on the next step
+      (a latent of NaN); minitome takes a first-order step there.
+    """
+    if (sampler, spacing, steps) == ("dpm++2m", "linspace", 1000):
+        return False
+    if spacing == "trailing" and len(np.arange(1000, 0, -1000 / steps)) != steps:
+        return False
+    if sampler in ("plms", "ddim") and (spacing == "linspace" or (spacing == "trailing" and 1000 % steps)):
+        return False
+    return not (sampler == "euler" and spacing == "karras" and steps == 1)
 
 
-@pytest.mark.parametrize("steps", COUNTS)
-def test_ddim_matches_ddim_scheduler(steps):
-    calls, error = compare(ddim_sample, DDIMScheduler.from_config(SD15_SCHEDULER), steps)
-    assert len(calls) == steps and error <= F64_BOUND, error
+def starts_well(sampler, spacing, steps):
+    try:
+        check_steps(steps, sampler, spacing)
+        return True
+    except ValueError:
+        return False
 
 
-@pytest.mark.parametrize("sampler, scheduler", [(plms_sample, PNDMScheduler), (ddim_sample, DDIMScheduler)])
-def test_float32_smoke(sampler, scheduler, float32_bound):
+@pytest.mark.parametrize("sampler, spacing", RUNS)
+def test_matches_diffusers_scheduler_in_float64(sampler, spacing):
+    """Every count of COUNTS that starts near t = 999 with this spacing, on the same calls, within 1e-10."""
+    counts = [s for s in COUNTS if starts_well(sampler, spacing, s) and same_in_diffusers(sampler, spacing, s)]
+    if spacing in ("trailing", "karras"):
+        assert counts == COUNTS or sampler in ("plms", "ddim") or (sampler, spacing) == ("euler", "karras")
+    worst = 0.0
+    for steps in counts:
+        calls, error = compare(sampler, spacing, steps)
+        assert len(calls) == unet_calls(sampler, steps) and [t for t, _ in calls] == call_timesteps(sampler, steps, spacing)
+        worst = max(worst, error)
+        assert error <= F64_BOUND, (steps, error)
+    print(f"{sampler} {spacing}: counts {counts}, largest float64 error {worst:.1e}")
+
+
+@pytest.mark.parametrize("sampler, spacing", [("plms", "leading"), ("ddim", "leading"), ("euler", "leading"),
+                                              ("euler-a", "trailing"), ("dpm++2m", "karras")])
+def test_float32_smoke(sampler, spacing, float32_bound):
     """The same comparison in float32: the schedulers compute their coefficients in float32, ours in
     double precision rounded to float32 once, so the two drift apart by float32 rounding."""
-    float32_bound(compare(sampler, scheduler.from_config(SD15_SCHEDULER), 50, torch.float32)[1], F32_BOUND)
+    float32_bound(compare(sampler, spacing, 50, torch.float32)[1], F32_BOUND)
 
 
-@pytest.mark.parametrize("steps", [1, 2, 5, 9, 112, 400, 600, 1000, 5000])
-def test_step_counts_that_start_far_below_the_top_are_refused(steps):
-    """With "leading" spacing these start from pure noise at t = 1, 501, 801, 889, 889, 799, 600, or past the
-    table's end: the schedulers take them (diffusers' PNDM makes a poor image, or fails at 1000)."""
-    with pytest.raises(ValueError, match=f"^{steps} steps .* the nearest count"):
-        timesteps(steps)
-    for sampler in (plms_sample, ddim_sample):
-        with pytest.raises(ValueError, match=f"^{steps} steps"):
-            sampler(FakeModel(), torch.zeros(1, 4, 2, 2), steps)
+def reference_ddim(model, x, timesteps):
+    """DDIM (η = 0) from its paper, stepping from each timestep to the next and past the last to ᾱ[0]."""
+    acp = PNDMScheduler.from_config(SD15_SCHEDULER).alphas_cumprod.double()
+    for i, t in enumerate(timesteps):
+        a, a_next = acp[t], acp[timesteps[i + 1]] if i + 1 < len(timesteps) else acp[0]
+        eps = model(x, t)
+        x = a_next.sqrt() * (x - (1 - a).sqrt() * eps) / a.sqrt() + (1 - a_next).sqrt() * eps
+    return x
 
 
-def test_accepted_counts_start_near_the_top():
-    accepted = [s for s in range(1, 2000) if usable(s)]
-    assert accepted[0] == 10 and accepted[-1] == 999 and 50 in accepted and 100 in accepted
-    scheduler = PNDMScheduler.from_config(SD15_SCHEDULER)
-    for steps in accepted:  # the first timestep diffusers would visit
-        scheduler.set_timesteps(steps)
-        assert timesteps(steps)[0] == int(scheduler.timesteps[0]) >= 900
+def reference_plms(model, x, timesteps):
+    """PLMS from Liu et al. 2022 (PNDM's pseudo linear multistep with its Heun warm-up): DDIM steps from each
+    timestep to the next with the Adams–Bashforth combination of the raw estimates."""
+    acp = PNDMScheduler.from_config(SD15_SCHEDULER).alphas_cumprod.double()
+    ddim = lambda x, e, t, n: acp[n].sqrt() * (x - (1 - acp[t]).sqrt() * e) / acp[t].sqrt() + (1 - acp[n]).sqrt() * e  # noqa: E731
+    weights = {1: [1], 2: [3 / 2, -1 / 2], 3: [23 / 12, -16 / 12, 5 / 12], 4: [55 / 24, -59 / 24, 37 / 24, -9 / 24]}
+    raw = []
+    nexts = list(timesteps[1:]) + [0]
+    for i, (t, n) in enumerate(zip(timesteps, nexts)):
+        eps = model(x, t)
+        raw.insert(0, eps)
+        if i == 0 and len(timesteps) > 1:
+            eps = (eps + model(ddim(x, eps, t, n), n)) / 2
+        else:
+            eps = sum(w * e for w, e in zip(weights[min(len(raw), 4)], raw))
+        x = ddim(x, eps, t, n)
+    return x
+
+
+@pytest.mark.parametrize("sampler, reference", [("ddim", reference_ddim), ("plms", reference_plms)])
+@pytest.mark.parametrize("spacing, steps", [("linspace", 20), ("linspace", 3), ("linspace", 999),
+                                            ("trailing", 3), ("trailing", 7), ("trailing", 61), ("trailing", 300)])
+def test_ddim_and_plms_step_between_the_timesteps_they_visit(sampler, reference, spacing, steps):
+    """Where diffusers' DDIM and PNDM step to ᾱ[t − 1000 // S] instead (see same_in_diffusers), against the
+    samplers written from their papers on diffusers' own list of timesteps (its first S)."""
+    scheduler = reference_scheduler("ddim", spacing)
+    scheduler.set_timesteps(steps)
+    timesteps = [int(t) for t in scheduler.timesteps[:steps]]
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(steps), dtype=torch.float64)
+    ours = SAMPLERS[sampler](FakeModel(), x, steps, spacing)
+    assert relative_error(ours, reference(FakeModel(), x, timesteps)) <= F64_BOUND
+
+
+@pytest.mark.parametrize("steps", [61, 103, 244])
+def test_trailing_keeps_its_count_where_diffusers_adds_a_step_at_t_minus_1(steps):
+    scheduler = reference_scheduler("euler", "trailing")
+    scheduler.set_timesteps(steps)
+    assert len(scheduler.timesteps) == steps + 1 and scheduler.timesteps[-1] == -1
+    assert spacing_of("euler", steps, "trailing").timesteps == scheduler.timesteps[:steps].tolist()
+
+
+def test_euler_karras_at_one_step_starts_at_the_top():
+    schedule = spacing_of("euler", 1, "karras")
+    sigma_max = reference_scheduler("euler", "karras").sigmas[0].item()  # σ(999), before set_timesteps
+    assert schedule.timesteps == [999.0] and schedule.sigmas == [sigma_max, 0.0] and round(sigma_max, 4) == 14.6146
+
+
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_trailing_takes_every_count_from_1_to_1000_from_the_top(sampler):
+    for steps in range(1, 1001):
+        check_steps(steps, sampler, "trailing")
+        assert first_timestep(sampler, steps, "trailing") == 999
+    with pytest.raises(ValueError, match="at most 1000"):
+        check_steps(1001, sampler, "trailing")
+
+
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_leading_refuses_counts_that_start_low_and_names_trailing(sampler):
+    """With "leading" spacing these start from pure noise far below t = 999 (or past 999): the schedulers take them
+    and give a poor image. The refusal names the way out."""
+    refused = [s for s in range(1, 1001) if not starts_well(sampler, "leading", s)]
+    scheduler = reference_scheduler(sampler, "leading")
+    for steps in refused[::25] + [4]:
+        with pytest.raises(ValueError, match=f"^{steps} steps with leading spacing would start .*--spacing trailing"):
+            SAMPLERS[sampler](FakeModel(), torch.zeros(1, 4, 2, 2), steps)
+        if steps < 1000:
+            scheduler.set_timesteps(steps)
+            assert not 900 <= float(scheduler.timesteps[0]) <= 999
+    print(f"{sampler}: leading refuses {len(refused)} of the counts 1 to 1000, from {refused[:12]} …")
+
+
+def test_sampler_and_spacing_that_do_not_run_together_are_refused():
+    for sampler in ("plms", "ddim", "euler-a"):
+        with pytest.raises(ValueError, match=rf"^karras spacing works with euler and dpm\+\+2m, not {sampler}: "):
+            check_sampler(sampler, "karras")
+    with pytest.raises(ValueError, match=r"^sampler must be one of plms, ddim, euler, euler-a, dpm\+\+2m, got 'heun'"):
+        check_sampler("heun")
+    with pytest.raises(ValueError, match="^spacing must be one of leading, linspace, trailing, karras, got 'even'"):
+        check_sampler("euler", "even")
+
+
+def test_accepted_leading_counts_start_where_diffusers_starts():
+    for sampler in SAMPLERS:
+        scheduler = reference_scheduler(sampler, "leading")
+        for steps in range(1, 1000, 7):
+            if starts_well(sampler, "leading", steps):
+                scheduler.set_timesteps(steps)
+                assert first_timestep(sampler, steps, "leading") == float(scheduler.timesteps[0])
+    assert first_timestep("dpm++2m", 20, "leading") == 941 and first_timestep("euler", 20, "leading") == 951
 
 
 def test_schedule_facts():
@@ -113,8 +225,9 @@ def test_schedule_facts():
     reference = PNDMScheduler.from_config(SD15_SCHEDULER).alphas_cumprod
     assert torch.equal(acp, reference)
     assert abs(acp[0].item() - 0.99915) < 1e-7
-    assert timesteps(50)[:3] == [981, 961, 941] and timesteps(50)[-1] == 1
-    assert timesteps(11) == [i * 90 + 1 for i in reversed(range(11))]
+    assert spacing_of("plms", 50, "leading").timesteps[:3] == [981, 961, 941]
+    karras = spacing_of("dpm++2m", 20, "karras").sigmas
+    assert round(karras[0], 4) == 14.6146 and round(karras[-2], 4) == 0.0292 and karras[-1] == 0
 
 
 def test_multistep_coefficients_integrate_the_extrapolating_polynomial():

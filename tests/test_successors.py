@@ -166,14 +166,12 @@ def test_todo_unet_matches_the_reference(tiny_unet_folder, hw, factor, max_downs
 def test_todo_end_to_end_matches_the_reference(tiny_pipeline, plain, threshold):
     """ImprovedTokenMerge stops once t / 1000 <= its threshold; t falls call by call, so that is the first k calls,
     and ours gets until = k / calls (PLMS: 10 steps, 11 calls, at t = 901, 801, 801, 701, …, 1)."""
-    from sampler import unet_calls
-    from sampler.schedule import timesteps
+    from sampler import call_timesteps, unet_calls
     pipe, folder = tiny_pipeline
     reference = float64_pipeline(pipe, "plms")
     with_todo(reference.unet, 2, 1, threshold)
     expected = reference_latents(reference)
-    ts = timesteps(SETTINGS["steps"])
-    calls = [ts[0], ts[1]] + ts[1:]
+    calls = call_timesteps("plms", SETTINGS["steps"])
     k = sum(t / 1000 > threshold for t in calls)
     assert len(calls) == unet_calls("plms", SETTINGS["steps"]) and 0 < k <= len(calls)
     got = ours(folder, "plms", todo=ToDoConfig(2, 1, until=k / len(calls)))

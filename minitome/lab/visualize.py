@@ -29,7 +29,7 @@ from minitome.checks import check_size
 from minitome.flags import check_steps_flag, writable_folder
 from minitome.pipeline import linear_schedule
 from minitome.tome import IDENTITY, BlockSettings, match, partition, tome_plan
-from sampler.schedule import timesteps
+from sampler import call_timesteps
 from unet import UNetConfig
 from .common import PAPER_PARTITIONS, block_input
 from .diagram import pipeline_picture
@@ -152,8 +152,7 @@ def similarity_picture(img: Image.Image, tokens: torch.Tensor, hw, seed: int = 0
 def schedule_picture(schedule=linear_schedule(0.6, 0.4, max_downsample=2), steps: int = 50) -> Image.Image:
     """Tokens kept in each of SD 1.5's 16 transformer blocks at every UNet call of a PLMS run at 512²."""
     grids = UNetConfig().transformer_grids((64, 64))
-    ts = timesteps(steps)
-    calls = [ts[0], ts[1]] + ts[1:]  # PLMS: the first step calls the UNet twice
+    calls = call_timesteps("plms", steps)  # PLMS: the first step calls the UNet twice
     kept = np.ones((len(grids), len(calls)))
     for j, t in enumerate(calls):
         for i, (h, w, _) in enumerate(grids):
