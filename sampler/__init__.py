@@ -8,24 +8,16 @@ from .ddim import ddim_sample
 from .dpm import dpmpp_2m_sample
 from .euler import euler_ancestral_sample, euler_sample
 from .plms import plms_sample
-from .spacing import SPACINGS, check_steps, spacing_of
+from .spacing import SPACINGS, check_spacing, check_steps, spacing_of
 
 SAMPLERS = {"plms": plms_sample, "ddim": ddim_sample, "euler": euler_sample, "euler-a": euler_ancestral_sample,
             "dpm++2m": dpmpp_2m_sample}
 A1111_NAMES = {"plms": "PLMS", "ddim": "DDIM", "euler": "Euler", "euler-a": "Euler a", "dpm++2m": "DPM++ 2M"}
-KARRAS = ("euler", "dpm++2m")  # the samplers whose diffusers scheduler takes use_karras_sigmas
 
 
 def check_sampler(sampler: str, spacing: str = "leading", steps: int = None):
     """A sampler and spacing that run together (and, given, a step count they space well): a ValueError otherwise."""
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
-    if spacing not in SPACINGS:
-        raise ValueError(f"spacing must be one of {', '.join(SPACINGS)}, got {spacing!r}")
-    if spacing == "karras" and sampler not in KARRAS:
-        why = ("diffusers' EulerAncestralDiscreteScheduler has no Karras σ's to match" if sampler == "euler-a" else
-               f"{A1111_NAMES[sampler]} steps in t, on ᾱ_t, not in σ")
-        raise ValueError(f"karras spacing works with {' and '.join(KARRAS)}, not {sampler}: {why}")
+    check_spacing(sampler, spacing)
     if steps is not None:
         check_steps(steps, sampler, spacing)
 
@@ -41,5 +33,6 @@ def call_timesteps(sampler: str, steps: int, spacing: str = "leading") -> list:
     return [ts[0], *ts[1:2], *ts[1:]] if sampler == "plms" and steps > 1 else ts
 
 
-__all__ = ["A1111_NAMES", "SAMPLERS", "SPACINGS", "call_timesteps", "check_sampler", "check_steps", "ddim_sample",
+__all__ = ["A1111_NAMES", "SAMPLERS", "SPACINGS", "call_timesteps", "check_sampler", "check_spacing", "check_steps",
+           "ddim_sample",
            "dpmpp_2m_sample", "euler_ancestral_sample", "euler_sample", "plms_sample", "spacing_of", "unet_calls"]

@@ -25,6 +25,8 @@ from minitome.checks import whole_number
 from .schedule import NUM_TRAIN_TIMESTEPS, alphas_cumprod
 
 SPACINGS = ("leading", "linspace", "trailing", "karras")
+SAMPLER_NAMES = ("plms", "ddim", "euler", "euler-a", "dpm++2m")
+KARRAS = ("euler", "dpm++2m")  # the samplers whose diffusers scheduler takes use_karras_sigmas
 KARRAS_RHO = 7.0
 MIN_FIRST_TIMESTEP = 900  # sampling starts from pure noise, so its first step must be near the top (t ≈ 999)
 MAX_STEPS = NUM_TRAIN_TIMESTEPS
@@ -100,6 +102,18 @@ def first_timestep(sampler: str, steps: int, spacing: str) -> float:
     return float(discrete_timesteps(steps, spacing, steps + 1 if sampler == "dpm++2m" else steps)[0])
 
 
+def check_spacing(sampler: str, spacing: str):
+    """A sampler and spacing that run together, or a ValueError saying why not."""
+    if sampler not in SAMPLER_NAMES:
+        raise ValueError(f"sampler must be one of {', '.join(SAMPLER_NAMES)}, got {sampler!r}")
+    if spacing not in SPACINGS:
+        raise ValueError(f"spacing must be one of {', '.join(SPACINGS)}, got {spacing!r}")
+    if spacing == "karras" and sampler not in KARRAS:
+        why = ("diffusers' EulerAncestralDiscreteScheduler has no Karras σ's to match" if sampler == "euler-a" else
+               f"{sampler.upper()} steps in t, on ᾱ_t, not in σ")
+        raise ValueError(f"karras spacing works with {' and '.join(KARRAS)}, not {sampler}: {why}")
+
+
 def check_steps(steps: int, sampler: str = "plms", spacing: str = "leading"):
     """A step count whose schedule starts near the top, or a ValueError naming what would work.
 
@@ -109,6 +123,7 @@ def check_steps(steps: int, sampler: str = "plms", spacing: str = "leading"):
     as if it were a half-clean latent (diffusers' schedulers take them and give a poor image). Trailing spacing
     starts every count from 1 to 1000 at t = 999.
     """
+    check_spacing(sampler, spacing)
     whole_number(steps, 1, "steps")
     if steps > MAX_STEPS:
         raise ValueError(f"{steps} steps do not fit on the {NUM_TRAIN_TIMESTEPS} timesteps of the schedule: "

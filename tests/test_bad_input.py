@@ -352,6 +352,7 @@ def test_a_limit_a_message_names_can_be_typed_back_in(single_file, tmp_path, arg
                                            ("text", "--from .*text.png: not an image Pillow reads"),
                                            ("bare", "--from .*bare.png: no 'parameters' text in it"),
                                            ("garbled", "--from .*garbled.png: its parameters text lacks or garbles a field"),
+                                           ("unipc", "--from .*unipc.png: .*Sampler 'UniPC' is not one of PLMS, DDIM, Euler"),
                                            ("vae", r"--from .*vae.png: its image was made with the VAE 'ft-mse' \(hash ")])
 def test_a_png_from_that_cannot_remake_its_image_is_one_line(single_file, tmp_path, what, pattern):
     from PIL import Image
@@ -363,6 +364,9 @@ def test_a_png_from_that_cannot_remake_its_image_is_one_line(single_file, tmp_pa
         Image.new("RGB", (8, 8)).save(png)
     elif what == "garbled":
         Image.new("RGB", (8, 8)).save(png, pnginfo=png_info("a cat\nSteps: 10, Sampler: PLMS"))
+    elif what == "unipc":
+        Image.new("RGB", (8, 8)).save(png, pnginfo=png_info(
+            "a cat\nSteps: 10, Sampler: UniPC, CFG scale: 7.5, Seed: 1, Size: 16x16"))
     elif what == "vae":
         Image.new("RGB", (8, 8)).save(png, pnginfo=png_info(
             "a cat\nSteps: 10, Sampler: PLMS, CFG scale: 7.5, Seed: 1, Size: 16x16, VAE: ft-mse, VAE hash: 0123456789"))
@@ -532,7 +536,7 @@ def test_a_few_end_to_end_in_a_child_process(single_file, tmp_path, argv, patter
     ("bench", ["--device", "meta"], "not meta"),
     ("ablate", ["--repeats", "0"], "--repeats must be >= 1, got 0"),
     ("ablate", ["--when-steps", "0"], "--when-steps: steps must be a whole number >= 1, got 0"),
-    ("ablate", ["--when-steps", "400"], "--when-steps: 400 steps would start at t = 799"),
+    ("ablate", ["--when-steps", "400"], "--when-steps: 400 steps with leading spacing would start at t = 799"),
     ("ablate", ["--tau", "1000"], "--tau must be a timestep in 0 … 999"),
     ("visualize", ["--out", "{file}"], "--out .*: cannot create it"),
     ("visualize", ["--size", "0"], "--size must be a positive multiple of 16"),

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from minitome.lab.bench import main
 from minitome.lab.quality import psnr, ssim
@@ -73,10 +74,14 @@ def test_paired_ratio_cancels_drift():
     (["--quality-steps", "3"], "--quality-steps needs --weights"),
     (["--weights", "no/such/file.safetensors"], "--weights 'no/such/file.safetensors': no such file or folder"),
     (["--weights", ""], "--weights '': no such file or folder"),
-    (["--decode", "--methods"], "--methods and --decode are two different measurements"),
+    (["--decode", "--methods"], "--methods and --decode are different measurements"),
+    (["--samplers", "--methods"], "--methods and --samplers are different measurements"),
+    (["--samplers", "--steps", "20", "--reuse", "2"], "--reuse, --steps: not used with --samplers"),
+    (["--samplers", "--ratios", "0.3"], "--ratios: not used with --samplers"),
+    (["--samplers", "--todo-factor", "0"], "--todo-factor: ToDo factor must be"),
     # a flag the chosen measurement does not read is named, never silently ignored
-    (["--reuse", "0"], "--reuse: not used without --methods"),
-    (["--check-image", "--steps", "20"], "--check-image, --steps: not used without --methods"),
+    (["--reuse", "0"], "--reuse: not used without --methods or --samplers"),
+    (["--check-image", "--steps", "20"], "--check-image, --steps: not used without --methods or --samplers"),
     (["--methods", "--ratios", "0.3", "--unpacked"], "--ratios, --unpacked: not used with --methods"),
     (["--decode", "--attention", "plain", "--max-downsample", "2"], "--attention, --max-downsample: not used with --decode"),
     (["--decode", "--weights", "."], "--weights: not used with --decode"),
@@ -160,6 +165,56 @@ def test_methods_compose_each_image_from_the_calls_it_makes(tiny_pipeline, capsy
     for method, (psnr_db, ssim_value) in quality.items():
         if method != "none":  # every method changes the image, a little
             assert 10 < psnr_db < float("inf") and 0 < ssim_value < 1, (method, psnr_db, ssim_value)
+
+
+def test_samplers_compose_each_image_from_the_calls_it_makes(tiny_pipeline, capsys):
+    """--samplers: each sampler's image composed from the calls it makes (DPM++ 2M Karras 20: 20 calls, PLMS 50: 51),
+    minitome's and diffusers' (tomesd for ToMe, DeepCacheSDHelper for DeepCache, no ToDo), plus each sampler's own
+    loop; and one whole image measured against its composed figure."""
+    _, folder = tiny_pipeline
+    argv = ["--samplers", "--weights", str(folder), "--sizes", "32", "--attention", "sdpa", "--repeats", "1",
+            "--check-image", "--json", "--device", "cpu"]
+    assert main(argv) == 0
+    table = json.loads(capsys.readouterr().out)["tables"][0]
+    seconds = {(c["impl"], c["label"]): c["seconds"] for c in table["calls"]}
+    assert set(seconds) == {("minitome", "none"), ("minitome", "ToMe"), ("minitome", "ToDo"),
+                            ("minitome", "DeepCache shallow branch"), ("diffusers", "none"), ("diffusers", "ToMe"),
+                            ("diffusers", "DeepCache shallow branch")}
+    rows = {(r["sampler"], r["method"]): r for r in table["images"]}
+    assert len(rows) == 16 and rows["DPM++ 2M Karras", "alone"]["calls"] == 20 and rows["PLMS", "alone"]["calls"] == 51
+    assert rows["Euler a", "DeepCache 3"]["counts"]["minitome"] == {"none": 7, "DeepCache shallow branch": 13}
+    # DeepCacheSDHelper counts PLMS's repeated timestep by its first place: whole calls 0, 3, 6, … of the schedule
+    assert rows["PLMS", "DeepCache 3"]["counts"]["diffusers"] == {"none": 17, "DeepCache shallow branch": 34}
+    for r in table["images"]:
+        for impl, counts in r["counts"].items():
+            assert sum(counts.values()) == r["calls"]
+            if impl in r["seconds"]:
+                assert r["seconds"][impl] == pytest.approx(
+                    r["loop_seconds"][impl] + sum(n * seconds[impl, k] for k, n in counts.items()))
+    assert "diffusers" not in rows["DDIM", "ToDo 2"]["seconds"] and "diffusers" in rows["DDIM", "DeepCache 3"]["seconds"]
+    assert table["check"]["run"] == "DPM++ 2M Karras 20" and table["check"]["measured"] > 0
+
+
+def test_diffusers_deepcache_call_runs_the_shallow_branch_only(tiny_pipeline):
+    """The benchmark's diffusers DeepCache call: after the whole call in prepare, the timed call runs the input
+    and output blocks of the branch and leaves the middle block to the helper's kept features."""
+    import weights
+    from minitome.lab.calls import Configuration, as_diffusers
+    from minitome.lab.jobs import CallKind, Job
+    unet = weights.load(tiny_pipeline[1]).unet
+    job = Job(part="time", latent=[4, 4], batch=2, attention="sdpa", repeats=1, device="cpu", dtype="float32")
+    reference = as_diffusers(unet, job)
+    ran = []
+    reference.mid_block.resnets[0].register_forward_pre_hook(lambda module, args: ran.append("mid"))
+    x, t, context = torch.randn(2, 4, 4, 4), torch.full((2,), 500), torch.randn(2, 77, unet.config.context_dim)
+    c = Configuration(CallKind("DeepCache shallow branch", impl="diffusers", cached=True), reference)
+    c.prepare(x, t, context)
+    assert ran == ["mid"]  # the whole call, in prepare
+    c.call(x, t, context)
+    assert ran == ["mid"]  # the timed call: the shallow branch
+    Configuration(CallKind("none", impl="diffusers"), reference).prepare(x, t, context)  # the helper comes off
+    reference(x, t, context)
+    assert ran == ["mid", "mid"]
 
 
 def test_decode_mode_measures_both_decoders(capsys):

@@ -152,6 +152,9 @@ def test_png_parameters_and_no_overwrite(single_file, tmp_path, capsys):
       "--deepcache-branch", "1", "--tome-no-rand"], "threshold 0.30000001"),
     (["--todo-factor", "2", "--todo-until", "0.6000001", "--tome-ratio", "0.3", "--tome-merge", "crossattn,mlp",
       "--sampler", "ddim", "--attention", "plain", "--guidance", "1"], "until 0.6000001"),
+    (["--sampler", "dpm++2m", "--spacing", "karras", "--tome-ratio", "0.5"], "Sampler: DPM++ 2M, Schedule type: Karras"),
+    (["--sampler", "euler-a", "--spacing", "trailing", "--steps", "4", "--batch", "2"], "Sampler: Euler a, Schedule type: SGM Uniform"),
+    (["--sampler", "euler", "--spacing", "linspace", "--deepcache-interval", "2"], "Sampler: Euler, Schedule type: Uniform"),
 ])
 def test_a_png_remakes_its_image_with_from(single_file, tmp_path, extra, written):
     """A PNG's text holds every value that changes its pixels, each reading back to the same number: --from takes
@@ -167,6 +170,20 @@ def test_a_png_remakes_its_image_with_from(single_file, tmp_path, extra, written
         again = sorted(out.parent.glob("b*.png"))[position]
         assert np.array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(png)))
         assert Image.open(again).text["parameters"] == Image.open(png).text["parameters"]  # Batch pos included
+
+
+@pytest.mark.parametrize("written, sampler, spacing", [("Sampler: DPM++ 2M Karras", "dpm++2m", "karras"),
+                                                       ("Sampler: DPM++ 2M, Schedule type: Karras", "dpm++2m", "karras"),
+                                                       ("Sampler: Euler a, Schedule type: Automatic", "euler-a", "leading"),
+                                                       ("Sampler: DDIM", "ddim", "leading")])
+def test_from_reads_a1111s_sampler_names(tmp_path, written, sampler, spacing):
+    """A1111 wrote "DPM++ 2M Karras" as one name before it had a "Schedule type" field; both read back."""
+    from minitome.output import png_info
+    from minitome.png_text import flags_from
+    png = tmp_path / "a1111.png"
+    Image.new("RGB", (8, 8)).save(png, pnginfo=png_info(f"a cat\nSteps: 20, {written}, CFG scale: 7, Seed: 1, Size: 512x512"))
+    argv, _ = flags_from(png)
+    assert argv[argv.index("--sampler") + 1] == sampler and argv[argv.index("--spacing") + 1] == spacing
 
 
 def test_later_flags_override_from(single_file, tmp_path):
@@ -255,8 +272,8 @@ def test_bad_weights(tiny_pipeline, single_file, tmp_path, capsys, kind):
     (["--height", "0"], "--height must be a positive multiple of 8, got 0"),
     (["--width", "-8"], "--width must be a positive multiple of 8, got -8"),
     (["--steps", "0"], "--steps: steps must be a whole number >= 1, got 0"),
-    (["--steps", "400"], "--steps: 400 steps would start at t = 799.*the nearest counts that work: 333 or 451"),
-    (["--steps", "1000"], "--steps: 1000 steps do not fit on the 1000 timesteps"),
+    (["--steps", "400"], "--steps: 400 steps with leading spacing would start at t = 799.*--spacing trailing.*the nearest leading counts that work: 333 or 451"),
+    (["--steps", "1000"], "--steps: 1000 steps with leading spacing would start at t = 1000"),
     (["--tome-ratio", "0.9"], r"ratio must be in \[0, 0.75\]"),
     (["--tome-ratio", "0.5", "--tome-merge", "attn,ffn"], "--tome-merge takes a comma list"),
     (["--tome-no-rand"], "--tome-no-rand needs --tome-ratio or --tome-threshold"),

@@ -1,9 +1,10 @@
 """`python -m minitome.lab.bench`: what token merging buys on this machine, measured side by side.
 
-Where this sits: a command line over `measure.py`. For every image size and attention kind it
-times all of the table's configurations (each ratio; with `--compare`, also diffusers + tomesd on the
-same weights) in one fresh process, interleaved round by round, then measures each configuration's
-peak memory in a process of its own. It prints one row per ToMe ratio: seconds per UNet call, speed-up
+Where this sits: a command line over `measure.py`, with four modes: the ratio table (ratios.py, the
+default), `--methods` (methods.py), `--samplers` (samplers.py) and `--decode` (decode.py). For every image
+size and attention kind the ratio table times all of its configurations (each ratio; with `--compare`, also
+diffusers + tomesd on the same weights) in one fresh process, interleaved round by round, then measures
+each configuration's peak memory in a process of its own. It prints one row per ToMe ratio: seconds per UNet call, speed-up
 over ratio 0, peak memory above the weights, tokens in the merged blocks, the share of the call spent
 merging, and the arithmetic rate against this machine's measured float32 matmul rate; with `--compare`
 the headline is minitome / diffusers. Ratios of two configurations are medians over rounds of the
@@ -13,7 +14,6 @@ No download: by default the weights are random, at the full SD 1.5 size.
 """
 import argparse
 import importlib
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -26,11 +26,11 @@ from minitome.deepcache import DeepCacheConfig
 from minitome.device import pick_device, pick_dtype
 from minitome.todo import ToDoConfig
 from minitome.tome import ToMeConfig
-from .common import image_quality, markdown_table, stopwatch
+from .common import stopwatch
 from .decode import decode_table
-from .jobs import CallKind, Job
 from .methods import compare_methods
-from .runner import paired, run_child
+from .ratios import ratio_tables
+from .samplers import compare_samplers
 
 
 def parse_size(text: str) -> tuple:
@@ -68,7 +68,10 @@ def parse_args(argv=None):
     m.add_argument("--ca-threshold", type=float, default=0.7, help="CA-ToMe's similarity threshold")
     m.add_argument("--deepcache-interval", type=int, default=3)
     m.add_argument("--steps", type=int, default=50, help="PLMS steps of the composed image")
-    m.add_argument("--check-image", action="store_true", help="also run DeepCache's whole image, to check the composition")
+    m.add_argument("--check-image", action="store_true", help="also run one whole image, to check the composition")
+    p.add_argument("--samplers", action="store_true", help="DPM++ 2M Karras 20, Euler a 20, DDIM 50, PLMS 50, alone and "
+                   "with ToMe, ToDo, DeepCache, per image, beside diffusers (samplers.py; --tome-ratio, --todo-factor, "
+                   "--deepcache-interval, --check-image apply)")
     args = p.parse_args(argv)
     args.given = flags_given(p, argv)
     return args
@@ -81,6 +84,7 @@ MODE_FLAGS = {
                "quality_steps"},
     "methods": {"attention", "batch", "repeats", "weights", "quality_steps", *METHODS_ONLY},
     "decode": {"compare"},
+    "samplers": {"attention", "repeats", "weights", "tome_ratio", "todo_factor", "deepcache_interval", "check_image"},
 }
 
 
@@ -94,15 +98,16 @@ def named(flag: str, check):
 
 def check_args(args):
     """Every option, before anything is measured; a ValueError names the flag."""
-    mode = "methods" if args.methods else "decode" if args.decode else "ratios"
-    stray = sorted(args.given - MODE_FLAGS[mode] - {"sizes", "device", "dtype", "json", "methods", "decode"})
-    if args.methods and args.decode:
-        raise ValueError("--methods and --decode are two different measurements: give one of them")
+    modes = [m for m in ("methods", "decode", "samplers") if getattr(args, m)]
+    if len(modes) > 1:
+        raise ValueError(f"{' and '.join('--' + m for m in modes)} are different measurements: give one of them")
+    mode = modes[0] if modes else "ratios"
+    stray = sorted(args.given - MODE_FLAGS[mode] - {"sizes", "device", "dtype", "json", "methods", "decode", "samplers"})
     if stray:
         flags = ", ".join("--" + f.replace("_", "-") for f in stray)
         why = {"methods": "it times the methods' UNet calls", "decode": "it times the VAE decoder alone on random weights",
-               "ratios": "they set up --methods"}[mode]
-        raise ValueError(f"{flags}: not used {'with --' + mode if mode != 'ratios' else 'without --methods'} ({why})")
+               "samplers": "it times the samplers' images", "ratios": "they set up --methods or --samplers"}[mode]
+        raise ValueError(f"{flags}: not used {'with --' + mode if mode != 'ratios' else 'without --methods or --samplers'} ({why})")
     if args.batch < 1 or args.repeats < 1:
         raise ValueError("--batch and --repeats must be >= 1")
     for ratio in args.ratios:
@@ -113,7 +118,7 @@ def check_args(args):
         raise ValueError("--quality-steps needs --weights (random weights make no image worth comparing)")
     if args.quality_steps:
         check_steps_flag(args.quality_steps, "--quality-steps")
-    if args.methods:
+    if args.methods or args.samplers:
         named("--tome-ratio", lambda: ToMeConfig(ratio=args.tome_ratio))
         named("--reuse", lambda: ToMeConfig(reuse=args.reuse))
         named("--ca-threshold", lambda: ToMeConfig(threshold=args.ca_threshold))
@@ -131,77 +136,18 @@ def matmul_rate(device, dtype) -> float:
     return 2 * n ** 3 / stopwatch(lambda: a @ b, 3, device)[1] / 1e9
 
 
-def ratio_call(impl: str, ratio: float, max_downsample: int) -> dict:
-    """One implementation at one ToMe ratio, as measure.py's Call fields ("unpacked": minitome without its
-    convolutions packed for the CPU)."""
-    tome = {"ratio": ratio, "max_downsample": max_downsample} if ratio > 0 else None
-    return dataclasses.asdict(CallKind(label=f"ratio {ratio:g}", impl="minitome" if impl == "unpacked" else impl,
-                                   tome=tome, packed=impl != "unpacked"))
-
-
-def measure_table(job: Job, impls: tuple, ratios: list, max_downsample: int, label: str) -> list:
-    """One table's rows: every configuration timed in one process, then each one's memory in its own."""
-    calls = [ratio_call(impl, ratio, max_downsample) for ratio in ratios for impl in impls]
-    timed = run_child(dataclasses.replace(job, part="time", calls=calls), label)["calls"]
-    found = {(c["impl"] if c["packed"] else "unpacked", c["label"]): c for c in timed}
-    for i, call in enumerate(c for c in calls if c["packed"]):  # packing changes no tensor's size
-        print(f"{label} memory {i + 1}/{len(ratios) * (len(impls) - ('unpacked' in impls))}: {call['impl']} "
-              f"{call['label']}", file=sys.stderr, flush=True)
-        found[call["impl"], call["label"]].update(run_child(dataclasses.replace(job, part="memory", calls=[call]), label))
-    rows, base = [], f"ratio {ratios[0]:g}"
-    for ratio in ratios:
-        m = found["minitome", f"ratio {ratio:g}"]
-        row = dict(ratio=ratio, seconds=m["seconds"], times=m["times"], peak_mb=m["peak_mb"], tokens=m["tokens"],
-                   gflop=m["gflop"], merge_share=m["merge_seconds"] / m["seconds"],
-                   speedup=paired(found["minitome", base]["times"], m["times"]))
-        if "diffusers" in impls:
-            d = found["diffusers", f"ratio {ratio:g}"]
-            row.update(diffusers_seconds=d["seconds"], diffusers_times=d["times"], diffusers_peak_mb=d["peak_mb"],
-                       diffusers_speedup=paired(found["diffusers", base]["times"], d["times"]),
-                       ratio_to_diffusers=paired(m["times"], d["times"]))
-        if "unpacked" in impls:
-            u = found["unpacked", f"ratio {ratio:g}"]
-            row.update(unpacked_seconds=u["seconds"], unpacked_times=u["times"], packed_to_unpacked=paired(m["times"], u["times"]))
-        rows.append(row)
-    return rows
-
-
-def table(rows: list, compare: bool, with_quality: bool) -> str:
-    head = ["ratio", "s/call", "speed-up", "peak MB", "merged tokens", "merging", "GFLOP/s", "% matmul"]
-    if compare:
-        head += ["diffusers s", "diff. speed-up", "diff. peak MB", "minitome/diffusers"]
-    unpacked = "unpacked_seconds" in rows[0]
-    if unpacked:
-        head += ["unpacked s", "packed/unpacked"]
-    if with_quality:
-        head += ["PSNR dB", "SSIM"]
-    lines = []
-    for r in rows:
-        tokens = ", ".join(sorted(set(r["tokens"]), key=r["tokens"].index)) or "–"
-        cells = [f"{r['ratio']:g}", f"{r['seconds']:.2f}", f"{r['speedup']:.2f}×", f"{r['peak_mb']:,.0f}", tokens,
-                 f"{100 * r['merge_share']:.1f}%", f"{r['gflops']:.0f}", f"{100 * r['matmul_share']:.0f}%"]
-        if compare:
-            cells += [f"{r['diffusers_seconds']:.2f}", f"{r['diffusers_speedup']:.2f}×", f"{r['diffusers_peak_mb']:,.0f}",
-                      f"{r['ratio_to_diffusers']:.2f}"]
-        if unpacked:
-            cells += [f"{r['unpacked_seconds']:.2f}", f"{r['packed_to_unpacked']:.2f}"]
-        if with_quality:
-            cells += [f"{r['psnr']:.1f}", f"{r['ssim']:.3f}"]
-        lines.append(cells)
-    return markdown_table(head, lines)
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         device = pick_device(args.device)
         dtype = pick_dtype(args.dtype, device)
         check_args(args)
-        if args.compare:
-            for module in ("diffusers", "tomesd"):
+        if args.compare or args.samplers:
+            for module in ("diffusers", "tomesd") + (("DeepCache",) if args.samplers else ()):
                 importlib.import_module(module)
     except ImportError as error:
-        print(f"minitome.lab.bench: error: --compare needs diffusers and tomesd installed ({error})", file=sys.stderr)
+        print(f"minitome.lab.bench: error: {'--samplers' if args.samplers else '--compare'} needs diffusers, tomesd"
+              f"{' and DeepCache' if args.samplers else ''} installed: make bench-compare ({error})", file=sys.stderr)
         return 2
     except ValueError as error:
         print(f"minitome.lab.bench: error: {error}", file=sys.stderr)
@@ -211,34 +157,14 @@ def main(argv=None) -> int:
     results = {"device": name, "dtype": str(dtype).replace("torch.", ""), "matmul_gflops": rate, "tables": []}
     batch = 1 if args.decode else args.batch
     print(f"# {name}, {results['dtype']}, batch {batch}; matmul rate {rate:.0f} GFLOP/s", file=sys.stderr)
-    impls = ("minitome",) + (("diffusers",) if args.compare else ()) + (("unpacked",) if args.unpacked else ())
     try:
         if args.methods:
             return compare_methods(args, device, dtype, name, results)
+        if args.samplers:
+            return compare_samplers(args, device, dtype, name, results)
         if args.decode:
             return decode_table(args, device, dtype, results)
-        for size in args.sizes:
-            runs = {ratio: {"tome": ToMeConfig(ratio=ratio, max_downsample=args.max_downsample) if ratio > 0 else None}
-                    for ratio in sorted(args.ratios)}  # the lowest first: the reference
-            q = image_quality(args.weights, device, dtype, size, args.quality_steps, runs) if args.quality_steps else {}
-            for attention in args.attention:
-                job = Job(part="time", latent=[size[1] // 8, size[0] // 8], batch=args.batch, attention=attention,
-                          repeats=args.repeats, device=str(device), dtype=str(dtype).replace("torch.", ""),
-                          weights=args.weights)
-                label = f"[{size[0]}x{size[1]} {attention}]"
-                print(f"{label} timing {len(impls) * len(args.ratios)} configuration(s), interleaved: one warm-up "
-                      f"call each, then {args.repeats} round(s)", file=sys.stderr, flush=True)
-                rows = measure_table(job, impls, args.ratios, args.max_downsample, label)
-                for row in rows:
-                    row["gflops"] = row["gflop"] / row["seconds"]
-                    row["matmul_share"] = row["gflops"] / rate
-                    if row["ratio"] in q:
-                        row["psnr"], row["ssim"] = q[row["ratio"]]
-                results["tables"].append({"size": list(size), "attention": attention, "rows": rows})
-                if not args.json:
-                    print(f"\n{size[0]}×{size[1]}, {attention} attention, batch {args.batch}, {results['dtype']}, {name}"
-                          f" (speed-up against ratio {rows[0]['ratio']:g}; ratios are medians over rounds)\n")
-                    print(table(rows, args.compare, bool(q)), flush=True)
+        ratio_tables(args, device, dtype, name, results, rate)
     except RuntimeError as error:
         print(f"minitome.lab.bench: error: {error}", file=sys.stderr)
         return 1

@@ -17,7 +17,7 @@ from minitome.tome import ToMeConfig
 class CallKind:
     """One kind of UNet call (sent as JSON)."""
     label: str = "none"
-    impl: str = "minitome"   # or "diffusers" (merged by tomesd when tome is set)
+    impl: str = "minitome"   # or "diffusers" (merged by tomesd when tome is set, DeepCache's helper when cached)
     tome: dict = None        # ToMeConfig's fields
     todo: dict = None        # ToDoConfig's fields
     reuse: bool = False      # apply the plan kept from the call before (CA-ToMe's calls between plans)
@@ -39,7 +39,9 @@ class Job:
     weights: str = None       # a checkpoint, or None for random SD 1.5-size weights
     calls: list = None        # "time": the kinds of call (CallKind fields); "memory": one
     method: dict = None       # "image": {"tome", "todo", "deep_cache"}: each config's fields, or None
-    steps: int = 50           # "image": PLMS steps
+    steps: int = 50           # "image": the sampler's steps
+    sampler: str = "plms"     # "image": which sampler (sampler/), and its spacing
+    spacing: str = "leading"
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))

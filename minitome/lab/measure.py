@@ -13,7 +13,7 @@ JSON line. A job is one of:
   (caught with forward pre-hooks on the call's own transformer blocks) and the time ToMe's functions
   take on them, outside the UNet (planning: similarity + matching; then merge and unmerge).
 - "memory": one kind of call alone in its process, so the peak is its own (memory.py says how).
-- "parts" and "image" (methods.py): the text encoder and the VAE decoder; one whole PLMS run, timed.
+- "parts" and "image" (methods.py, samplers.py): the text encoder and the VAE decoder; one whole run, timed.
 - "decode" (memory.py): the VAE decoder's peak memory and seconds on one image, minitome's or diffusers'.
 """
 import dataclasses
@@ -27,13 +27,13 @@ from minitome.deepcache import DeepCacheConfig
 from minitome.clip import CLIPTextModel
 from minitome.pipeline import noise_estimate
 from minitome.vae import VAEDecoder
-from sampler import plms_sample
+from sampler import SAMPLERS, unet_calls
 from unet.attention import BasicTransformerBlock
-from minitome.run import Run
 from minitome.todo import ToDoConfig, downsample_kv
 from minitome.tome import IDENTITY, BlockSettings, tome_plan
 from unet import UNetConfig, UNetModel, packed_conv
 from .common import random_unet, stopwatch
+from .calls import Configuration, as_diffusers
 from .jobs import CallKind, Job, tome_from
 from .memory import measure_decode, peak_above
 
@@ -46,52 +46,6 @@ def build_unet(job: Job, device, dtype, packed: bool = True) -> UNetModel:
     else:
         unet = random_unet(UNetConfig(attention=job.attention), device, dtype)
     return unet.pack_convolutions() if packed else unet
-
-
-def as_diffusers(unet: UNetModel, job: Job):
-    """The same weights in diffusers' UNet2DConditionModel (AttnProcessor for plain attention)."""
-    from diffusers import UNet2DConditionModel
-    from diffusers.models.attention_processor import AttnProcessor
-    from weights.unet import diffusers_names, to_diffusers_name
-    c = unet.config
-    reference = UNet2DConditionModel(
-        block_out_channels=tuple(c.model_channels * m for m in c.channel_mult), layers_per_block=c.num_res_blocks,
-        attention_head_dim=c.num_heads, cross_attention_dim=c.context_dim, norm_num_groups=c.norm_groups)
-    table = diffusers_names(c)
-    reference.load_state_dict({to_diffusers_name(name, table): t for name, t in unet.state_dict().items()})
-    reference = reference.to(next(unet.parameters()).device, next(unet.parameters()).dtype).eval().requires_grad_(False)
-    if job.attention == "plain":
-        reference.set_attn_processor(AttnProcessor())  # softmax(QKᵀ/√D)V in plain PyTorch
-    return reference
-
-
-class Configuration:
-    """One kind of call: `prepare()` before each call (tomesd patches the diffusers model in place, so the
-    model switches ratio there), then `call(x, t, context)`. The kept plan and the deep features live in a run,
-    made here, once (a Run): the first call fills them, every later one reuses them."""
-
-    def __init__(self, spec: CallKind, model):
-        self.spec, self.model = spec, model
-        self.tome = tome_from(spec.tome)
-        self.todo = ToDoConfig(**spec.todo) if spec.todo else None
-        # one run for all the calls of this kind: a plan made at its first call only (reuse), the deep features
-        # kept from its first call only (cached); ToMe's partitions from the generator of seed tome.seed
-        tome = dataclasses.replace(self.tome, replan_calls=(0,)) if spec.reuse else self.tome
-        deep_cache = DeepCacheConfig(interval=2 ** 62, branch=spec.branch) if spec.cached else None
-        self.run = Run(tome=tome, todo=self.todo, deep_cache=deep_cache)
-
-    def prepare(self):
-        if self.spec.impl == "diffusers":
-            import tomesd
-            if self.tome is not None:
-                tomesd.apply_patch(self.model, ratio=self.tome.ratio, max_downsample=self.tome.max_downsample)
-            else:
-                tomesd.remove_patch(self.model)
-
-    def call(self, x, t, context):
-        if self.spec.impl == "diffusers":
-            return self.model(x, t, context).sample
-        return self.model(x, t, context, run=self.run)
 
 
 def blocks_run(unet: UNetModel, call) -> list:
@@ -169,7 +123,7 @@ def measure_memory(job: Job) -> dict:
     spec = CallKind(**job.calls[0])
     c = Configuration(spec, as_diffusers(unet, job) if spec.impl == "diffusers" else unet)
     del unet  # with diffusers, only the measured model stays loaded
-    c.prepare()
+    c.prepare(x, t, context)
     c.call(x, t, context)  # warm-up
     return {"peak_mb": peak_above(lambda: c.call(x, t, context), device)}
 
@@ -187,7 +141,7 @@ def measure_time(job: Job) -> dict:
     results = [{**dataclasses.asdict(c.spec), "times": []} for c in configs]
     for i, (c, result) in enumerate(zip(configs, results)):
         progress(f"warm-up {i + 1}/{len(configs)}: {c.spec.impl} {c.spec.label}")
-        c.prepare()
+        c.prepare(x, t, context)
         if c.spec.impl == "diffusers":
             c.call(x, t, context)
             continue
@@ -200,7 +154,7 @@ def measure_time(job: Job) -> dict:
     for k in range(job.repeats):
         for j in range(len(configs)):
             i = (j + k) % len(configs)  # each round starts one configuration further on
-            configs[i].prepare()
+            configs[i].prepare(x, t, context)
             _, seconds = stopwatch(lambda: configs[i].call(x, t, context), 1, device, warmup=False)
             results[i]["times"].append(seconds)
             progress(f"round {k + 1}/{job.repeats}: {configs[i].spec.impl} {configs[i].spec.label} {seconds:.2f} s")
@@ -229,8 +183,8 @@ def measure_parts(job: Job) -> dict:
 
 @torch.no_grad()
 def measure_image(job: Job) -> dict:
-    """One whole PLMS run (job.steps steps, CFG on a batch of one) with job.method, timed (measure.py's "image"
-    job): the UNet calls and the sampler's own arithmetic, as the pipeline runs them (noise_estimate, plms_sample)."""
+    """One whole run of job.sampler (job.steps steps, job.spacing, CFG on a batch of one) with job.method, timed
+    (measure.py's "image" job): the UNet calls and the sampler's own arithmetic, as the pipeline runs them."""
     device, dtype = job.torch_device_dtype()
     unet = build_unet(job, device, dtype)
     g = torch.Generator().manual_seed(1)
@@ -240,8 +194,9 @@ def measure_image(job: Job) -> dict:
     tome = tome_from(method.get("tome"))
     todo = ToDoConfig(**method["todo"]) if method.get("todo") else None
     deep_cache = DeepCacheConfig(**method["deep_cache"]) if method.get("deep_cache") else None
-    eps_model = noise_estimate(unet, context, 7.5, tome, todo, deep_cache, job.steps + 1)
-    _, seconds = stopwatch(lambda: plms_sample(eps_model, noise, job.steps), 1, device, warmup=False)
+    eps_model = noise_estimate(unet, context, 7.5, tome, todo, deep_cache, unet_calls(job.sampler, job.steps))
+    sample = SAMPLERS[job.sampler]
+    _, seconds = stopwatch(lambda: sample(eps_model, noise, job.steps, job.spacing, generator=g), 1, device, warmup=False)
     return {"seconds": seconds}
 
 
