@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sampler import SAMPLERS, call_timesteps, check_sampler, unet_calls
+from sampler import SAMPLERS, call_timesteps, check_sampler, start_step, unet_calls
 from unet import UNetModel
 from .checks import check_size
 from .clip import CLIPTextModel
@@ -30,16 +30,18 @@ from .run import Run, check_methods
 from .tokenizer import Tokenizer
 from .todo import ToDoConfig
 from .tome import ToMeConfig
-from .vae import SCALE, VAEDecoder
+from .vae import SCALE, VAEDecoder, VAEEncoder
 
 
 @dataclass
 class StableDiffusion:
-    """The four parts, as `weights.load` returns them: plain modules (and the tokenizer)."""
+    """The four parts, as `weights.load` returns them: plain modules (and the tokenizer); `vae_encoder` only when
+    asked for (`weights.load(..., encoder=True)`), for a run that starts from an image."""
     unet: UNetModel
     text_encoder: CLIPTextModel
     tokenizer: Tokenizer
     vae: VAEDecoder
+    vae_encoder: VAEEncoder = None
 
 
 def check_image_size(sd, width: int, height: int):
@@ -51,21 +53,30 @@ def check_image_size(sd, width: int, height: int):
 def sample_latents(sd, prompt: str, negative_prompt: str = "", steps: int = 50, guidance: float = 7.5, seed: int = 0,
                    width: int = 512, height: int = 512, batch: int = 1, sampler: str = "plms", tome=None,
                    callback=None, todo: ToDoConfig = None, deep_cache: DeepCacheConfig = None,
-                   spacing: str = "leading") -> torch.Tensor:
+                   spacing: str = "leading", init_image: torch.Tensor = None, strength: float = 0.8) -> torch.Tensor:
     """Stages 1–4: the final latents (B, 4, H/8, W/8) for `batch` images of one prompt.
     callback(i, t) runs after each sampler step.
+
+    init_image: a run from an image (img2img), (1, 3, height, width) in [-1, 1] (minitome/images.py reads one):
+    its latent is drawn from the VAE encoder's Gaussian (sd.vae_encoder), noise is put back on it by the forward
+    process to where the last int(steps · strength) steps begin, and those steps run, as diffusers' img2img.
 
     sampler: plms, ddim, euler, euler-a or dpm++2m; spacing: leading, linspace, trailing or karras (sampler/).
     tome: a ToMeConfig, None, or a schedule: a function of the timestep t (999 … 0, noisy to clean; fractional
     for Euler) returning a ToMeConfig or None for that call, e.g. `lambda t: cfg if t > 500 else None`.
     todo: a ToDoConfig (Token Downsampling), deep_cache: a DeepCacheConfig; see `noise_estimate`.
     """
+    if init_image is not None:
+        if sd.vae_encoder is None:
+            raise ValueError("a run from an image needs the VAE encoder: load the weights with encoder=True")
+        height, width = init_image.shape[-2:]
     check_image_size(sd, width, height)
     check_sampler(sampler, spacing, steps)
+    start = start_step(steps, strength) if init_image is not None else 0
     if not math.isfinite(guidance):
         raise ValueError(f"guidance must be a finite number, got {guidance}")
     if callable(tome) and todo is not None:  # a ToMe schedule beside ToDo: each call's config, before any work
-        for t in call_timesteps(sampler, steps, spacing):
+        for t in call_timesteps(sampler, steps, spacing, start):
             check_methods(tome(t), todo, deep_cache)
     unet = sd.unet
     device, dtype = next(unet.parameters()).device, next(unet.parameters()).dtype
@@ -75,17 +86,22 @@ def sample_latents(sd, prompt: str, negative_prompt: str = "", steps: int = 50, 
     prompts = [negative_prompt] * batch + [prompt] * batch if guided else [prompt] * batch
     context = sd.text_encoder(sd.tokenizer(prompts).to(device))  # (2B or B, 77, 768)
 
-    # 2. the initial noise, drawn on the CPU as diffusers does (Euler ancestral draws its later noise from the same stream)
+    # 2. the initial noise, drawn on the CPU as diffusers does (Euler ancestral draws its later noise from the same
+    # stream); from an image, its latent is drawn first, from the same generator
     factor = sd.vae.config.scale_factor
     shape = (batch, unet.config.in_channels, height // factor, width // factor)
     generator = torch.Generator("cpu").manual_seed(seed)
+    init = None
+    if init_image is not None:
+        init = sd.vae_encoder.sample(init_image.to(device, dtype), generator).expand(shape).contiguous()
     latents = torch.randn(shape, generator=generator, dtype=dtype).to(device)
 
     # 3. the guided noise estimate the sampler calls; ToMe's partitions draw from their own generator
-    eps_model = noise_estimate(unet, context, guidance, tome, todo, deep_cache, unet_calls(sampler, steps))
+    eps_model = noise_estimate(unet, context, guidance, tome, todo, deep_cache, unet_calls(sampler, steps, start))
 
     # 4. denoise
-    latents = SAMPLERS[sampler](eps_model, latents, steps, spacing, generator=generator, callback=callback)
+    latents = SAMPLERS[sampler](eps_model, latents, steps, spacing, generator=generator, callback=callback,
+                                start=start, init=init)
     if not torch.isfinite(latents).all():  # would decode to a black or noise image
         raise ValueError(f"the sampled latents are not finite (NaN or infinity): guidance {guidance:g} may be too "
                          f"large, or the weights overflow in {str(dtype).replace('torch.', '')}")
@@ -138,8 +154,8 @@ def to_pil(images: torch.Tensor) -> list:
 def generate(sd, prompt: str, negative_prompt: str = "", steps: int = 50, guidance: float = 7.5, seed: int = 0,
              width: int = 512, height: int = 512, batch: int = 1, sampler: str = "plms", tome=None,
              callback=None, todo: ToDoConfig = None, deep_cache: DeepCacheConfig = None,
-             spacing: str = "leading") -> list:
+             spacing: str = "leading", init_image: torch.Tensor = None, strength: float = 0.8) -> list:
     """`batch` PIL images for one prompt: the five stages, see `sample_latents` for the arguments."""
     latents = sample_latents(sd, prompt, negative_prompt, steps, guidance, seed, width, height, batch, sampler, tome,
-                             callback, todo, deep_cache, spacing)
+                             callback, todo, deep_cache, spacing, init_image, strength)
     return to_pil(decode(sd, latents))

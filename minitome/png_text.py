@@ -41,7 +41,7 @@ def quoted(text: str) -> str:
 
 
 def parameters_text(args, seed: int, short_hash: str, tome=None, todo=None, deep_cache=None, dtype: str = "float32",
-                    vae_hash: str = "", position: int = 0) -> str:
+                    vae_hash: str = "", position: int = 0, init_hash: str = "") -> str:
     """The `parameters` chunk of the image at `position` of the batch (args: the command line's; tome, todo,
     deep_cache: the methods' configs, None when off; dtype: the run's; vae_hash: of --vae when given)."""
     fields = {"Steps": args.steps, "Sampler": A1111_NAMES[args.sampler]}
@@ -57,6 +57,9 @@ def parameters_text(args, seed: int, short_hash: str, tome=None, todo=None, deep
             fields["VAE hash"] = vae_hash
     if args.ema:
         fields["EMA"] = "True"
+    if args.init_image:
+        fields["Denoising strength"] = number(args.strength)
+        fields["Init image hash"] = init_hash
     if args.batch > 1:
         fields["Batch size"], fields["Batch pos"] = args.batch, position
     if tome is not None:
@@ -129,6 +132,8 @@ def flags_from(path: Path) -> list:
                 "--width", width, "--height", height]
         if "Batch size" in f:
             argv += ["--batch", f["Batch size"]]
+        if "Denoising strength" in f:
+            argv += ["--strength", f["Denoising strength"]]
         if f.get("EMA") == "True":
             argv += ["--ema"]
         if "Dtype" in f:

@@ -23,10 +23,11 @@ from pathlib import Path
 
 import torch
 
-from sampler import SAMPLERS, SPACINGS
+from sampler import SAMPLERS, SPACINGS, start_step
 from .checks import check_size
 from .device import check_fits, pick_device, pick_dtype
 from .flags import check_steps_flag, flags_given
+from .images import image_tensor, read_image, run_size
 from .method_flags import SEEDS, accelerations, flag_named
 from .output import Outputs, model_hash
 from .png_text import flags_from, parameters_text
@@ -55,6 +56,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--width", type=int, default=512)
     p.add_argument("--height", type=int, default=512)
     p.add_argument("--batch", type=int, default=1, help="images for the prompt")
+    p.add_argument("--init-image", help="start from this image (img2img); its size, rounded down to a multiple of 8, "
+                   "unless --width or --height are given")
+    p.add_argument("--strength", type=float, default=0.8, help="with --init-image: the share of the schedule's noise "
+                   "put back on it (0 < S <= 1; the last int(steps · S) steps run)")
     p.add_argument("--sampler", choices=tuple(SAMPLERS), default="plms")
     p.add_argument("--spacing", choices=SPACINGS, default="leading",
                    help="which timesteps the sampler visits; karras with euler and dpm++2m only")
@@ -85,6 +90,21 @@ def parse_args(argv=None) -> argparse.Namespace:
 def check(args):
     """Every flag, before anything is read or written; a ValueError names the flag."""
     check_steps_flag(args.steps, "--steps", args.sampler, args.spacing)
+    args.init = None
+    if args.init_image is None:
+        if "Init image hash" in args.png_fields:
+            raise ValueError(f"--from {args.from_png}: its image was made from an init image (hash "
+                             f"{args.png_fields['Init image hash']}): give it with --init-image PATH")
+        if "strength" in args.given:
+            raise ValueError("--strength needs --init-image (it says how much of the image's noise is redrawn)")
+    else:
+        try:
+            start_step(args.steps, args.strength)
+        except ValueError as error:
+            raise ValueError(f"--strength: {error}") from None
+        args.init = read_image(args.init_image)
+        args.width, args.height = run_size(args.init, args.width if "width" in args.given else None,
+                                           args.height if "height" in args.given else None)
     if not math.isfinite(args.guidance):
         raise ValueError(f"--guidance must be a finite number, got {args.guidance}")
     if args.batch < 1:
@@ -185,16 +205,19 @@ def run(args) -> int:
             print(f"seed: {seed}", file=sys.stderr)
 
         sd = load(args.weights, tokenizer=args.tokenizer, device=device, dtype=dtype, vae=args.vae, ema=args.ema,
-                  attention=args.attention, check=check_model)
+                  attention=args.attention, check=check_model, encoder=args.init is not None)
         sd.unet.pack_convolutions()  # float32 on the CPU: convolution weights laid out once (unet/packed_conv.py)
         short_hash = model_hash(Path(args.weights))
         vae_hash = model_hash(Path(args.vae)) if args.vae else ""
         check_from(args, short_hash)
+        init_hash = model_hash(Path(args.init_image)) if args.init is not None else ""
         texts = [parameters_text(args, seed, short_hash, tome, todo, deep_cache, str(dtype).replace("torch.", ""),
-                                 vae_hash, i) for i in range(args.batch)]
+                                 vae_hash, i, init_hash) for i in range(args.batch)]
+        init = image_tensor(args.init, args.width, args.height) if args.init is not None else None
+        steps_run = args.steps - start_step(args.steps, args.strength) if init is not None else args.steps
         images = generate(sd, args.prompt, args.negative_prompt, args.steps, args.guidance, seed, args.width,
-                          args.height, args.batch, args.sampler, tome, Progress(args.steps), todo, deep_cache,
-                          args.spacing)
+                          args.height, args.batch, args.sampler, tome, Progress(steps_run), todo, deep_cache,
+                          args.spacing, init, args.strength)
         for i, image in enumerate(images):
             print(outputs.write(i, image, texts[i]))
         finished = True

@@ -1,9 +1,10 @@
-"""The VAE decoder: a (B, 4, H, W) latent becomes a (B, 3, 8H, 8W) image in [-1, 1].
+"""The VAE: the decoder makes a (B, 4, H, W) latent a (B, 3, 8H, 8W) image in [-1, 1]; the encoder goes back.
 
-Where this sits: last stage of the pipeline (`minitome/pipeline.py`), which calls it on
-latents / 0.18215 (the scale SD 1.5 was trained with). Only the decoder is here: text-to-image never
-encodes. Mirrors CompVis `ldm/modules/diffusionmodules/model.py` (Decoder) and diffusers'
-`AutoencoderKL.decode`; attribute names are the official `first_stage_model.*` keys.
+Where this sits: the decoder is the last stage of the pipeline (`minitome/pipeline.py`), which calls it on
+latents / 0.18215 (the scale SD 1.5 was trained with). The encoder (`VAEEncoder`, at the end of this file) is
+for a run that starts from an image; `weights.load(..., encoder=True)` loads it as `sd.vae_encoder`. Mirrors
+CompVis `ldm/modules/diffusionmodules/model.py` (Encoder, Decoder) and diffusers' `AutoencoderKL`; attribute
+names are the official `first_stage_model.*` keys.
 
 Shape for SD 1.5: post_quant_conv (1×1, 4→4), conv_in (4→512), mid (ResBlock, single-head
 self-attention over all h·w positions, ResBlock), then four up levels of 3 ResBlocks each at widths
@@ -144,3 +145,75 @@ class VAEDecoder(nn.Module):
         # first copied into its own: one image-sized buffer less at every convolution (a third of the peak)
         z = z.contiguous(memory_format=torch.channels_last)
         return self.decoder(self.post_quant_conv(z)).contiguous()
+
+
+# ---- the encoder: an image to the Gaussian its latent is drawn from ----
+
+class Downsample(nn.Module):
+    """Halve h and w: pad one row at the bottom and one column at the right, then a 3×3 convolution of stride 2."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
+
+
+class DownLevel(nn.Module):
+    def __init__(self, cin: int, cout: int, blocks: int, groups: int, downsample: bool):
+        super().__init__()
+        self.block = nn.ModuleList(ResnetBlock(cin if j == 0 else cout, cout, groups) for j in range(blocks))
+        if downsample:  # none after the last level: the checkpoint has no `down.3.downsample`
+            self.downsample = Downsample(cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.block:
+            x = block(x)
+        return self.downsample(x) if hasattr(self, "downsample") else x
+
+
+class Encoder(nn.Module):
+    """The decoder's mirror: conv_in (3→128), four down levels of 2 ResBlocks at widths 128, 256, 512, 512, each but
+    the last halving the grid, the same mid (ResBlock, attention, ResBlock), then GroupNorm, SiLU and conv_out to
+    2 · 4 channels: the mean and the log-variance of each latent value."""
+
+    def __init__(self, c: VAEConfig):
+        super().__init__()
+        widths = [c.ch * m for m in c.ch_mult]
+        self.conv_in = nn.Conv2d(c.out_channels, c.ch, 3, padding=1)
+        self.down = nn.ModuleList(
+            DownLevel(c.ch if i == 0 else widths[i - 1], widths[i], c.num_res_blocks, c.groups, i != len(widths) - 1)
+            for i in range(len(widths)))
+        self.mid = Mid(widths[-1], c.groups)
+        self.norm_out = norm(widths[-1], c.groups)
+        self.conv_out = nn.Conv2d(widths[-1], 2 * c.z_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv_in(x)
+        for level in self.down:  # down.0 first
+            x = level(x)
+        return self.conv_out(F.silu(self.norm_out(self.mid(x)), inplace=True))
+
+
+class VAEEncoder(nn.Module):
+    def __init__(self, config: VAEConfig = VAEConfig()):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.quant_conv = nn.Conv2d(2 * config.z_channels, 2 * config.z_channels, 1)
+
+    def forward(self, image: torch.Tensor) -> tuple:
+        """image (B, 3, 8H, 8W) in [-1, 1] → (mean, log-variance), each (B, 4, H, W): the Gaussian of the latent.
+        The log-variance is clamped to [−30, 20], as CompVis and diffusers clamp it."""
+        image = image.contiguous(memory_format=torch.channels_last)
+        mean, logvar = self.quant_conv(self.encoder(image)).contiguous().chunk(2, dim=1)
+        return mean, logvar.clamp(-30.0, 20.0)
+
+    def sample(self, image: torch.Tensor, generator: torch.Generator = None) -> torch.Tensor:
+        """A latent drawn from the image's Gaussian, mean + std · z, and scaled by 0.18215, as diffusers'
+        img2img draws it (`latent_dist.sample(generator)`; z from `generator`, on the CPU when it is a CPU one)."""
+        mean, logvar = self(image)
+        device = generator.device if generator is not None else mean.device
+        z = torch.randn(mean.shape, generator=generator, device=device, dtype=mean.dtype).to(mean.device)
+        return (mean + torch.exp(0.5 * logvar) * z) * SCALE

@@ -7,16 +7,20 @@ point with leading spacing (and with trailing when S divides 1000), a timestep o
 """
 import torch
 
-from .schedule import alpha_next, alphas_cumprod, ddim_step
+from .schedule import alpha_next, alphas_cumprod, ddim_step, start_from
 from .spacing import check_steps, spacing_of
 
 
 def ddim_sample(eps_model, x: torch.Tensor, steps: int, spacing: str = "leading", generator=None,
-                callback=None) -> torch.Tensor:
-    """Denoise x from t ≈ 1000 to 0 in `steps` steps. callback(i, t) runs after each step."""
+                callback=None, start: int = 0, init: torch.Tensor = None) -> torch.Tensor:
+    """Denoise x from t ≈ 1000 to 0 in `steps` steps. callback(i, t) runs after each step.
+    From an image (img2img): the run starts at step `start`, on x = the forward process of the clean latent
+    `init` with x as its noise (see `start_from`)."""
     check_steps(steps, "ddim", spacing)
     acp = alphas_cumprod().tolist()
-    ts = spacing_of("ddim", steps, spacing).timesteps
+    ts = spacing_of("ddim", steps, spacing).timesteps[start:]
+    if init is not None:
+        x = start_from(init, x, acp[ts[0]])
     for i, t in enumerate(ts):
         x = ddim_step(x, eps_model(x, t), acp[t], alpha_next(acp, ts, i))
         if callback is not None:

@@ -35,13 +35,17 @@ def alpha_s(sigma: float) -> tuple:
 
 
 def dpmpp_2m_sample(eps_model, x: torch.Tensor, steps: int, spacing: str = "leading", generator=None,
-                    callback=None) -> torch.Tensor:
-    """Denoise the noise x (unit variance) in `steps` steps; the clean latent. callback(i, t) after each step."""
+                    callback=None, start: int = 0, init: torch.Tensor = None) -> torch.Tensor:
+    """Denoise the noise x (unit variance) in `steps` steps; the clean latent. callback(i, t) after each step.
+    From an image: from step `start` (first order there, having no previous x̂₀), on x = α · init + s · x."""
     check_steps(steps, "dpm++2m", spacing)
     schedule = spacing_of("dpm++2m", steps, spacing)
-    sigmas = schedule.sigmas
+    sigmas, timesteps = schedule.sigmas[start:], schedule.timesteps[start:]
+    if init is not None:
+        alpha, s = alpha_s(sigmas[0])
+        x = alpha * init + s * x
     x0_prev, h_prev = None, None
-    for i, t in enumerate(schedule.timesteps):
+    for i, t in enumerate(timesteps):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         alpha, s = alpha_s(sigma)
         x0 = (x - s * eps_model(x, t)) / alpha

@@ -32,13 +32,14 @@ def model_input(x_bar: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def euler_sample(eps_model, x: torch.Tensor, steps: int, spacing: str = "leading", generator=None,
-                 callback=None, ancestral: bool = False) -> torch.Tensor:
-    """Denoise the noise x (unit variance) in `steps` Euler steps; the clean latent. callback(i, t) after each step."""
+                 callback=None, start: int = 0, init: torch.Tensor = None, ancestral: bool = False) -> torch.Tensor:
+    """Denoise the noise x (unit variance) in `steps` Euler steps; the clean latent. callback(i, t) after each step.
+    From an image: from step `start`, on x̄ = init + σ · x (the forward process in σ's variables)."""
     check_steps(steps, "euler-a" if ancestral else "euler", spacing)
     schedule = spacing_of("euler-a" if ancestral else "euler", steps, spacing)
-    sigmas = schedule.sigmas
-    x = x * initial_scale(sigmas[0], spacing)
-    for i, t in enumerate(schedule.timesteps):
+    sigmas, timesteps = schedule.sigmas[start:], schedule.timesteps[start:]
+    x = x * initial_scale(sigmas[0], spacing) if init is None else init + x * sigmas[0]
+    for i, t in enumerate(timesteps):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         eps = eps_model(model_input(x, sigma), t)
         if not ancestral:
@@ -54,7 +55,7 @@ def euler_sample(eps_model, x: torch.Tensor, steps: int, spacing: str = "leading
 
 
 def euler_ancestral_sample(eps_model, x: torch.Tensor, steps: int, spacing: str = "leading", generator=None,
-                           callback=None) -> torch.Tensor:
+                           callback=None, start: int = 0, init: torch.Tensor = None) -> torch.Tensor:
     """Euler ancestral: `euler_sample` with fresh noise at each step, drawn from `generator` (the one that drew
     x, so that a seed means one image)."""
-    return euler_sample(eps_model, x, steps, spacing, generator, callback, ancestral=True)
+    return euler_sample(eps_model, x, steps, spacing, generator, callback, start, init, ancestral=True)

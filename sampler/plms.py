@@ -20,7 +20,7 @@ Like DDIM (sampler/ddim.py), each step lands on the ᾱ of the next timestep the
 """
 import torch
 
-from .schedule import alpha_next, alphas_cumprod, ddim_step
+from .schedule import alpha_next, alphas_cumprod, ddim_step, start_from
 from .spacing import check_steps, spacing_of
 
 
@@ -34,11 +34,15 @@ def plms_eps(eps: torch.Tensor, history: list) -> torch.Tensor:
 
 
 def plms_sample(eps_model, x: torch.Tensor, steps: int, spacing: str = "leading", generator=None,
-                callback=None) -> torch.Tensor:
-    """Denoise x from t ≈ 1000 to 0 in `steps` steps. callback(i, t) runs after each step."""
+                callback=None, start: int = 0, init: torch.Tensor = None) -> torch.Tensor:
+    """Denoise x from t ≈ 1000 to 0 in `steps` steps. callback(i, t) runs after each step.
+    From an image: from step `start` on x = the forward process of `init`, with its own warm-up there (as if
+    the run had begun at that timestep)."""
     check_steps(steps, "plms", spacing)
     acp = alphas_cumprod().tolist()
-    ts = spacing_of("plms", steps, spacing).timesteps
+    ts = spacing_of("plms", steps, spacing).timesteps[start:]
+    if init is not None:
+        x = start_from(init, x, acp[ts[0]])
     history = []  # raw ε of the previous steps
     for i, t in enumerate(ts):
         a_t, a_prev = acp[t], alpha_next(acp, ts, i)

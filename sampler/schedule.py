@@ -26,6 +26,11 @@ def alpha_next(acp, timesteps: list, i: int):
     return acp[timesteps[i + 1]] if i + 1 < len(timesteps) else acp[0]
 
 
+def start_from(x0: torch.Tensor, noise: torch.Tensor, a_t) -> torch.Tensor:
+    """The forward process at ᾱ_t: x_t = √ᾱ_t · x₀ + √(1 − ᾱ_t) · ε (a run that starts from an image)."""
+    return a_t ** 0.5 * x0 + (1 - a_t) ** 0.5 * noise
+
+
 def ddim_step(x: torch.Tensor, eps: torch.Tensor, a_t, a_prev) -> torch.Tensor:
     """One deterministic DDIM step (η = 0) from ᾱ_t to ᾱ_prev.
 

@@ -266,8 +266,9 @@ def official_single_file(sd, path, extra=None):
     """Write minitome's modules as an official CompVis-layout single file (prefixes + schedule buffers)."""
     from safetensors.torch import save_file
     tensors = {}
-    for prefix, module in (("model.diffusion_model.", sd.unet), ("cond_stage_model.transformer.text_model.",
-                                                                 sd.text_encoder), ("first_stage_model.", sd.vae)):
+    parts = (("model.diffusion_model.", sd.unet), ("cond_stage_model.transformer.text_model.", sd.text_encoder),
+             ("first_stage_model.", sd.vae), ("first_stage_model.", sd.vae_encoder))
+    for prefix, module in (part for part in parts if part[1] is not None):
         tensors.update({prefix + name: t.contiguous() for name, t in module.state_dict().items()})
     tensors["cond_stage_model.transformer.text_model.embeddings.position_ids"] = torch.arange(77)[None]
     tensors["alphas_cumprod"] = torch.rand(1000)
@@ -283,4 +284,4 @@ def single_file(tiny_pipeline, tmp_path_factory):
     _, folder = tiny_pipeline
     where = tmp_path_factory.mktemp("single")
     shutil.copytree(folder / "tokenizer", where / "tokenizer")
-    return official_single_file(weights.load(folder), where / "tiny-sd.safetensors")
+    return official_single_file(weights.load(folder, encoder=True), where / "tiny-sd.safetensors")

@@ -16,7 +16,7 @@ from .checkpoint import Checkpoint, WeightsError
 from .clip import text_encoder_part, text_encoder_part_diffusers
 from .single_file import split, unet_name_of
 from .unet import unet_part, unet_part_diffusers
-from .vae import vae_part, vae_part_diffusers, vae_part_from
+from .vae import encoder_part, vae_part, vae_part_diffusers, vae_part_from
 
 
 def find_tokenizer(path: Path, tokenizer) -> Tokenizer:
@@ -34,7 +34,7 @@ def find_tokenizer(path: Path, tokenizer) -> Tokenizer:
 
 
 def load(path, tokenizer=None, device="cpu", dtype=torch.float32, vae=None, ema: bool = False,
-         attention: str = "sdpa", check=None) -> StableDiffusion:
+         attention: str = "sdpa", check=None, encoder: bool = False) -> StableDiffusion:
     """The four parts of SD 1.5.
 
     tokenizer: a folder with vocab.json + merges.txt, or bpe_simple_vocab_16e6.txt.gz (default: found beside path).
@@ -43,6 +43,8 @@ def load(path, tokenizer=None, device="cpu", dtype=torch.float32, vae=None, ema:
     attention: "sdpa" (torch's fused kernel) or "plain" (softmax(QKᵀ/√D)V written out) in the UNet.
     check: called as check(unet_config, vae_config) once every header is checked, before any tensor is read:
     where a caller checks what depends on the model's shape (the command line: image size, memory).
+    encoder: also load the VAE's encoder, as `vae_encoder` (a run from an image needs it), from where the decoder
+    comes from; without it `vae_encoder` is None.
     """
     path = Path(path)
     if not path.exists():
@@ -70,9 +72,10 @@ def load(path, tokenizer=None, device="cpu", dtype=torch.float32, vae=None, ema:
     if unet.config.in_channels != decoder.config.z_channels:
         raise WeightsError(f"{decoder.checkpoint.path}: the VAE decodes {decoder.config.z_channels}-channel latents, "
                            f"the UNet makes {unet.config.in_channels}")
+    vae_encoder = encoder_part(decoder) if encoder else None
     tokens = find_tokenizer(path, tokenizer)
     if check is not None:
         check(unet.config, decoder.config)
     return StableDiffusion(unet.load(device, dtype).channels_last(), text_encoder.load(device, dtype), tokens,
-                           decoder.load(device, dtype))
+                           decoder.load(device, dtype), vae_encoder.load(device, dtype) if encoder else None)
 

@@ -1,4 +1,4 @@
-"""Loading the VAE decoder: baked into a single file, from a VAE file of its own, or from a diffusers folder.
+"""Loading the VAE: baked into a single file, from a VAE file of its own, or from a diffusers folder.
 
 Where this sits: `weights/load.py` calls these for `weights.load(path, vae=...)`. Our attribute names
 are the official file's `first_stage_model.*` names (the LDM layout) without the prefix. VAEs
@@ -9,13 +9,14 @@ circulate in two namings, and both appear baked into single files too:
 - diffusers (`vae/diffusion_pytorch_model.safetensors`): `decoder.up_blocks.0.resnets.0.conv1`,
   `decoder.mid_block.attentions.0.to_q` (older diffusers: `query`), numbered in the order they run.
 The mid-block attention's q, k, v and output projection are 1×1 convolutions (C, C, 1, 1) in LDM
-files and Linear layers (C, C) in diffusers files; either shape loads in either naming. Text-to-image
-never encodes, so the encoder and `quant_conv` are ignored by name. Widths are read off the shapes.
+files and Linear layers (C, C) in diffusers files; either shape loads in either naming. Widths are read off
+the decoder's shapes. The encoder (`encoder.*` and `quant_conv`, `encoder.down.0` first in both namings) is
+loaded only for a run that starts from an image (`encoder_part`), from the file the decoder came from.
 """
 import re
 from pathlib import Path
 
-from minitome.vae import SCALE, VAEConfig, VAEDecoder
+from minitome.vae import SCALE, VAEConfig, VAEDecoder, VAEEncoder
 from .checkpoint import Checkpoint, Part, WeightsError, dims, find_safetensors
 from .config_files import field, read_json
 
@@ -35,6 +36,12 @@ def ldm_name(name: str, levels: int) -> str:
          lambda m: f"decoder.mid.attn_1.{ATTENTION[m[1]]}."),
         (r"^decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.", lambda m: f"decoder.up.{levels - 1 - int(m[1])}.block.{m[2]}."),
         (r"^decoder\.up_blocks\.(\d+)\.upsamplers\.0\.", lambda m: f"decoder.up.{levels - 1 - int(m[1])}.upsample."),
+        (r"^encoder\.conv_norm_out\.", lambda m: "encoder.norm_out."),
+        (r"^encoder\.mid_block\.resnets\.(\d+)\.", lambda m: f"encoder.mid.block_{int(m[1]) + 1}."),
+        (r"^encoder\.mid_block\.attentions\.0\.(" + "|".join(map(re.escape, ATTENTION)) + r")\.",
+         lambda m: f"encoder.mid.attn_1.{ATTENTION[m[1]]}."),
+        (r"^encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.", lambda m: f"encoder.down.{m[1]}.block.{m[2]}."),
+        (r"^encoder\.down_blocks\.(\d+)\.downsamplers\.0\.", lambda m: f"encoder.down.{m[1]}.downsample."),
         (r"\.conv_shortcut\.", lambda m: ".nin_shortcut."),
     ]
     for pattern, replacement in rules:
@@ -42,14 +49,16 @@ def ldm_name(name: str, levels: int) -> str:
     return name
 
 
-def our_names(names: list) -> dict:
-    """Our parameter name → the given name, for the decoder's tensors among `names` (no prefix), either naming."""
-    decoder = [n for n in names if not n.startswith(ENCODER)]
-    if any(n.startswith(("decoder.up_blocks.", "decoder.mid_block.")) for n in decoder):  # the diffusers naming
-        ups = [int(n.split(".")[2]) for n in decoder if n.startswith("decoder.up_blocks.") and n.split(".")[2].isdigit()]
+def our_names(names: list, encoder: bool = False) -> dict:
+    """Our parameter name → the given name, for the decoder's tensors among `names` (no prefix), or the encoder's,
+    either naming."""
+    half = [n for n in names if n.startswith(ENCODER) == encoder]
+    if any(n.startswith(("decoder.up_blocks.", "decoder.mid_block.", "encoder.down_blocks.", "encoder.mid_block."))
+           for n in names):  # the diffusers naming
+        ups = [int(n.split(".")[2]) for n in names if n.startswith("decoder.up_blocks.") and n.split(".")[2].isdigit()]
         levels = 1 + max(ups, default=-1)
-        return {ldm_name(n, levels): n for n in decoder}
-    return {n: n for n in decoder}
+        return {ldm_name(n, levels): n for n in half}
+    return {n: n for n in half}
 
 
 def config_from_shapes(shapes: dict, source, groups: int = 32) -> VAEConfig:
@@ -75,6 +84,20 @@ def vae_part(checkpoint: Checkpoint, names: dict, groups: int = 32) -> Part:
     reshape = {ours for ours, theirs in names.items()  # Linear (C, C) weights where we have 1×1 convolutions
                if re.fullmatch(r"decoder\.mid\.attn_1\.(q|k|v|proj_out)\.weight", ours) and len(checkpoint.shapes[theirs]) == 2}
     return Part(lambda: VAEDecoder(config), checkpoint, names, "vae", reshape)
+
+
+def encoder_part(decoder: Part) -> Part:
+    """The VAE's encoder, from the file (and under the prefix, in the naming) its decoder came from."""
+    prefix = decoder.names["post_quant_conv.weight"][: -len("post_quant_conv.weight")]
+    checkpoint = decoder.checkpoint
+    names = our_names([n[len(prefix):] for n in checkpoint.names if n.startswith(prefix)], encoder=True)
+    if not names:
+        raise WeightsError(f"{checkpoint.path}: no VAE encoder in it ({prefix}encoder.*, {prefix}quant_conv), and a run "
+                           "from an image needs one: pass a whole VAE with --vae")
+    reshape = {ours for ours, theirs in names.items()
+               if re.fullmatch(r"encoder\.mid\.attn_1\.(q|k|v|proj_out)\.weight", ours) and len(checkpoint.shapes[prefix + theirs]) == 2}
+    return Part(lambda: VAEEncoder(decoder.config), checkpoint, {ours: prefix + theirs for ours, theirs in names.items()},
+                "vae encoder", reshape)
 
 
 def vae_part_from_file(path) -> Part:

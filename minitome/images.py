@@ -1,0 +1,77 @@
+"""Reading the image a run starts from (`--init-image`): any file Pillow opens, taken as its owner sees it.
+
+Where this sits: `python -m minitome.sample` reads `--init-image` here among its first checks (`read_image`),
+before any model work, and hands `image_tensor`'s result to `generate(init_image=...)`. What a user expects:
+
+- EXIF orientation applied (a phone's portrait photo is stored on its side, with a tag saying so);
+- grayscale, palette, CMYK and 16- or 32-bit images converted to 8-bit RGB. Pillow's `convert("RGB")` clips a
+  16-bit image's values at 255 (nearly all white), so those are scaled to 8 bits first;
+- transparency composited on white, the way an image viewer shows it over a page;
+- a decompression bomb refused: Pillow raises only above twice its `MAX_IMAGE_PIXELS` (89.5 million pixels)
+  and merely warns between once and twice; both are an error here.
+
+The tensor is made as diffusers' `VaeImageProcessor` makes it: the size rounded down to a multiple of 8 (or the
+size asked for) with a Lanczos resize, then 8-bit values / 255 in float32, then 2x − 1.
+"""
+import stat
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+
+def check_path(path: Path, flag: str):
+    if not path.exists():
+        raise ValueError(f"{flag} {path}: no such file")
+    if not stat.S_ISREG(path.stat().st_mode):
+        raise ValueError(f"{flag} {path}: not a regular file (a folder, a FIFO or a device)")
+
+
+def to_8bit_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):  # 16-bit, 32-bit int or float grayscale
+        a = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or a.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(a / top * 255, 0, 255).round().astype(np.uint8), "L")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "La", "RGBa") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def read_image(path, flag: str = "--init-image") -> Image.Image:
+    """The image at `path` as 8-bit RGB, upright; a ValueError naming the flag and the file otherwise."""
+    path = Path(path)
+    check_path(path, flag)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()  # a truncated file fails here, not later
+                return to_8bit_rgb(ImageOps.exif_transpose(image))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ValueError(f"{flag} {path}: over {Image.MAX_IMAGE_PIXELS:,} pixels, Pillow's limit against "
+                         "decompression bombs") from None
+    except UnidentifiedImageError:
+        raise ValueError(f"{flag} {path}: not an image Pillow reads") from None
+    except (OSError, SyntaxError, ValueError) as error:  # truncated or corrupt data
+        raise ValueError(f"{flag} {path}: a damaged image ({error})") from None
+
+
+def run_size(image: Image.Image, width: int = None, height: int = None, multiple: int = 8) -> tuple:
+    """(width, height) of the run: those given, else the image's own rounded down to a multiple of 8."""
+    w = width if width is not None else image.width - image.width % multiple
+    h = height if height is not None else image.height - image.height % multiple
+    return w, h
+
+
+def image_tensor(image: Image.Image, width: int, height: int) -> torch.Tensor:
+    """(1, 3, height, width) in [-1, 1]: Lanczos-resized to the size when it differs, as diffusers preprocesses."""
+    if image.size != (width, height):
+        image = image.resize((width, height), resample=Image.Resampling.LANCZOS)
+    a = np.asarray(image).astype(np.float32) / 255.0
+    return torch.from_numpy(a).permute(2, 0, 1)[None] * 2.0 - 1.0
