@@ -150,10 +150,9 @@ def planning_calls(tome, calls_with_config: int) -> bool:
     return calls_with_config % tome.reuse == 0
 
 
-# every sampler, PLMS and DDIM under both batch settings, the others under one each (fractional t: Euler's)
-RUNS = [("plms", "leading", *b) for b in BATCHES] + [("ddim", "leading", *b) for b in BATCHES] + [
-    ("euler", "karras", *BATCHES[0]), ("euler-a", "linspace", *BATCHES[1]), ("dpm++2m", "karras", *BATCHES[1]),
-    ("dpm++2m", "trailing", *BATCHES[0])]
+# every sampler, each batch setting under three of them (fractional t: Euler's; PLMS's repeated warm-up call)
+RUNS = [("plms", "leading", *BATCHES[0]), ("ddim", "leading", *BATCHES[1]), ("euler", "karras", *BATCHES[0]),
+        ("euler-a", "linspace", *BATCHES[1]), ("dpm++2m", "karras", *BATCHES[1]), ("dpm++2m", "trailing", *BATCHES[0])]
 
 
 @pytest.mark.parametrize("sampler, spacing, batch, guidance", RUNS)
