@@ -5,7 +5,12 @@ checks. Each config checks its own ranges (minitome/tome.py, todo.py, deepcache.
 together is `check_methods`' (minitome/run.py); here are only what the flags add: a method's flag given
 without the flag that turns it on, and the configs' messages named by their flags.
 """
-from sampler import A1111_NAMES, unet_calls
+import argparse
+import math
+
+from sampler import A1111_NAMES, start_step, unet_calls
+from .flags import check_steps_flag
+from .pipeline import HiresConfig
 from .deepcache import DeepCacheConfig
 from .run import check_methods
 from .todo import ToDoConfig
@@ -22,11 +27,17 @@ def needs(args, flags: tuple, switch: str, method: str):
         raise ValueError(f"{names} need{'s' if len(given) == 1 else ''} {switch} ({method} is off without it)")
 
 
-def tome_config(args) -> ToMeConfig:
-    if args.tome_ratio is None and args.tome_threshold is None:
-        needs(args, ("tome_max_downsample", "tome_sx", "tome_sy", "tome_no_rand", "tome_merge", "tome_seed",
-                     "tome_reuse"), "--tome-ratio or --tome-threshold", "ToMe")
+TOME_SETTINGS = ("tome_max_downsample", "tome_sx", "tome_sy", "tome_no_rand", "tome_merge", "tome_seed", "tome_reuse")
+
+
+def tome_config(args, ratio: float = None) -> ToMeConfig:
+    """The first pass's ToMe; with `ratio`, the hires pass's, from the same --tome-* settings."""
+    if ratio is None and args.tome_ratio is None and args.tome_threshold is None:
+        if getattr(args, "hires_tome_ratio", None) is None:  # --hires-tome-ratio alone: ToMe on the second pass only
+            needs(args, TOME_SETTINGS, "--tome-ratio or --tome-threshold", "ToMe")
         return None
+    if ratio is not None:
+        args = argparse.Namespace(**{**vars(args), "tome_ratio": ratio, "tome_threshold": None})
     if args.tome_ratio is not None and args.tome_threshold is not None:
         raise ValueError("--tome-ratio and --tome-threshold both say how much to merge: give one of them")
     targets = [t.strip() for t in args.tome_merge.split(",") if t.strip()]
@@ -73,6 +84,32 @@ def flag_named(check, *args):
         for name, flag in (("ToMe ", "--tome-"), ("ToDo ", "--todo-"), ("DeepCache ", "--deepcache-")):
             message = message.replace(name, flag) if message.startswith(name) else message
         raise ValueError(message) from None
+
+
+def hires_config(args, tome, todo, deep_cache):
+    """The hires pass (pipeline.HiresConfig) from the --hires-* flags, or None without --hires-scale."""
+    if args.hires_scale is None:
+        needs(args, ("hires_steps", "hires_strength", "hires_upscale", "hires_tome_ratio"), "--hires-scale", "the hires pass")
+        return None
+    if not math.isfinite(args.hires_scale) or args.hires_scale <= 1:
+        raise ValueError(f"--hires-scale must be a number > 1 (the second pass's size over the first's), got {args.hires_scale}")
+    steps = args.hires_steps if args.hires_steps is not None else args.steps
+    check_steps_flag(steps, "--hires-steps", args.sampler, args.spacing)
+    try:
+        start_step(steps, args.hires_strength)
+    except ValueError as error:
+        raise ValueError(f"--hires-strength: {error}") from None
+    if args.hires_tome_ratio is None:
+        second = tome
+    elif args.hires_tome_ratio == 0:
+        second = None
+    else:
+        try:
+            second = tome_config(args, args.hires_tome_ratio)
+        except ValueError as error:
+            raise ValueError(f"--hires-tome-ratio {args.hires_tome_ratio!r}: {error}") from None
+    check_methods(second, todo, deep_cache)
+    return HiresConfig(args.hires_scale, steps, args.hires_strength, args.hires_upscale, second)
 
 
 def accelerations(args) -> tuple:

@@ -53,13 +53,15 @@ def check_image_size(sd, width: int, height: int):
 def sample_latents(sd, prompt: str, negative_prompt: str = "", steps: int = 50, guidance: float = 7.5, seed: int = 0,
                    width: int = 512, height: int = 512, batch: int = 1, sampler: str = "plms", tome=None,
                    callback=None, todo: ToDoConfig = None, deep_cache: DeepCacheConfig = None,
-                   spacing: str = "leading", init_image: torch.Tensor = None, strength: float = 0.8) -> torch.Tensor:
+                   spacing: str = "leading", init_image: torch.Tensor = None, strength: float = 0.8,
+                   init_latents: torch.Tensor = None) -> torch.Tensor:
     """Stages 1–4: the final latents (B, 4, H/8, W/8) for `batch` images of one prompt.
     callback(i, t) runs after each sampler step.
 
     init_image: a run from an image (img2img), (1, 3, height, width) in [-1, 1] (minitome/images.py reads one):
     its latent is drawn from the VAE encoder's Gaussian (sd.vae_encoder), noise is put back on it by the forward
     process to where the last int(steps · strength) steps begin, and those steps run, as diffusers' img2img.
+    init_latents: the same from latents (B, 4, height/8, width/8) instead of an image (the hires pass's).
 
     sampler: plms, ddim, euler, euler-a or dpm++2m; spacing: leading, linspace, trailing or karras (sampler/).
     tome: a ToMeConfig, None, or a schedule: a function of the timestep t (999 … 0, noisy to clean; fractional
@@ -70,9 +72,11 @@ def sample_latents(sd, prompt: str, negative_prompt: str = "", steps: int = 50, 
         if sd.vae_encoder is None:
             raise ValueError("a run from an image needs the VAE encoder: load the weights with encoder=True")
         height, width = init_image.shape[-2:]
+    if init_latents is not None:
+        height, width = (n * sd.vae.config.scale_factor for n in init_latents.shape[-2:])
     check_image_size(sd, width, height)
     check_sampler(sampler, spacing, steps)
-    start = start_step(steps, strength) if init_image is not None else 0
+    start = start_step(steps, strength) if init_image is not None or init_latents is not None else 0
     if not math.isfinite(guidance):
         raise ValueError(f"guidance must be a finite number, got {guidance}")
     if callable(tome) and todo is not None:  # a ToMe schedule beside ToDo: each call's config, before any work
@@ -91,7 +95,7 @@ def sample_latents(sd, prompt: str, negative_prompt: str = "", steps: int = 50, 
     factor = sd.vae.config.scale_factor
     shape = (batch, unet.config.in_channels, height // factor, width // factor)
     generator = torch.Generator("cpu").manual_seed(seed)
-    init = None
+    init = None if init_latents is None else init_latents.to(device, dtype).expand(shape).contiguous()
     if init_image is not None:
         init = sd.vae_encoder.sample(init_image.to(device, dtype), generator).expand(shape).contiguous()
     latents = torch.randn(shape, generator=generator, dtype=dtype).to(device)
@@ -132,6 +136,37 @@ def noise_estimate(unet, context: torch.Tensor, guidance: float, tome=None, todo
     return eps_model
 
 
+@dataclass(frozen=True)
+class HiresConfig:
+    """The hires pass (A1111's "hires fix"): the first pass's result upscaled `scale` times (its size rounded down to
+    a multiple of 8), then denoised again by an img2img pass of `steps` (diffusers' num_inference_steps: it runs
+    int(steps · strength)) with `strength`; `upscale` "latent" (bilinear on the latents, A1111's "Latent"),
+    "latent-nearest", or "lanczos" (the decoded image resized, then encoded); `tome` the second pass's ToMe."""
+    scale: float = 2.0
+    steps: int = 20
+    strength: float = 0.7
+    upscale: str = "latent"
+    tome: object = None
+
+    def size(self, width: int, height: int, multiple: int = 8) -> tuple:
+        w, h = int(width * self.scale), int(height * self.scale)
+        return w - w % multiple, h - h % multiple
+
+
+UPSCALES = ("latent", "latent-nearest", "lanczos")
+
+
+def upscaled(sd, latents: torch.Tensor, hires: HiresConfig, width: int, height: int) -> dict:
+    """The first pass's latents made the second pass's start: {"init_latents": …} or {"init_image": …}."""
+    factor = sd.vae.config.scale_factor
+    if hires.upscale in ("latent", "latent-nearest"):
+        mode = "bilinear" if hires.upscale == "latent" else "nearest"  # bilinear: no antialias, as A1111 and torch
+        return {"init_latents": torch.nn.functional.interpolate(latents, size=(height // factor, width // factor), mode=mode)}
+    from .images import image_tensor
+    images = [image_tensor(image, width, height) for image in to_pil(decode(sd, latents))]  # Lanczos, as Pillow
+    return {"init_image": torch.cat(images)}
+
+
 def linear_schedule(start: float, end: float, **config):
     """A ToMe schedule for `generate`: the ratio going from `start` at t = 1000 to `end` at t = 0."""
     return lambda t: ToMeConfig(ratio=round(end + (start - end) * t / 1000, 4), **config)
@@ -154,8 +189,20 @@ def to_pil(images: torch.Tensor) -> list:
 def generate(sd, prompt: str, negative_prompt: str = "", steps: int = 50, guidance: float = 7.5, seed: int = 0,
              width: int = 512, height: int = 512, batch: int = 1, sampler: str = "plms", tome=None,
              callback=None, todo: ToDoConfig = None, deep_cache: DeepCacheConfig = None,
-             spacing: str = "leading", init_image: torch.Tensor = None, strength: float = 0.8) -> list:
-    """`batch` PIL images for one prompt: the five stages, see `sample_latents` for the arguments."""
+             spacing: str = "leading", init_image: torch.Tensor = None, strength: float = 0.8,
+             hires: HiresConfig = None) -> list:
+    """`batch` PIL images for one prompt: the five stages, see `sample_latents` for the arguments; with `hires`,
+    a second pass at the larger size (`HiresConfig`), its generator seeded afresh with the same seed, its methods'
+    windows and intervals counting its own UNet calls. callback(i, t) counts the steps of both passes."""
     latents = sample_latents(sd, prompt, negative_prompt, steps, guidance, seed, width, height, batch, sampler, tome,
                              callback, todo, deep_cache, spacing, init_image, strength)
+    if hires is not None:
+        if init_image is not None:
+            height, width = init_image.shape[-2:]
+        done = steps - (start_step(steps, strength) if init_image is not None else 0)
+        on = (lambda i, t: callback(done + i, t)) if callback is not None else None
+        w, h = hires.size(width, height, sd.vae.config.scale_factor)
+        latents = sample_latents(sd, prompt, negative_prompt, hires.steps, guidance, seed, w, h, batch, sampler,
+                                 hires.tome, on, todo, deep_cache, spacing, strength=hires.strength,
+                                 **upscaled(sd, latents, hires, w, h))
     return to_pil(decode(sd, latents))

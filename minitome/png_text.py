@@ -28,6 +28,7 @@ from sampler import A1111_NAMES
 from .tome import MERGE_TARGETS
 
 SCHEDULE_TYPES = {"linspace": "Uniform", "trailing": "SGM Uniform", "karras": "Karras"}
+UPSCALERS = {"latent": "Latent", "latent-nearest": "Latent (nearest)", "lanczos": "Lanczos"}  # A1111's "Hires upscaler"
 
 
 def number(value: float) -> str:
@@ -41,7 +42,7 @@ def quoted(text: str) -> str:
 
 
 def parameters_text(args, seed: int, short_hash: str, tome=None, todo=None, deep_cache=None, dtype: str = "float32",
-                    vae_hash: str = "", position: int = 0, init_hash: str = "") -> str:
+                    vae_hash: str = "", position: int = 0, init_hash: str = "", hires=None) -> str:
     """The `parameters` chunk of the image at `position` of the batch (args: the command line's; tome, todo,
     deep_cache: the methods' configs, None when off; dtype: the run's; vae_hash: of --vae when given)."""
     fields = {"Steps": args.steps, "Sampler": A1111_NAMES[args.sampler]}
@@ -60,6 +61,12 @@ def parameters_text(args, seed: int, short_hash: str, tome=None, todo=None, deep
     if args.init_image:
         fields["Denoising strength"] = number(args.strength)
         fields["Init image hash"] = init_hash
+    if hires is not None:  # A1111's names; its "Denoising strength" is the hires pass's when there is no init image
+        fields["Hires denoising strength" if args.init_image else "Denoising strength"] = number(hires.strength)
+        fields.update({"Hires upscale": number(hires.scale), "Hires steps": hires.steps,
+                       "Hires upscaler": UPSCALERS[hires.upscale]})
+        if args.hires_tome_ratio is not None:
+            fields["Token merging ratio hr"] = number(args.hires_tome_ratio)
     if args.batch > 1:
         fields["Batch size"], fields["Batch pos"] = args.batch, position
     if tome is not None:
@@ -132,7 +139,14 @@ def flags_from(path: Path) -> list:
                 "--width", width, "--height", height]
         if "Batch size" in f:
             argv += ["--batch", f["Batch size"]]
-        if "Denoising strength" in f:
+        if "Hires upscale" in f:
+            upscalers = {v: k for k, v in UPSCALERS.items()}
+            strength = f["Hires denoising strength"] if "Init image hash" in f else f["Denoising strength"]
+            argv += ["--hires-scale", f["Hires upscale"], "--hires-steps", f["Hires steps"], "--hires-strength", strength,
+                     "--hires-upscale", upscalers[f["Hires upscaler"]]]
+            if "Token merging ratio hr" in f:
+                argv += ["--hires-tome-ratio", f["Token merging ratio hr"]]
+        if "Denoising strength" in f and ("Hires upscale" not in f or "Init image hash" in f):
             argv += ["--strength", f["Denoising strength"]]
         if f.get("EMA") == "True":
             argv += ["--ema"]

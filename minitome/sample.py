@@ -28,7 +28,8 @@ from .checks import check_size
 from .device import check_fits, pick_device, pick_dtype
 from .flags import check_steps_flag, flags_given
 from .images import image_tensor, read_image, run_size
-from .method_flags import SEEDS, accelerations, flag_named
+from .pipeline import UPSCALES
+from .method_flags import SEEDS, accelerations, flag_named, hires_config
 from .output import Outputs, model_hash
 from .png_text import flags_from, parameters_text
 
@@ -63,6 +64,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sampler", choices=tuple(SAMPLERS), default="plms")
     p.add_argument("--spacing", choices=SPACINGS, default="leading",
                    help="which timesteps the sampler visits; karras with euler and dpm++2m only")
+    p.add_argument("--hires-scale", type=float, help="the hires pass: upscale the image this many times and denoise "
+                   "it again (off without it)")
+    p.add_argument("--hires-steps", type=int, help="the hires pass's steps, as img2img's (default: --steps)")
+    p.add_argument("--hires-strength", type=float, default=0.7, help="the hires pass's denoising strength")
+    p.add_argument("--hires-upscale", default="latent", choices=UPSCALES,
+                   help="latent (bilinear, A1111's Latent), latent-nearest, or lanczos (the decoded image)")
+    p.add_argument("--hires-tome-ratio", type=float, help="ToMe's ratio on the hires pass (0: off there; default: "
+                   "the first pass's; alone: ToMe on the hires pass only)")
     p.add_argument("--tome-ratio", type=float, help="merge this share of tokens (ToMe is off without it)")
     p.add_argument("--tome-max-downsample", type=int, default=1, choices=(1, 2, 4, 8))
     p.add_argument("--tome-sx", type=int, default=2)
@@ -186,6 +195,7 @@ def run(args) -> int:
     try:
         check(args)
         tome, todo, deep_cache = accelerations(args)
+        hires = flag_named(hires_config, args, tome, todo, deep_cache)
         device = pick_device(args.device)
         dtype = pick_dtype(args.dtype, device)
         seed = args.seed if args.seed is not None else random.randrange(2**32)
@@ -195,7 +205,8 @@ def run(args) -> int:
             check_size(args.width, args.height, vae.scale_factor, ("--width", "--height"))
             if todo is not None:
                 flag_named(todo.check_latent, (args.height // vae.scale_factor, args.width // vae.scale_factor))
-            check_fits(args.width, args.height, args.batch, args.guidance > 1, args.attention, unet.num_heads,
+            width, height = hires.size(args.width, args.height, vae.scale_factor) if hires else (args.width, args.height)
+            check_fits(width, height, args.batch, args.guidance > 1, args.attention, unet.num_heads,
                        dtype, device, vae.ch * (vae.ch_mult[0] + vae.ch_mult[1]))
             if deep_cache is not None:
                 flag_named(deep_cache.check_layout, unet)
@@ -205,19 +216,22 @@ def run(args) -> int:
             print(f"seed: {seed}", file=sys.stderr)
 
         sd = load(args.weights, tokenizer=args.tokenizer, device=device, dtype=dtype, vae=args.vae, ema=args.ema,
-                  attention=args.attention, check=check_model, encoder=args.init is not None)
+                  attention=args.attention, check=check_model,
+                  encoder=args.init is not None or (hires is not None and hires.upscale == "lanczos"))
         sd.unet.pack_convolutions()  # float32 on the CPU: convolution weights laid out once (unet/packed_conv.py)
         short_hash = model_hash(Path(args.weights))
         vae_hash = model_hash(Path(args.vae)) if args.vae else ""
         check_from(args, short_hash)
         init_hash = model_hash(Path(args.init_image)) if args.init is not None else ""
         texts = [parameters_text(args, seed, short_hash, tome, todo, deep_cache, str(dtype).replace("torch.", ""),
-                                 vae_hash, i, init_hash) for i in range(args.batch)]
+                                 vae_hash, i, init_hash, hires) for i in range(args.batch)]
         init = image_tensor(args.init, args.width, args.height) if args.init is not None else None
         steps_run = args.steps - start_step(args.steps, args.strength) if init is not None else args.steps
+        if hires is not None:
+            steps_run += hires.steps - start_step(hires.steps, hires.strength)
         images = generate(sd, args.prompt, args.negative_prompt, args.steps, args.guidance, seed, args.width,
                           args.height, args.batch, args.sampler, tome, Progress(steps_run), todo, deep_cache,
-                          args.spacing, init, args.strength)
+                          args.spacing, init, args.strength, hires)
         for i, image in enumerate(images):
             print(outputs.write(i, image, texts[i]))
         finished = True
