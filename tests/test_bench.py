@@ -218,13 +218,14 @@ def test_diffusers_deepcache_call_runs_the_shallow_branch_only(tiny_pipeline):
 
 
 def test_decode_mode_measures_both_decoders(capsys):
-    """--decode --compare: minitome's decoder and diffusers' AutoencoderKL, each in a process of its own, on
-    one image; the peak is the decoder's activations, above its weights (for a 32×32 image, well under the
-    weights' 190 MiB, and more than the 32×32×128 output block's activations)."""
+    """--decode --compare: minitome's decoder and encoder and diffusers' AutoencoderKL's, each in a process of its
+    own, on one image; the peak is the part's activations, above its weights (for a 32×32 image, well under the
+    weights' 190 MiB, and more than one 32×32×128 full-resolution activation)."""
     assert main(["--decode", "--compare", "--sizes", "32", "--json", "--device", "cpu"]) == 0
     out = capsys.readouterr()
     rows = json.loads(out.out)["tables"]
-    assert [r["impl"] for r in rows] == ["minitome", "diffusers"]
+    assert [(r["half"], r["impl"]) for r in rows] == [("decoder", "minitome"), ("decoder", "diffusers"),
+                                                      ("encoder", "minitome"), ("encoder", "diffusers")]
     for r in rows:
         assert r["size"] == [32, 32] and r["seconds"] > 0
         assert 32 * 32 * 128 * 4 / 2**20 < r["peak_mb"] < 190

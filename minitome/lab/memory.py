@@ -10,7 +10,7 @@ Figures are MiB. Linux only on the CPU (it reads /proc/self).
 """
 import torch
 
-from minitome.vae import VAEDecoder
+from minitome.vae import VAEDecoder, VAEEncoder
 from .common import sync
 
 
@@ -51,23 +51,25 @@ def peak_above(call, device) -> float:
 
 @torch.no_grad()
 def measure_decode(job) -> dict:
-    """The VAE decoder on one image of job.latent's size: its peak memory above the loaded weights and its
-    seconds (measure.py's "decode" job, one process each). job.calls[0]["impl"]: "minitome", or "diffusers"
-    for AutoencoderKL.decode, both with SD 1.5's configuration and random weights (the values do not change
-    the work)."""
+    """The VAE decoder (or with job.calls[0]["half"] "encoder", the encoder) on one image of job.latent's size: its
+    peak memory above the loaded weights and its seconds (measure.py's "decode" job, one process each).
+    job.calls[0]["impl"]: "minitome", or "diffusers" for AutoencoderKL.decode (.encode), both with SD 1.5's
+    configuration and random weights (the values do not change the work)."""
     import time
     device, dtype = job.torch_device_dtype()
     impl = job.calls[0]["impl"] if job.calls else "minitome"
+    half = job.calls[0].get("half", "decoder") if job.calls else "decoder"
     torch.manual_seed(0)
     if impl == "diffusers":
         from diffusers import AutoencoderKL
         vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
                             up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2)
-        decode = lambda z: vae.decode(z).sample  # noqa: E731
+        run = (lambda z: vae.decode(z).sample) if half == "decoder" else (lambda x: vae.encode(x).latent_dist.mean)
     else:
-        vae = decode = VAEDecoder()
+        vae = run = VAEDecoder() if half == "decoder" else VAEEncoder()
     vae.to(device, dtype).eval()
-    z = torch.randn(1, 4, *job.latent, generator=torch.Generator().manual_seed(0)).to(device, dtype)
+    shape = (1, 4, *job.latent) if half == "decoder" else (1, 3, 8 * job.latent[0], 8 * job.latent[1])
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device, dtype)
     start = time.perf_counter()
-    peak = peak_above(lambda: decode(z), device)
-    return {"impl": impl, "peak_mb": peak, "seconds": time.perf_counter() - start}
+    peak = peak_above(lambda: run(x), device)
+    return {"impl": impl, "half": half, "peak_mb": peak, "seconds": time.perf_counter() - start}
