@@ -57,7 +57,9 @@ def test_hires_matches_the_diffusers_chain(tiny_pipeline, tmp_path, sampler, spa
                  "--hires-upscale", upscale, *extra, "--out", str(out)]) == 0
     image = Image.open(out)
     assert image.size == expected.size == (56, 48)
-    assert int(np.abs(np.asarray(image, np.int16) - np.asarray(expected, np.int16)).max()) <= 2
+    difference = int(np.abs(np.asarray(image, np.int16) - np.asarray(expected, np.int16)).max())
+    print(f"hires {sampler} {spacing} {upscale}, ToMe {tome_ratio}: largest pixel difference {difference}/255")
+    assert difference <= 2
     if tome_ratio:  # merging visibly changed the second pass
         plain = hires_reference(pipe, sampler, spacing, upscale, 10, 0.6)
         assert int(np.abs(np.asarray(plain, np.int16) - np.asarray(expected, np.int16)).max()) > 2
