@@ -8,18 +8,18 @@ import argparse
 import os
 from pathlib import Path
 
-from sampler import check_sampler
+from sampler import check_spacing, check_steps
 
 
 def check_steps_flag(steps: int, flag: str, sampler: str = "plms", spacing: str = "leading"):
-    """`sampler.check_sampler`: the sampler, spacing and step count, its message naming the flag at fault."""
+    """The sampler, spacing and step count (`sampler/spacing.py`), each message naming the flag at fault."""
     try:
-        check_sampler(sampler, spacing)
+        check_spacing(sampler, spacing)
     except ValueError as error:
         flag_of = "--spacing" if str(error).startswith(("karras", "spacing")) else "--sampler"
         raise ValueError(f"{flag_of}: {error}") from None
     try:
-        check_sampler(sampler, spacing, steps)
+        check_steps(steps, sampler, spacing)
     except ValueError as error:
         raise ValueError(f"{flag}: {error}") from None
 

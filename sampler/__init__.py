@@ -19,9 +19,10 @@ A1111_NAMES = {"plms": "PLMS", "ddim": "DDIM", "euler": "Euler", "euler-a": "Eul
 
 def check_sampler(sampler: str, spacing: str = "leading", steps: int = None):
     """A sampler and spacing that run together (and, given, a step count they space well): a ValueError otherwise."""
-    check_spacing(sampler, spacing)
-    if steps is not None:
-        check_steps(steps, sampler, spacing)
+    if steps is None:
+        check_spacing(sampler, spacing)
+    else:
+        check_steps(steps, sampler, spacing)  # which checks the pair first
 
 
 def unet_calls(sampler: str, steps: int, start: int = 0) -> int:

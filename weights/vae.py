@@ -27,19 +27,16 @@ ATTENTION = {"group_norm": "norm", "to_q": "q", "query": "q", "to_k": "k", "key"
 
 
 def ldm_name(name: str, levels: int) -> str:
-    """A diffusers decoder name → the LDM name, e.g. decoder.up_blocks.0.resnets.1.conv_shortcut.weight →
-    decoder.up.3.block.1.nin_shortcut.weight (levels: how many up blocks; diffusers counts them the other way)."""
-    rules = [
-        (r"^decoder\.conv_norm_out\.", lambda m: "decoder.norm_out."),
-        (r"^decoder\.mid_block\.resnets\.(\d+)\.", lambda m: f"decoder.mid.block_{int(m[1]) + 1}."),
-        (r"^decoder\.mid_block\.attentions\.0\.(" + "|".join(map(re.escape, ATTENTION)) + r")\.",
-         lambda m: f"decoder.mid.attn_1.{ATTENTION[m[1]]}."),
+    """A diffusers VAE name → the LDM name, e.g. decoder.up_blocks.0.resnets.1.conv_shortcut.weight →
+    decoder.up.3.block.1.nin_shortcut.weight (levels: how many up blocks; diffusers counts the decoder's up blocks
+    the other way, the encoder's down blocks the same way)."""
+    rules = [  # the middle and the output norm are named alike in both halves
+        (r"^(decoder|encoder)\.conv_norm_out\.", lambda m: f"{m[1]}.norm_out."),
+        (r"^(decoder|encoder)\.mid_block\.resnets\.(\d+)\.", lambda m: f"{m[1]}.mid.block_{int(m[2]) + 1}."),
+        (r"^(decoder|encoder)\.mid_block\.attentions\.0\.(" + "|".join(map(re.escape, ATTENTION)) + r")\.",
+         lambda m: f"{m[1]}.mid.attn_1.{ATTENTION[m[2]]}."),
         (r"^decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.", lambda m: f"decoder.up.{levels - 1 - int(m[1])}.block.{m[2]}."),
         (r"^decoder\.up_blocks\.(\d+)\.upsamplers\.0\.", lambda m: f"decoder.up.{levels - 1 - int(m[1])}.upsample."),
-        (r"^encoder\.conv_norm_out\.", lambda m: "encoder.norm_out."),
-        (r"^encoder\.mid_block\.resnets\.(\d+)\.", lambda m: f"encoder.mid.block_{int(m[1]) + 1}."),
-        (r"^encoder\.mid_block\.attentions\.0\.(" + "|".join(map(re.escape, ATTENTION)) + r")\.",
-         lambda m: f"encoder.mid.attn_1.{ATTENTION[m[1]]}."),
         (r"^encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.", lambda m: f"encoder.down.{m[1]}.block.{m[2]}."),
         (r"^encoder\.down_blocks\.(\d+)\.downsamplers\.0\.", lambda m: f"encoder.down.{m[1]}.downsample."),
         (r"\.conv_shortcut\.", lambda m: ".nin_shortcut."),
