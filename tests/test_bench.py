@@ -78,10 +78,13 @@ def test_paired_ratio_cancels_drift():
     (["--samplers", "--methods"], "--methods and --samplers are different measurements"),
     (["--samplers", "--steps", "20", "--reuse", "2"], "--reuse, --steps: not used with --samplers"),
     (["--samplers", "--ratios", "0.3"], "--ratios: not used with --samplers"),
+    (["--samplers", "--compare", "--ratios", "0.3"], "--ratios: not used with --samplers"),  # --compare: implied
+    (["--hires", "--samplers"], "--samplers and --hires are different measurements"),
+    (["--hires", "--steps", "20"], r"--steps: not used with --hires \(it times a hires image's chain\)"),
     (["--samplers", "--todo-factor", "0"], "--todo-factor: ToDo factor must be"),
     # a flag the chosen measurement does not read is named, never silently ignored
-    (["--reuse", "0"], "--reuse: not used without --methods or --samplers"),
-    (["--check-image", "--steps", "20"], "--check-image, --steps: not used without --methods or --samplers"),
+    (["--reuse", "0"], "--reuse: not used without --methods, --samplers or --hires"),
+    (["--check-image", "--steps", "20"], "--check-image, --steps: not used without --methods, --samplers or --hires"),
     (["--methods", "--ratios", "0.3", "--unpacked"], "--ratios, --unpacked: not used with --methods"),
     (["--decode", "--attention", "plain", "--max-downsample", "2"], "--attention, --max-downsample: not used with --decode"),
     (["--decode", "--weights", "."], "--weights: not used with --decode"),
@@ -229,3 +232,36 @@ def test_decode_mode_measures_both_decoders(capsys):
     for r in rows:
         assert r["size"] == [32, 32] and r["seconds"] > 0
         assert 32 * 32 * 128 * 4 / 2**20 < r["peak_mb"] < 190
+
+
+def test_hires_composes_each_image_from_both_passes(tiny_pipeline, capsys):
+    """--hires: the chain DPM++ 2M Karras 20 → latent ×2 → 10 calls (20 steps at strength 0.5) → decoder, per method:
+    each pass's calls of each kind times their seconds at that pass's size, plus each pass's loop and the decoder;
+    ToMe only on the hires pass; DeepCache counting each pass's own calls on both sides; one whole chain measured."""
+    _, folder = tiny_pipeline
+    argv = ["--hires", "--weights", str(folder), "--sizes", "32", "--attention", "sdpa", "--repeats", "1",
+            "--check-image", "--json", "--device", "cpu"]
+    assert main(argv) == 0
+    table = json.loads(capsys.readouterr().out)["tables"][0]
+    seconds = {(c["pass"], c["impl"], c["label"]): c["seconds"] for c in table["calls"]}
+    assert ("first", "minitome", "ToMe") not in seconds and ("hires", "diffusers", "DeepCache shallow + ToMe") in seconds
+    assert ("hires", "diffusers", "ToDo") not in seconds
+    assert table["chain"]["hires_calls"] == 10
+    rows = {r["method"]: r for r in table["images"]}
+    assert rows["ToMe 0.5 on the hires pass"]["counts"]["minitome"] == {"first": {"none": 20}, "hires": {"ToMe": 10}}
+    deep = rows["DeepCache 3 + ToMe 0.5 on the hires pass"]["counts"]
+    for impl in ("minitome", "diffusers"):  # whole calls 0, 3, 6, … of each pass, counted from the pass's start
+        assert deep[impl] == {"first": {"none": 7, "DeepCache shallow branch": 13},
+                              "hires": {"ToMe": 4, "DeepCache shallow + ToMe": 6}}
+    assert "diffusers" not in rows["ToDo 2"]["seconds"] and "diffusers" in rows["DeepCache 3"]["seconds"]
+    for r in table["images"]:
+        for impl, passes in r["counts"].items():
+            if impl not in r["seconds"]:
+                continue
+            unet = sum(n * seconds[p, impl, k] for p, kinds in passes.items() for k, n in kinds.items())
+            loops = table["loops"][impl]
+            assert r["seconds"][impl] == pytest.approx(unet + loops["first"] + loops["hires"] + table["vae"]["decoder"][impl])
+            hires = sum(n * seconds["hires", impl, k] for k, n in passes["hires"].items()) + loops["hires"]
+            assert r["hires_unet_seconds"][impl] == pytest.approx(hires)
+            assert r["hires_speedup"][impl] == pytest.approx(rows["none"]["hires_unet_seconds"][impl] / hires)
+    assert table["check"]["run"] == "ToMe 0.5 on the hires pass" and table["check"]["measured"] > 0

@@ -1,7 +1,7 @@
 """`python -m minitome.lab.bench`: what token merging buys on this machine, measured side by side.
 
-Where this sits: a command line over `measure.py`, with four modes: the ratio table (ratios.py, the
-default), `--methods` (methods.py), `--samplers` (samplers.py) and `--decode` (decode.py). For every image
+Where this sits: a command line over `measure.py`, with five modes: the ratio table (ratios.py, the
+default), `--methods` (methods.py), `--samplers` (samplers.py), `--hires` (hires.py) and `--decode` (decode.py). For every image
 size and attention kind the ratio table times all of its configurations (each ratio; with `--compare`, also
 diffusers + tomesd on the same weights) in one fresh process, interleaved round by round, then measures
 each configuration's peak memory in a process of its own. It prints one row per ToMe ratio: seconds per UNet call, speed-up
@@ -28,6 +28,7 @@ from minitome.todo import ToDoConfig
 from minitome.tome import ToMeConfig
 from .common import stopwatch
 from .decode import decode_table
+from .hires import compare_hires
 from .methods import compare_methods
 from .ratios import ratio_tables
 from .samplers import compare_samplers
@@ -72,6 +73,9 @@ def parse_args(argv=None):
     p.add_argument("--samplers", action="store_true", help="DPM++ 2M Karras 20, Euler a 20, DDIM 50, PLMS 50, alone and "
                    "with ToMe, ToDo, DeepCache, per image, beside diffusers (samplers.py; --tome-ratio, --todo-factor, "
                    "--deepcache-interval, --check-image apply)")
+    p.add_argument("--hires", action="store_true", help="a hires image (DPM++ 2M Karras 20 at --sizes, latent ×2, 20 steps "
+                   "at strength 0.5), without merging, ToMe on its hires pass, ToDo, DeepCache, beside diffusers + tomesd "
+                   "(hires.py; --tome-ratio, --todo-factor, --deepcache-interval, --check-image apply)")
     args = p.parse_args(argv)
     args.given = flags_given(p, argv)
     return args
@@ -84,8 +88,12 @@ MODE_FLAGS = {
                "quality_steps"},
     "methods": {"attention", "batch", "repeats", "weights", "quality_steps", *METHODS_ONLY},
     "decode": {"compare"},
-    "samplers": {"attention", "repeats", "weights", "tome_ratio", "todo_factor", "deepcache_interval", "check_image"},
+    # these two always measure diffusers beside minitome: --compare (as `make bench-compare` gives it) changes nothing
+    "samplers": {"attention", "repeats", "weights", "tome_ratio", "todo_factor", "deepcache_interval", "check_image",
+                 "compare"},
 }
+MODE_FLAGS["hires"] = MODE_FLAGS["samplers"]
+MODES = ("methods", "decode", "samplers", "hires")
 
 
 def named(flag: str, check):
@@ -98,16 +106,18 @@ def named(flag: str, check):
 
 def check_args(args):
     """Every option, before anything is measured; a ValueError names the flag."""
-    modes = [m for m in ("methods", "decode", "samplers") if getattr(args, m)]
+    modes = [m for m in MODES if getattr(args, m)]
     if len(modes) > 1:
         raise ValueError(f"{' and '.join('--' + m for m in modes)} are different measurements: give one of them")
     mode = modes[0] if modes else "ratios"
-    stray = sorted(args.given - MODE_FLAGS[mode] - {"sizes", "device", "dtype", "json", "methods", "decode", "samplers"})
+    stray = sorted(args.given - MODE_FLAGS[mode] - {"sizes", "device", "dtype", "json", *MODES})
     if stray:
         flags = ", ".join("--" + f.replace("_", "-") for f in stray)
         why = {"methods": "it times the methods' UNet calls", "decode": "it times the VAE decoder alone on random weights",
-               "samplers": "it times the samplers' images", "ratios": "they set up --methods or --samplers"}[mode]
-        raise ValueError(f"{flags}: not used {'with --' + mode if mode != 'ratios' else 'without --methods or --samplers'} ({why})")
+               "samplers": "it times the samplers' images", "hires": "it times a hires image's chain",
+               "ratios": "they set up --methods, --samplers or --hires"}[mode]
+        without = "without --methods, --samplers or --hires"
+        raise ValueError(f"{flags}: not used {'with --' + mode if mode != 'ratios' else without} ({why})")
     if args.batch < 1 or args.repeats < 1:
         raise ValueError("--batch and --repeats must be >= 1")
     for ratio in args.ratios:
@@ -118,14 +128,14 @@ def check_args(args):
         raise ValueError("--quality-steps needs --weights (random weights make no image worth comparing)")
     if args.quality_steps:
         check_steps_flag(args.quality_steps, "--quality-steps")
-    if args.methods or args.samplers:
+    if args.methods or args.samplers or args.hires:
         named("--tome-ratio", lambda: ToMeConfig(ratio=args.tome_ratio))
         named("--reuse", lambda: ToMeConfig(reuse=args.reuse))
         named("--ca-threshold", lambda: ToMeConfig(threshold=args.ca_threshold))
         named("--todo-factor", lambda: ToDoConfig(factor=args.todo_factor))
         named("--deepcache-interval", lambda: DeepCacheConfig(interval=args.deepcache_interval))
         check_steps_flag(args.steps, "--steps")
-        if args.compare:
+        if args.compare and args.methods:
             raise ValueError("--compare times diffusers + tomesd beside ToMe's ratios, not beside --methods")
 
 
@@ -142,12 +152,13 @@ def main(argv=None) -> int:
         device = pick_device(args.device)
         dtype = pick_dtype(args.dtype, device)
         check_args(args)
-        if args.compare or args.samplers:
-            for module in ("diffusers", "tomesd") + (("DeepCache",) if args.samplers else ()):
+        mode = "--samplers" if args.samplers else "--hires" if args.hires else "--compare"
+        if args.compare or args.samplers or args.hires:
+            for module in ("diffusers", "tomesd") + (("DeepCache",) if mode != "--compare" else ()):
                 importlib.import_module(module)
     except ImportError as error:
-        print(f"minitome.lab.bench: error: {'--samplers' if args.samplers else '--compare'} needs diffusers, tomesd"
-              f"{' and DeepCache' if args.samplers else ''} installed: make bench-compare ({error})", file=sys.stderr)
+        print(f"minitome.lab.bench: error: {mode} needs diffusers, tomesd{' and DeepCache' if mode != '--compare' else ''}"
+              f" installed: make bench-compare ({error})", file=sys.stderr)
         return 2
     except ValueError as error:
         print(f"minitome.lab.bench: error: {error}", file=sys.stderr)
@@ -162,6 +173,8 @@ def main(argv=None) -> int:
             return compare_methods(args, device, dtype, name, results)
         if args.samplers:
             return compare_samplers(args, device, dtype, name, results)
+        if args.hires:
+            return compare_hires(args, device, dtype, name, results)
         if args.decode:
             return decode_table(args, device, dtype, results)
         ratio_tables(args, device, dtype, name, results, rate)

@@ -4,7 +4,8 @@ Where this sits: `bench.py` and `methods.py` run `python -m minitome.lab.measure
 JSON line. A job is one of:
 
 - "time": every kind of UNet call in `calls` (an implementation, and what accelerates it: ToMe, ToDo, a
-  reused plan, DeepCache's shallow branch) timed in one process, interleaved. Each is called as a warm-up
+  reused plan, DeepCache's shallow branch; each at the job's latent size or its own) timed in one process,
+  interleaved. Each is called as a warm-up
   (a call that reuses a plan or the deep features is preceded by the call that makes them), then `repeats`
   rounds call each once, in an order that rotates from round to round. A shared machine's speed drifts
   by more than the differences measured; the calls of one round share its state, so the ratios bench.py
@@ -15,6 +16,8 @@ JSON line. A job is one of:
 - "memory": one kind of call alone in its process, so the peak is its own (memory.py says how).
 - "parts" and "image" (methods.py, samplers.py): the text encoder and the VAE decoder; one whole run, timed.
 - "decode" (memory.py): the VAE decoder's peak memory and seconds on one image, minitome's or diffusers'.
+- "vae" (hires.py): seconds of each VAE half in `calls` ({"impl", "half", "latent"}) on one image, in one process.
+- "hires-image" (hires.py): one whole hires chain, timed: two passes and the decoder at the large size.
 """
 import dataclasses
 import json
@@ -34,8 +37,9 @@ from minitome.tome import IDENTITY, BlockSettings, tome_plan
 from unet import UNetConfig, UNetModel, packed_conv
 from .common import random_unet, stopwatch
 from .calls import Configuration, as_diffusers
+from .hires import hires_image
 from .jobs import CallKind, Job, tome_from
-from .memory import measure_decode, peak_above
+from .memory import measure_decode, peak_above, vae_half, vae_input
 
 
 def build_unet(job: Job, device, dtype, packed: bool = True) -> UNetModel:
@@ -133,14 +137,16 @@ def measure_time(job: Job) -> dict:
     """Every kind of call in job.calls timed, interleaved (see the module's docstring)."""
     device, dtype = job.torch_device_dtype()
     unet = build_unet(job, device, dtype)
-    x, t, context = inputs(unet, job, device, dtype)
     specs = [CallKind(**c) for c in job.calls]
+    latents = [tuple(s.latent or job.latent) for s in specs]  # a kind of call at a size of its own, or the job's
+    sized = {latent: inputs(unet, dataclasses.replace(job, latent=list(latent)), device, dtype) for latent in set(latents)}
     reference = as_diffusers(unet, job) if any(s.impl == "diffusers" for s in specs) else None
     plain = build_unet(job, device, dtype, packed=False) if any(not s.packed for s in specs) else None
     configs = [Configuration(s, reference if s.impl == "diffusers" else unet if s.packed else plain) for s in specs]
     results = [{**dataclasses.asdict(c.spec), "times": []} for c in configs]
-    for i, (c, result) in enumerate(zip(configs, results)):
+    for i, (c, result, latent) in enumerate(zip(configs, results, latents)):
         progress(f"warm-up {i + 1}/{len(configs)}: {c.spec.impl} {c.spec.label}")
+        x, t, context = sized[latent]
         c.prepare(x, t, context)
         if c.spec.impl == "diffusers":
             c.call(x, t, context)
@@ -149,11 +155,12 @@ def measure_time(job: Job) -> dict:
             c.call(x, t, context)  # the call that makes the plan or keeps the deep features
         with flop_counter() as counter:  # the warm-up call, counted
             blocks = blocks_run(c.model, lambda: c.call(x, t, context))
-        tokens, seconds = token_work(blocks, c, tuple(job.latent), device)
+        tokens, seconds = token_work(blocks, c, latent, device)
         result.update(gflop=counter.get_total_flops() / 1e9, tokens=tokens, merge_seconds=seconds)
     for k in range(job.repeats):
         for j in range(len(configs)):
             i = (j + k) % len(configs)  # each round starts one configuration further on
+            x, t, context = sized[latents[i]]
             configs[i].prepare(x, t, context)
             _, seconds = stopwatch(lambda: configs[i].call(x, t, context), 1, device, warmup=False)
             results[i]["times"].append(seconds)
@@ -181,6 +188,15 @@ def measure_parts(job: Job) -> dict:
             "decode_seconds": stopwatch(lambda: vae(z), job.repeats, device)[1]}
 
 
+def eps_model_of(unet):
+    """(context, method fields, calls) → the guided noise estimate of a pass run with that method."""
+    def make(context, method: dict, calls: int):
+        todo = ToDoConfig(**method["todo"]) if method.get("todo") else None
+        deep_cache = DeepCacheConfig(**method["deep_cache"]) if method.get("deep_cache") else None
+        return noise_estimate(unet, context, 7.5, tome_from(method.get("tome")), todo, deep_cache, calls)
+    return make
+
+
 @torch.no_grad()
 def measure_image(job: Job) -> dict:
     """One whole run of job.sampler (job.steps steps, job.spacing, CFG on a batch of one) with job.method, timed
@@ -190,19 +206,37 @@ def measure_image(job: Job) -> dict:
     g = torch.Generator().manual_seed(1)
     noise = torch.randn(1, 4, *job.latent, generator=g).to(device, dtype)
     context = torch.randn(2, 77, unet.config.context_dim, generator=g).to(device, dtype)
-    method = job.method
-    tome = tome_from(method.get("tome"))
-    todo = ToDoConfig(**method["todo"]) if method.get("todo") else None
-    deep_cache = DeepCacheConfig(**method["deep_cache"]) if method.get("deep_cache") else None
-    eps_model = noise_estimate(unet, context, 7.5, tome, todo, deep_cache, unet_calls(job.sampler, job.steps))
+    eps_model = eps_model_of(unet)(context, job.method, unet_calls(job.sampler, job.steps))
     sample = SAMPLERS[job.sampler]
     _, seconds = stopwatch(lambda: sample(eps_model, noise, job.steps, job.spacing, generator=g), 1, device, warmup=False)
     return {"seconds": seconds}
 
 
+@torch.no_grad()
+def measure_vae(job: Job) -> dict:
+    """Seconds of each VAE half in job.calls on one image of its latent size, one after another in this process."""
+    device, dtype = job.torch_device_dtype()
+    seconds = []
+    for c in job.calls:
+        run, x = vae_half(c["impl"], c["half"], device, dtype), vae_input(c["half"], c["latent"], device, dtype)
+        seconds.append({**c, "seconds": stopwatch(lambda: run(x), job.repeats, device, warmup=False)[1]})
+    return {"vae": seconds}
+
+
+@torch.no_grad()
+def measure_hires_image(job: Job) -> dict:
+    """One whole hires chain (hires.py) on the job's UNet and SD 1.5's VAE decoder (random weights), timed."""
+    device, dtype = job.torch_device_dtype()
+    unet = build_unet(job, device, dtype)
+    torch.manual_seed(0)
+    vae = VAEDecoder().to(device, dtype).eval()
+    return {"seconds": hires_image(unet, vae, job, eps_model_of(unet))}
+
+
 def measure(job: Job) -> dict:
     return {"time": measure_time, "memory": measure_memory, "parts": measure_parts, "image": measure_image,
-            "decode": measure_decode}[job.part](job)
+            "decode": measure_decode, "vae": measure_vae,
+            "hires-image": measure_hires_image}[job.part](job)
 
 
 if __name__ == "__main__":

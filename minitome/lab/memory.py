@@ -49,16 +49,9 @@ def peak_above(call, device) -> float:
     return memory_peak(device) - baseline
 
 
-@torch.no_grad()
-def measure_decode(job) -> dict:
-    """The VAE decoder (or with job.calls[0]["half"] "encoder", the encoder) on one image of job.latent's size: its
-    peak memory above the loaded weights and its seconds (measure.py's "decode" job, one process each).
-    job.calls[0]["impl"]: "minitome", or "diffusers" for AutoencoderKL.decode (.encode), both with SD 1.5's
-    configuration and random weights (the values do not change the work)."""
-    import time
-    device, dtype = job.torch_device_dtype()
-    impl = job.calls[0]["impl"] if job.calls else "minitome"
-    half = job.calls[0].get("half", "decoder") if job.calls else "decoder"
+def vae_half(impl: str, half: str, device, dtype):
+    """SD 1.5's VAE decoder or encoder, minitome's or diffusers' AutoencoderKL, random weights (the values do not
+    change the work): a function of its input (latents, or an image)."""
     torch.manual_seed(0)
     if impl == "diffusers":
         from diffusers import AutoencoderKL
@@ -68,8 +61,26 @@ def measure_decode(job) -> dict:
     else:
         vae = run = VAEDecoder() if half == "decoder" else VAEEncoder()
     vae.to(device, dtype).eval()
-    shape = (1, 4, *job.latent) if half == "decoder" else (1, 3, 8 * job.latent[0], 8 * job.latent[1])
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device, dtype)
+    return run
+
+
+def vae_input(half: str, latent: list, device, dtype) -> torch.Tensor:
+    """One image's input to that half: latents (1, 4, h, w), or an image (1, 3, 8h, 8w)."""
+    shape = (1, 4, *latent) if half == "decoder" else (1, 3, 8 * latent[0], 8 * latent[1])
+    return torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device, dtype)
+
+
+@torch.no_grad()
+def measure_decode(job) -> dict:
+    """The VAE decoder (or with job.calls[0]["half"] "encoder", the encoder) on one image of job.latent's size: its
+    peak memory above the loaded weights and its seconds (measure.py's "decode" job, one process each).
+    job.calls[0]["impl"]: "minitome", or "diffusers" for AutoencoderKL.decode (.encode)."""
+    import time
+    device, dtype = job.torch_device_dtype()
+    impl = job.calls[0]["impl"] if job.calls else "minitome"
+    half = job.calls[0].get("half", "decoder") if job.calls else "decoder"
+    run = vae_half(impl, half, device, dtype)
+    x = vae_input(half, job.latent, device, dtype)
     start = time.perf_counter()
     peak = peak_above(lambda: run(x), device)
     return {"impl": impl, "half": half, "peak_mb": peak, "seconds": time.perf_counter() - start}
