@@ -9,6 +9,7 @@ x = x + Attention(LayerNorm(x)) with a causal mask (token i sees tokens ≤ i), 
 x = x + MLP(LayerNorm(x)) with quick-GELU, x · σ(1.702 · x); a final LayerNorm. SD uses the last
 hidden state, all 77 vectors, not CLIP's pooled output.
 """
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -97,6 +98,18 @@ class CLIPTextModel(nn.Module):
         self.config = config
         self.embeddings, self.encoder = Embeddings(config), Encoder(config)
         self.final_layer_norm = nn.LayerNorm(config.width, eps=config.eps)
+
+    @torch.no_grad()
+    def add_token_rows(self, vectors: torch.Tensor) -> int:
+        """Textual inversion (weights/embedding.py): the token table grows by `vectors` (n, width), in the table's
+        dtype and device; returns the first new row's id."""
+        table = self.embeddings.token_embedding.weight
+        first = table.shape[0]
+        grown = nn.Embedding(first + vectors.shape[0], table.shape[1], device=table.device, dtype=table.dtype)
+        grown.weight.copy_(torch.cat([table, vectors.to(table.device, table.dtype)]))
+        self.embeddings.token_embedding = grown.requires_grad_(table.requires_grad)
+        self.config = dataclasses.replace(self.config, vocab_size=first + vectors.shape[0])
+        return first
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (B, T) → last hidden state (B, T, width), after final_layer_norm."""

@@ -101,6 +101,21 @@ class Tokenizer:
         self.bos_id, self.eos_id = vocab[BOS], vocab[EOS]
         self.byte_chars = bytes_to_unicode()
         self.cache = {}
+        self.added, self.added_pattern = {}, None  # textual inversion: a token's name (lower case) → its ids
+
+    def add_token(self, name: str, ids: list):
+        """A textual-inversion token (weights/embedding.py): `name` reads as `ids`, and for n ids the names
+        name_1 … name_{n-1} read as one id each (as diffusers' load_textual_inversion adds them). Names are
+        found anywhere in the cleaned (lower-cased) prompt, the longest first, before the text is split."""
+        self.added[clean(name)] = list(ids)
+        for i, one in enumerate(ids[1:], start=1):
+            self.added[clean(f"{name}_{i}")] = [one]
+        names = sorted(self.added, key=len, reverse=True)
+        self.added_pattern = regex.compile("|".join(regex.escape(n) for n in names))
+
+    def known(self, name: str) -> bool:
+        """Whether a token name is taken: in the vocabulary (as diffusers asks), or already added."""
+        return name in self.vocab or clean(name) in self.added
 
     def check_layout(self, merges: list, source):
         """CLIP's vocabulary layout, which every id the BPE can produce relies on: ids 0–255 are the byte
@@ -191,10 +206,16 @@ class Tokenizer:
     def encode_and_show_work(self, text: str) -> dict:
         """Every intermediate of encoding one prompt (without BOS/EOS or padding), for readers."""
         cleaned = clean(text)
-        pieces = PATTERN.findall(cleaned)
-        spelled = [p if p in (BOS, EOS) else "".join(self.byte_chars[b] for b in p.encode("utf-8")) for p in pieces]
-        symbols = [[p] if p in (BOS, EOS) else self.bpe(p) for p in spelled]
-        ids = [self.vocab[s] for word in symbols for s in word]
+        pieces, start = [], 0
+        for match in self.added_pattern.finditer(cleaned) if self.added_pattern else ():  # added tokens first
+            pieces += PATTERN.findall(cleaned[start:match.start()]) + [match.group()]
+            start = match.end()
+        pieces += PATTERN.findall(cleaned[start:])
+        added = lambda p: p in self.added and p not in (BOS, EOS)  # noqa: E731
+        spelled = [p if p in (BOS, EOS) or added(p) else "".join(self.byte_chars[b] for b in p.encode("utf-8"))
+                   for p in pieces]
+        symbols = [[p] if p in (BOS, EOS) or added(p) else self.bpe(p) for p in spelled]
+        ids = [i for word in symbols for s in word for i in (self.added[s] if added(s) else [self.vocab[s]])]
         return {"text": text, "cleaned": cleaned, "pieces": pieces, "spelled": spelled, "symbols": symbols, "ids": ids}
 
     def encode(self, text: str) -> list:

@@ -14,6 +14,8 @@ from minitome.pipeline import StableDiffusion
 from minitome.tokenizer import Tokenizer, TokenizerError
 from .checkpoint import Checkpoint, WeightsError
 from .clip import text_encoder_part, text_encoder_part_diffusers
+from .embedding import add_embedding, read_embedding
+from .lora import LoraFile, is_lora
 from .single_file import split, unet_name_of
 from .unet import unet_part, unet_part_diffusers
 from .vae import encoder_part, vae_part, vae_part_diffusers, vae_part_from
@@ -34,7 +36,7 @@ def find_tokenizer(path: Path, tokenizer) -> Tokenizer:
 
 
 def load(path, tokenizer=None, device="cpu", dtype=torch.float32, vae=None, ema: bool = False,
-         attention: str = "sdpa", check=None, encoder: bool = False) -> StableDiffusion:
+         attention: str = "sdpa", check=None, encoder: bool = False, loras=(), embeddings=()) -> StableDiffusion:
     """The four parts of SD 1.5.
 
     tokenizer: a folder with vocab.json + merges.txt, or bpe_simple_vocab_16e6.txt.gz (default: found beside path).
@@ -45,6 +47,9 @@ def load(path, tokenizer=None, device="cpu", dtype=torch.float32, vae=None, ema:
     where a caller checks what depends on the model's shape (the command line: image size, memory).
     encoder: also load the VAE's encoder, as `vae_encoder` (a run from an image needs it), from where the decoder
     comes from; without it `vae_encoder` is None.
+    loras: (file, weight) pairs, each LoRA added into the UNet and text encoder's weights (weights/lora.py).
+    embeddings: (file, token or None) pairs, textual-inversion tokens for the tokenizer and text encoder
+    (weights/embedding.py). Both are checked with the headers, before any tensor of the model is read.
     """
     path = Path(path)
     if not path.exists():
@@ -57,6 +62,7 @@ def load(path, tokenizer=None, device="cpu", dtype=torch.float32, vae=None, ema:
         decoder = vae_part_from(vae) if vae is not None else vae_part_diffusers(path)
     else:
         checkpoint = Checkpoint(path)
+        refuse_add_ons(checkpoint)
         names = split(checkpoint, ema)
         unet = unet_part(checkpoint, names["unet"], attention, unet_name_of(ema))
         text_encoder = text_encoder_part(checkpoint, names["text_encoder"])
@@ -74,8 +80,29 @@ def load(path, tokenizer=None, device="cpu", dtype=torch.float32, vae=None, ema:
                            f"the UNet makes {unet.config.in_channels}")
     vae_encoder = encoder_part(decoder) if encoder else None
     tokens = find_tokenizer(path, tokenizer)
+    lora_files = [(LoraFile(file, unet.expected, text_encoder.expected, unet.config), weight) for file, weight in loras]
+    added = []
+    for file, token in embeddings:
+        taken = lambda name: tokens.known(name) or name in {t for t, _ in added}  # noqa: E731
+        added.append(read_embedding(file, token, text_encoder.config.width, taken))
     if check is not None:
         check(unet.config, decoder.config)
-    return StableDiffusion(unet.load(device, dtype).channels_last(), text_encoder.load(device, dtype), tokens,
-                           decoder.load(device, dtype), vae_encoder.load(device, dtype) if encoder else None)
+    sd = StableDiffusion(unet.load(device, dtype).channels_last(), text_encoder.load(device, dtype), tokens,
+                         decoder.load(device, dtype), vae_encoder.load(device, dtype) if encoder else None)
+    for lora, weight in lora_files:
+        lora.fuse({"unet": sd.unet, "text_encoder": sd.text_encoder}, weight)
+    for token, vectors in added:
+        add_embedding(sd, token, vectors)
+    return sd
+
+
+def refuse_add_ons(checkpoint: Checkpoint):
+    """A LoRA or an embedding given as the weights is named, with the flag that takes it."""
+    names, shapes = checkpoint.names, checkpoint.shapes
+    if is_lora(names):
+        raise WeightsError(f"{checkpoint.path}: a LoRA, not a checkpoint: give it with --lora {checkpoint.path}[:WEIGHT] "
+                           "beside --weights")
+    if names and len(names) <= 8 and all(1 <= len(shapes[n]) <= 2 and shapes[n][-1] in (768, 1024, 1280) for n in names):
+        raise WeightsError(f"{checkpoint.path}: a textual-inversion embedding, not a checkpoint: give it with "
+                           f"--embedding {checkpoint.path}[:TOKEN] beside --weights")
 

@@ -1,0 +1,186 @@
+"""LoRA files on top of a checkpoint (`--lora PATH[:WEIGHT]`, weights/lora.py), against diffusers' `load_lora_weights`
+with `set_adapters` (peft underneath), in float64.
+
+The files are written here, on random tiny weights, in each format, from the reference's own module names:
+- kohya/A1111: `lora_unet_<diffusers path with _>` and `lora_te_<transformers path with _>`, down/up/alpha, with
+  LoCon's 3×3 downs on the ResBlocks' convolutions;
+- diffusers/PEFT: made by peft itself (`add_adapter(LoraConfig)`) and saved by diffusers' `save_lora_weights` with
+  its `lora_adapter_metadata` (an alpha_pattern included).
+Where the reference is known to be wrong (a kohya text-encoder LoRA without `self_attn_out_proj` layers is taken
+for an old format and its attention updates dropped; text-encoder layers whose alpha differs from the file's most
+common one get the wrong scale), the expected model is the definition, W + s · (α / r) · up · down, fused into the
+reference's own modules by hand, a definition first checked against diffusers on the files diffusers gets right.
+"""
+import math
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import weights
+from conftest import F64_BOUND, relative_error
+
+RANK = 4
+
+
+def linear_and_conv(module, keep) -> dict:
+    """name → the reference's Linear and Conv2d modules whose name `keep` accepts."""
+    return {name: m for name, m in module.named_modules()
+            if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)) and keep(name)}
+
+
+def unet_targets(unet) -> dict:
+    """Attention, feed-forward and projections of every transformer, and (LoCon) the ResBlocks' convolutions."""
+    return linear_and_conv(unet, lambda n: "attentions" in n or ".resnets." in n and n.endswith(("conv1", "conv2")))
+
+
+def text_targets(text_encoder) -> dict:
+    return linear_and_conv(text_encoder, lambda n: ".layers." in n)
+
+
+def random_pair(m, rank: int, g: torch.Generator) -> tuple:
+    """(down, up) for module m: down (r, in) or (r, in, kh, kw) (LoCon: the conv's own kernel), up (out, r[, 1, 1])."""
+    if isinstance(m, torch.nn.Conv2d):
+        down = torch.randn(rank, m.in_channels, *m.kernel_size, generator=g)
+        up = torch.randn(m.out_channels, rank, 1, 1, generator=g)
+    else:
+        down, up = torch.randn(rank, m.in_features, generator=g), torch.randn(m.out_features, rank, generator=g)
+    fan = math.prod(down.shape[1:])
+    return down / math.sqrt(fan), up * 0.1
+
+
+def kohya_file(path, pipe, seed: int, alphas=None, text: bool = True, unet: bool = True, drop=()) -> dict:
+    """A kohya/A1111 LoRA for the reference's modules; alphas(name) → α (default: 2r/3 everywhere). Returns the
+    definition: reference module name (with 'unet.' or 'text_encoder.') → (down, up, α)."""
+    g, tensors, layers = torch.Generator().manual_seed(seed), {}, {}
+    parts = ([("unet", "lora_unet_", unet_targets(pipe.unet))] if unet else []) + (
+        [("text_encoder", "lora_te_", text_targets(pipe.text_encoder))] if text else [])
+    for part, prefix, targets in parts:
+        for name, m in targets.items():
+            if any(d in name for d in drop):
+                continue
+            down, up = random_pair(m, RANK, g)
+            alpha = float(torch.tensor(alphas(name) if alphas else 2 * RANK / 3))  # as the file holds it, float32
+            # the text encoder's layers as kohya writes them: transformers' names before 5, under text_model.
+            full = "text_model." + name if part == "text_encoder" and not name.startswith("text_model.") else name
+            key = prefix + full.replace(".", "_")
+            tensors.update({f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up,
+                            f"{key}.alpha": torch.tensor(alpha)})
+            layers[f"{part}.{name}"] = (down, up, alpha)
+    save_file(tensors, str(path))
+    return layers
+
+
+def peft_file(path, pipe, seed: int, alpha_pattern=None) -> dict:
+    """A diffusers/PEFT LoRA made by peft on copies of the reference's UNet and text encoder and saved by diffusers
+    (with lora_adapter_metadata). Returns the definition as kohya_file does, α = the config's, per pattern."""
+    import copy
+    import re
+    from diffusers import StableDiffusionPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    torch.manual_seed(seed)
+    layers, saved, metadata = {}, {}, {}
+    for part, model, targets in (("unet", pipe.unet, ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "ff.net.2"]),
+                                 ("text_encoder", pipe.text_encoder, ["q_proj", "v_proj", "fc1"])):
+        model = copy.deepcopy(model)
+        config = LoraConfig(r=RANK, lora_alpha=6, target_modules=targets, alpha_pattern=alpha_pattern or {},
+                            init_lora_weights=False)
+        model.add_adapter(config)
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.data.normal_(0, 0.2)
+        state = get_peft_model_state_dict(model)
+        saved[f"{part}_lora_layers"], metadata[f"{part}_lora_adapter_metadata"] = state, config.to_dict()
+        for key, down in state.items():
+            if key.endswith("lora_A.weight"):
+                name = key[:-len(".lora_A.weight")]
+                alpha = next((v for k, v in (alpha_pattern or {}).items() if re.match(rf"(.*\.)?({k})$", name)), 6)
+                layers[f"{part}.{name}"] = (down, state[key.replace("lora_A", "lora_B")], alpha)
+    StableDiffusionPipeline.save_lora_weights(path.parent, weight_name=path.name, **saved, **metadata)
+    return layers
+
+
+def fused_by_definition(pipe, files: list):
+    """A float64 copy of the reference with W += s · (α / r) · up · down for each (layers, s), by hand."""
+    import copy
+    pipe = copy.deepcopy(pipe).to(torch.float64)
+    for layers, s in files:
+        for name, (down, up, alpha) in layers.items():
+            part, path = name.split(".", 1)
+            w = getattr(pipe, part).get_submodule(path).weight
+            with torch.no_grad():
+                w += s * alpha / down.shape[0] * (up.double().flatten(1) @ down.double().flatten(1)).reshape(w.shape)
+    return pipe
+
+
+def with_diffusers_loras(pipe, files: list):
+    """A float64 copy of the reference with the LoRA files loaded by diffusers: [(path, weight)]."""
+    import copy
+    pipe = copy.deepcopy(pipe).to(torch.float64)
+    for i, (path, _) in enumerate(files):
+        pipe.load_lora_weights(str(path), adapter_name=f"lora{i}")
+    pipe.set_adapters([f"lora{i}" for i in range(len(files))], [w for _, w in files])
+    return pipe
+
+
+def outputs(sd_or_pipe, ids, x, t, context) -> tuple:
+    """(text encoder's last hidden state, UNet's ε) of minitome's model or the reference."""
+    if hasattr(sd_or_pipe, "components"):
+        return (sd_or_pipe.text_encoder(ids).last_hidden_state, sd_or_pipe.unet(x, t, context).sample)
+    return sd_or_pipe.text_encoder(ids), sd_or_pipe.unet(x, t, context)
+
+
+def inputs(pipe):
+    g = torch.Generator().manual_seed(5)
+    ids = torch.randint(0, 49408, (2, 77), generator=g)
+    x = torch.randn(2, 4, 8, 8, generator=g, dtype=torch.float64)
+    context = torch.randn(2, 77, pipe.unet.config.cross_attention_dim, generator=g, dtype=torch.float64)
+    return ids, x, torch.tensor([500, 500]), context
+
+
+def errors(ours, theirs) -> tuple:
+    return tuple(relative_error(a, b) for a, b in zip(ours, theirs))
+
+
+@torch.no_grad()
+def test_kohya_and_peft_match_diffusers_in_float64(tiny_pipeline, tmp_path):
+    """Each format alone, and two LoRAs at once with their weights (set_adapters'), and at weight 0: the text
+    encoder's output and the UNet's ε within 1e-10 of diffusers + peft; the definition fused by hand agrees too."""
+    pipe, folder = tiny_pipeline
+    kohya = kohya_file(tmp_path / "style.safetensors", pipe, seed=1)
+    peft = peft_file(tmp_path / "pytorch_lora_weights.safetensors", pipe, seed=2, alpha_pattern={"to_k": 2, "fc1": 8})
+    ids, x, t, context = inputs(pipe)
+    plain = outputs(weights.load(folder, dtype=torch.float64), ids, x, t, context)
+    for files in ([(tmp_path / "style.safetensors", 0.7)], [(tmp_path / "pytorch_lora_weights.safetensors", 1.0)],
+                  [(tmp_path / "style.safetensors", 0.6), (tmp_path / "pytorch_lora_weights.safetensors", -0.4)]):
+        ours = outputs(weights.load(folder, dtype=torch.float64, loras=files), ids, x, t, context)
+        theirs = outputs(with_diffusers_loras(pipe, files), ids, x, t, context)
+        layers = {"style.safetensors": kohya, "pytorch_lora_weights.safetensors": peft}
+        definition = outputs(fused_by_definition(pipe, [(layers[p.name], w) for p, w in files]), ids, x, t, context)
+        print(f"LoRA {[(p.name, w) for p, w in files]}: text {errors(ours, theirs)[0]:.1e}, UNet {errors(ours, theirs)[1]:.1e}")
+        assert max(errors(ours, theirs)) < F64_BOUND and max(errors(definition, theirs)) < F64_BOUND
+        assert min(errors(ours, plain)) > 1e-3  # the LoRA changed both parts
+    zero = outputs(weights.load(folder, dtype=torch.float64, loras=[(tmp_path / "style.safetensors", 0.0)]), ids, x, t, context)
+    assert all(torch.equal(a, b) for a, b in zip(zero, plain))  # weight 0 is off, to the bit
+
+
+@torch.no_grad()
+def test_where_diffusers_is_wrong_the_definition_is_the_reference(tiny_pipeline, tmp_path):
+    """Text-encoder LoRAs diffusers 0.42.1 mis-reads: without self_attn_out_proj layers (its attention updates are
+    dropped) and with alphas that differ from layer to layer (the file's most common alpha is used). minitome
+    follows the definition, and differs from diffusers there (so the gap is real, and the test would notice it close)."""
+    pipe, folder = tiny_pipeline
+    ids, x, t, context = inputs(pipe)
+    cases = {"no_out_proj": dict(drop=("out_proj",), unet=False),
+             "alphas": dict(alphas=lambda name: 1.0 if "layers.0." in name else 3.0, unet=False)}
+    for stem, settings in cases.items():
+        path = tmp_path / f"{stem}.safetensors"
+        layers = kohya_file(path, pipe, seed=3, **settings)
+        ours = outputs(weights.load(folder, dtype=torch.float64, loras=[(path, 0.8)]), ids, x, t, context)[0]
+        definition = outputs(fused_by_definition(pipe, [(layers, 0.8)]), ids, x, t, context)[0]
+        theirs = outputs(with_diffusers_loras(pipe, [(path, 0.8)]), ids, x, t, context)[0]
+        print(f"kohya text encoder, {stem}: against the definition {relative_error(ours, definition):.1e}, "
+              f"against diffusers {relative_error(ours, theirs):.1e}")
+        assert relative_error(ours, definition) < F64_BOUND
+        assert relative_error(ours, theirs) > 1e-4

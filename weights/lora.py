@@ -1,0 +1,206 @@
+"""LoRA: a low-rank update people put on top of a checkpoint, added into its weights once, before sampling.
+
+Where this sits: `weights.load(path, loras=[(file, weight), …])` reads each file's header beside the checkpoint's
+(every check below runs before any tensor is read), then `fuse` adds its updates into the loaded modules, before
+the CPU's convolution packing takes the weights out of `parameters()`.
+
+A LoRA for a layer of weight W (out × in, or out × in × kh × kw for a convolution) holds two thin matrices, down
+(r × in…) and up (out × r), and a number α. The layer becomes
+
+    W' = W + s · (α / r) · up · down
+
+with s the weight given (`--lora PATH:s`). r · (out + in) numbers stand for an out × in update: at rank 8, a
+768 × 768 projection's update takes 12,288 numbers instead of 589,824. α / r keeps the update's size the same
+when a trainer changes r (its numbers are initialised to shrink as 1/r). Added into W, the update costs nothing
+at sampling time, and token merging, which acts on tokens, never sees it. The update is computed one layer at
+a time, so no second copy of the UNet is ever held.
+
+Two file formats:
+- kohya/A1111: `lora_unet_<layer>.lora_down.weight`, `.lora_up.weight`, `.alpha` (and `lora_te_<layer>…` for the
+  text encoder), the layer path written with underscores; diffusers' names (`down_blocks_0_attentions_0_…`) or
+  the official file's (`input_blocks_1_1_…`). A 3×3 down with a 1×1 up on a convolution (LoCon) is the same sum.
+- diffusers/PEFT: `unet.<layer>.lora_A.weight` (down), `.lora_B.weight` (up), `text_encoder.<layer>…`. No
+  alpha in the tensors: α = r, unless the header's `lora_adapter_metadata` gives `lora_alpha` or an
+  `alpha_pattern` (and `use_rslora`, where the factor is α / √r).
+"""
+import json
+import math
+import re
+from dataclasses import dataclass
+
+import torch
+from safetensors import safe_open
+
+from .checkpoint import Checkpoint, WeightsError, existing_file
+
+KOHYA = (".lora_down.weight", ".lora_up.weight", ".alpha")
+PEFT = (".lora_A.weight", ".lora_B.weight")
+# what other adapter kinds leave in a file's names: named when refused
+OTHER_KINDS = {"hada_w": "a LyCORIS LoHa", "lokr_w": "a LyCORIS LoKr", "lora_mid": "a LyCORIS LoCon with a Tucker "
+               "middle (lora_mid)", "dora_scale": "a DoRA", "lora_magnitude_vector": "a DoRA", ".diff": "a LyCORIS "
+               "full difference (.diff)", "oft_": "an OFT", "ia3": "an IA³", ".lora.down.": "an old diffusers "
+               "attention-processor LoRA", "_lora.down.": "an old diffusers attention-processor LoRA"}
+NEWER_MODELS = {"lora_te1_": "SDXL", "lora_te2_": "SDXL", "text_encoder_2.": "SDXL", "clip_g": "SDXL",
+                "conditioner.": "SDXL"}
+CONTEXT_OF = {1024: "SD 2.x", 2048: "SDXL"}  # the text context width each family's cross-attention reads
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One layer's update in a file: the part and our parameter it adds to, its two tensors' names, α and r."""
+    part: str      # "unet" or "text_encoder"
+    weight: str    # our parameter name, "….weight"
+    down: str      # the file's tensor names
+    up: str
+    alpha: float
+    rank: int
+    rslora: bool = False
+
+    @property
+    def factor(self) -> float:
+        """α / r (α / √r for rank-stabilised LoRA)."""
+        return self.alpha / (math.sqrt(self.rank) if self.rslora else self.rank)
+
+
+def layer_names(unet_shapes: dict, text_shapes: dict, unet_config) -> dict:
+    """Every name a file may give a layer → (part, our weight name, the name PEFT matches patterns against)."""
+    from .unet import diffusers_names, to_diffusers_name
+    table, names = diffusers_names(unet_config), {}
+    for weight, shape in unet_shapes.items():
+        if weight.endswith(".weight") and len(shape) in (2, 4):
+            ours, theirs = weight[:-len(".weight")], to_diffusers_name(weight, table)[:-len(".weight")]
+            for form in (theirs, ours):
+                names["lora_unet_" + form.replace(".", "_")] = ("unet", weight, theirs)
+            names["unet." + theirs] = ("unet", weight, theirs)
+    for weight, shape in text_shapes.items():
+        if weight.endswith(".weight") and len(shape) == 2 and not weight.startswith("embeddings."):
+            ours = "text_model." + weight[:-len(".weight")]
+            for form in (ours, ours[len("text_model."):]):
+                names["lora_te_" + form.replace(".", "_")] = ("text_encoder", weight, ours)
+            names["text_encoder." + ours] = names["text_encoder." + ours[len("text_model."):]] = (
+                "text_encoder", weight, ours)
+    return names
+
+
+def pattern_value(patterns: dict, name: str):
+    """PEFT's per-layer override: the value of the first pattern that matches the end of the layer's name."""
+    for key, value in patterns.items():
+        if re.match(rf"(.*\.)?({key})$", name):
+            return value
+    return None
+
+
+def adapter_metadata(checkpoint: Checkpoint) -> dict:
+    """The `lora_adapter_metadata` of the header (PEFT's LoraConfig per part, keys `unet.lora_alpha`, …), or {}."""
+    with safe_open(checkpoint.path, framework="pt") as f:
+        raw = (f.metadata() or {}).get("lora_adapter_metadata")
+    if not raw:
+        return {}
+    try:
+        metadata = json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise WeightsError(f"{checkpoint.path}: lora_adapter_metadata in its header is not JSON ({error})") from None
+    if not isinstance(metadata, dict):
+        raise WeightsError(f"{checkpoint.path}: lora_adapter_metadata in its header is not a JSON object")
+    return metadata
+
+
+class LoraFile:
+    """A LoRA file's layers, checked against the model from the headers: `LoraFile(path, unet_shapes,
+    text_shapes, unet_config)`, then `fuse(sd, weight)`. Every problem is a WeightsError naming the file."""
+
+    def __init__(self, path, unet_shapes: dict, text_shapes: dict, unet_config):
+        self.path = existing_file(path)
+        self.checkpoint = c = Checkpoint(self.path)
+        self.refuse_other_kinds(c.names)
+        suffix = {n: next((s for s in KOHYA + PEFT if n.endswith(s)), None) for n in c.names}
+        unknown = [n for n, s in suffix.items() if s is None]
+        if unknown:
+            raise WeightsError(f"{self.path}: {len(unknown)} tensor(s) no LoRA format names, first "
+                               f"{', '.join(map(repr, unknown[:3]))} (minitome takes kohya/A1111 lora_down/lora_up/"
+                               "alpha and diffusers/PEFT lora_A/lora_B files)")
+        bases = {}
+        for n, s in suffix.items():
+            bases.setdefault(n[:-len(s)], {})[s] = n
+        names = layer_names(unet_shapes, text_shapes, unet_config)
+        strangers = sorted(b for b in bases if b not in names)
+        if len(strangers) == len(bases):
+            raise WeightsError(f"{self.path}: none of its {len(bases)} layer(s) is a layer of this SD 1.x model's UNet "
+                               f"or text encoder (first {strangers[0]!r}): a LoRA for another model?")
+        if strangers:
+            raise WeightsError(f"{self.path}: {len(strangers)} of its {len(bases)} layer(s) name no layer of this "
+                               f"model, first {', '.join(map(repr, strangers[:3]))}")
+        metadata = adapter_metadata(c)
+        shapes = {"unet": unet_shapes, "text_encoder": text_shapes}
+        self.layers = []
+        for base, tensors in sorted(bases.items()):
+            part, weight, peft_name = names[base]
+            kohya = base.startswith("lora_")
+            down, up = (tensors.get(".lora_down.weight"), tensors.get(".lora_up.weight")) if kohya else (
+                tensors.get(".lora_A.weight"), tensors.get(".lora_B.weight"))
+            if down is None or up is None:
+                raise WeightsError(f"{self.path}: layer {base!r} has only one of its two matrices "
+                                   f"({'lora_down/lora_up' if kohya else 'lora_A/lora_B'})")
+            if not kohya and ".alpha" in tensors:
+                raise WeightsError(f"{self.path}: {base}.alpha: PEFT files carry α in their metadata, not as a tensor")
+            rank = self.check_shapes(base, c.shapes[down], c.shapes[up], shapes[part][weight])
+            alpha, rslora = self.alpha_of(base, tensors, rank, metadata, part, peft_name)
+            self.layers.append(Layer(part, weight, down, up, alpha, rank, rslora))
+
+    def refuse_other_kinds(self, names: list):
+        for marker, model in NEWER_MODELS.items():
+            if any(n.startswith(marker) or f".{marker}" in n for n in names):
+                raise WeightsError(f"{self.path}: a LoRA for {model} ({marker!r} in its names); minitome runs SD 1.x")
+        for marker, kind in OTHER_KINDS.items():
+            if any(marker in n for n in names):
+                raise WeightsError(f"{self.path}: {kind} file ({marker!r} in its names); minitome takes LoRA and "
+                                   "LoCon (kohya/A1111 lora_down/lora_up, diffusers/PEFT lora_A/lora_B)")
+
+    def check_shapes(self, base: str, down: tuple, up: tuple, weight: tuple) -> int:
+        """The rank r, once down (r, in…) and up (out, r[, 1, 1]) are checked to make an update of W's shape."""
+        if len(down) < 2 or len(up) < 2 or math.prod(up[2:]) != 1:
+            raise WeightsError(f"{self.path}: layer {base!r}: down {list(down)} and up {list(up)} are not the two "
+                               "matrices of a LoRA (up must be out × r, or out × r × 1 × 1)")
+        if down[0] != up[1]:
+            raise WeightsError(f"{self.path}: layer {base!r}: down has rank {down[0]}, up rank {up[1]}; they must match")
+        inputs = math.prod(down[1:])
+        if up[0] != weight[0] or inputs != math.prod(weight[1:]):
+            family = CONTEXT_OF.get(down[1]) if base.replace("_", ".").endswith(("attn2.to.k", "attn2.to.v")) else None
+            if family:
+                raise WeightsError(f"{self.path}: a LoRA for {family} ({down[1]}-wide text context in {base!r}); "
+                                   "minitome runs SD 1.x (768)")
+            raise WeightsError(f"{self.path}: layer {base!r} updates a {up[0]} × {inputs} weight, the model's is "
+                               f"{weight[0]} × {math.prod(weight[1:])} ({list(weight)})")
+        return down[0]
+
+    def alpha_of(self, base: str, tensors: dict, rank: int, metadata: dict, part: str, peft_name: str) -> tuple:
+        """(α, rank-stabilised?) of one layer: the kohya `.alpha` tensor (r when absent), or PEFT's metadata."""
+        if ".alpha" in tensors:
+            name = tensors[".alpha"]
+            if math.prod(self.checkpoint.shapes[name]) != 1:
+                raise WeightsError(f"{self.path}: {name!r} has shape {list(self.checkpoint.shapes[name])}; α is one number")
+            return float(self.checkpoint.tensor(name, dtype=torch.float64).item()), False
+        config = {k[len(part) + 1:]: v for k, v in metadata.items() if k.startswith(part + ".")}
+        alpha = pattern_value(config.get("alpha_pattern") or {}, peft_name)
+        alpha = alpha if alpha is not None else config.get("lora_alpha", rank)
+        if not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+            raise WeightsError(f"{self.path}: lora_adapter_metadata gives {part} layer {peft_name!r} the alpha {alpha!r}")
+        if config.get("use_dora"):
+            raise WeightsError(f"{self.path}: a DoRA (use_dora in its metadata); minitome takes LoRA and LoCon")
+        return float(alpha), bool(config.get("use_rslora"))
+
+    @torch.no_grad()
+    def fuse(self, modules: dict, weight: float = 1.0):
+        """W += weight · (α / r) · up · down for each layer, in place, one layer at a time (modules: part → module).
+        The product is formed in float32 (float64 for a float64 model) and rounded once into W's dtype."""
+        for layer in self.layers:
+            w = dict(modules[layer.part].named_parameters())[layer.weight]
+            dtype = torch.float64 if w.dtype == torch.float64 else torch.float32
+            down = self.checkpoint.tensor(layer.down, w.device, dtype).flatten(1)  # (r, in · kh · kw)
+            up = self.checkpoint.tensor(layer.up, w.device, dtype).flatten(1)      # (out, r)
+            w.add_(((weight * layer.factor) * (up @ down)).reshape(w.shape).to(w.dtype))
+
+
+def is_lora(names: list) -> bool:
+    """Whether a file's tensor names are a LoRA's (for the error when one is given as the weights)."""
+    return bool(names) and all(n.endswith(KOHYA + PEFT) for n in names)
