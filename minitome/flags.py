@@ -39,7 +39,9 @@ def flags_given(parser: argparse.ArgumentParser, argv) -> set:
     """The destinations of the options `argv` names, in any spelling argparse accepts (`--flag=value`, a prefix):
     a flag given with its default value counts as given. argparse fills in defaults only for what a namespace
     lacks, so parsing into one whose every field holds a marker leaves the marker where nothing was given."""
-    unset = object()
-    probe = argparse.Namespace(**{a.dest: unset for a in parser._actions if a.dest != argparse.SUPPRESS})
+    class Unset(list):  # a marker an append action can copy and extend (its copy is another object)
+        pass
+    unset = {a.dest: Unset() for a in parser._actions if a.dest != argparse.SUPPRESS}
+    probe = argparse.Namespace(**unset)
     parser.parse_args(argv, probe)
-    return {dest for dest, value in vars(probe).items() if value is not unset}
+    return {dest for dest, value in vars(probe).items() if value is not unset[dest]}

@@ -25,6 +25,7 @@ import re
 from pathlib import Path
 
 from sampler import A1111_NAMES
+from .add_ons import prompt_with_loras, split_loras
 from .tome import MERGE_TARGETS
 
 SCHEDULE_TYPES = {"linspace": "Uniform", "trailing": "SGM Uniform", "karras": "Karras"}
@@ -42,9 +43,11 @@ def quoted(text: str) -> str:
 
 
 def parameters_text(args, seed: int, short_hash: str, tome=None, todo=None, deep_cache=None, dtype: str = "float32",
-                    vae_hash: str = "", position: int = 0, init_hash: str = "", hires=None) -> str:
+                    vae_hash: str = "", position: int = 0, init_hash: str = "", hires=None, add_on_hashes=None) -> str:
     """The `parameters` chunk of the image at `position` of the batch (args: the command line's; tome, todo,
-    deep_cache: the methods' configs, None when off; dtype: the run's; vae_hash: of --vae when given)."""
+    deep_cache: the methods' configs, None when off; dtype: the run's; vae_hash: of --vae when given;
+    add_on_hashes: {"lora": [(name, hash)], "ti": [(token, hash)]}, minitome/add_ons.py)."""
+    add_on_hashes = add_on_hashes or {}
     fields = {"Steps": args.steps, "Sampler": A1111_NAMES[args.sampler]}
     if args.spacing != "leading":
         fields["Schedule type"] = SCHEDULE_TYPES[args.spacing]
@@ -69,6 +72,10 @@ def parameters_text(args, seed: int, short_hash: str, tome=None, todo=None, deep
             fields["Token merging ratio hr"] = number(args.hires_tome_ratio)
     if args.batch > 1:
         fields["Batch size"], fields["Batch pos"] = args.batch, position
+    if add_on_hashes.get("lora"):
+        fields["Lora hashes"] = quoted(", ".join(f"{name}: {h}" for name, h in add_on_hashes["lora"]))
+    if add_on_hashes.get("ti"):
+        fields["TI hashes"] = quoted(", ".join(f"{name}: {h}" for name, h in add_on_hashes["ti"]))
     if tome is not None:
         merged = "+".join(t for t, on in zip(MERGE_TARGETS, (tome.merge_attn, tome.merge_crossattn, tome.merge_mlp)) if on)
         amount = f"threshold {number(tome.threshold)}" if tome.threshold is not None else f"ratio {number(tome.ratio)}"
@@ -82,7 +89,7 @@ def parameters_text(args, seed: int, short_hash: str, tome=None, todo=None, deep
         fields["Dtype"] = dtype
     if args.attention != "sdpa":
         fields["Attention"] = args.attention
-    lines = [args.prompt] + ([f"Negative prompt: {args.negative_prompt}"] if args.negative_prompt else [])
+    lines = [prompt_with_loras(args.prompt, getattr(args, "loras", []))] + ([f"Negative prompt: {args.negative_prompt}"] if args.negative_prompt else [])
     return "\n".join(lines + [", ".join(f"{k}: {v}" for k, v in fields.items())])
 
 
@@ -132,6 +139,7 @@ def flags_from(path: Path) -> list:
     if not text:
         raise ValueError(f"--from {path}: no 'parameters' text in it")
     prompt, negative_prompt, f = read_fields(text)
+    prompt, f["lora tags"] = split_loras(prompt)  # the LoRAs' <lora:name:weight>: not words of the prompt
     try:
         width, height = f["Size"].split("x")
         argv = ["--prompt", prompt, "--negative-prompt", negative_prompt, "--steps", f["Steps"],

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from sampler import SAMPLERS, SPACINGS, start_step
+from .add_ons import check_from_png, embedding_hash, embedding_spec, lora_hash, lora_spec, split_spec
 from .checks import check_size
 from .device import check_fits, pick_device, pick_dtype
 from .flags import check_steps_flag, flags_given
@@ -48,6 +49,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tokenizer", help="tokenizer folder or bpe_simple_vocab_16e6.txt.gz (default: beside the weights)")
     p.add_argument("--vae", help="a VAE file or folder that replaces the weights' own decoder (or supplies a missing one)")
     p.add_argument("--ema", action="store_true", help="from a file holding two UNets (v1-5-pruned), load the EMA one")
+    p.add_argument("--lora", action="append", default=[], metavar="PATH[:WEIGHT]",
+                   help="a LoRA (kohya/A1111 or diffusers/PEFT .safetensors) added into the weights, WEIGHT 1 by "
+                        "default; repeat for several")
+    p.add_argument("--embedding", action="append", default=[], metavar="PATH[:TOKEN]",
+                   help="a textual-inversion embedding (.safetensors or A1111 .pt); the prompt calls it by TOKEN, "
+                        "else the token its file names, else the file's stem; repeat for several")
     p.add_argument("--prompt", required=not from_png)
     p.add_argument("--negative-prompt", default="")
     p.add_argument("--steps", type=int, default=50, help="sampler steps: 1 to 1000 with trailing spacing (leading "
@@ -114,6 +121,10 @@ def check(args):
         args.init = read_image(args.init_image)
         args.width, args.height = run_size(args.init, args.width if "width" in args.given else None,
                                            args.height if "height" in args.given else None)
+    loras = [(*lora_spec(text), split_spec(text)[1] is not None) for text in args.lora]
+    args.embeddings = [embedding_spec(text) for text in args.embedding]
+    args.loras = check_from_png(args.png_fields, args.png_fields.get("lora tags", []), loras, args.embeddings,
+                                args.from_png)
     if not math.isfinite(args.guidance):
         raise ValueError(f"--guidance must be a finite number, got {args.guidance}")
     if args.batch < 1:
@@ -190,6 +201,7 @@ def main(argv=None) -> int:
 
 def run(args) -> int:
     from weights import WeightsError, load
+    from weights.embedding import token_of
     from .pipeline import generate
     outputs, finished = None, False
     try:
@@ -217,14 +229,17 @@ def run(args) -> int:
 
         sd = load(args.weights, tokenizer=args.tokenizer, device=device, dtype=dtype, vae=args.vae, ema=args.ema,
                   attention=args.attention, check=check_model,
-                  encoder=args.init is not None or (hires is not None and hires.upscale == "lanczos"))
+                  encoder=args.init is not None or (hires is not None and hires.upscale == "lanczos"),
+                  loras=args.loras, embeddings=args.embeddings)
         sd.unet.pack_convolutions()  # float32 on the CPU: convolution weights laid out once (unet/packed_conv.py)
         short_hash = model_hash(Path(args.weights))
         vae_hash = model_hash(Path(args.vae)) if args.vae else ""
         check_from(args, short_hash)
         init_hash = model_hash(Path(args.init_image)) if args.init is not None else ""
+        add_on_hashes = {"lora": [(path.stem, lora_hash(path)) for path, _ in args.loras],
+                         "ti": [(token_of(path, token), embedding_hash(path)) for path, token in args.embeddings]}
         texts = [parameters_text(args, seed, short_hash, tome, todo, deep_cache, str(dtype).replace("torch.", ""),
-                                 vae_hash, i, init_hash, hires) for i in range(args.batch)]
+                                 vae_hash, i, init_hash, hires, add_on_hashes) for i in range(args.batch)]
         init = image_tensor(args.init, args.width, args.height) if args.init is not None else None
         steps_run = args.steps - start_step(args.steps, args.strength) if init is not None else args.steps
         if hires is not None:

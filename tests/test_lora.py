@@ -184,3 +184,61 @@ def test_where_diffusers_is_wrong_the_definition_is_the_reference(tiny_pipeline,
               f"against diffusers {relative_error(ours, theirs):.1e}")
         assert relative_error(ours, definition) < F64_BOUND
         assert relative_error(ours, theirs) > 1e-4
+
+
+@pytest.mark.parametrize("tome", [False, True])
+def test_png_with_loras_and_embeddings_matches_diffusers(tiny_pipeline, tmp_path, tome):
+    """The command line with two LoRAs (each format) and an embedding in the prompt and in the negative prompt:
+    the PNG within 2/255 of diffusers' (load_lora_weights + set_adapters + load_textual_inversion; tomesd with ToMe);
+    its text says the weights as <lora:name:weight> and the files' hashes (12 hex digits: A1111's, computed here
+    from their definition), and --from remakes it given the files."""
+    import copy
+    import hashlib
+    import numpy as np
+    from PIL import Image
+    from minitome.sample import main
+    from test_embedding import embedding_files
+    from test_sample_e2e import SETTINGS, max_pixel_difference, reference_image
+    pipe, folder = tiny_pipeline
+    kohya_file(tmp_path / "style.safetensors", pipe, seed=1)
+    peft_file(tmp_path / "pytorch_lora_weights.safetensors", pipe, seed=2)
+    files = embedding_files(tmp_path, pipe.text_encoder.config.hidden_size)
+    reference = copy.deepcopy(pipe)
+    reference.load_lora_weights(str(tmp_path / "style.safetensors"), adapter_name="style")
+    reference.load_lora_weights(str(tmp_path / "pytorch_lora_weights.safetensors"), adapter_name="peft")
+    reference.set_adapters(["style", "peft"], [0.8, 0.5])
+    reference.load_textual_inversion(str(tmp_path / "watercolour.pt"), token="watercolour")
+    reference.load_textual_inversion(str(tmp_path / "learned_embeds.safetensors"))
+    prompt, negative = "a fox, watercolour", "blurry <cat-toy>"
+    if tome:
+        import tomesd
+        tomesd.apply_patch(reference, ratio=0.5, use_rand=False)
+    expected = reference_image(reference, prompt=prompt, negative_prompt=negative)
+    out = tmp_path / "out.png"
+    argv = ["--weights", str(folder), "--prompt", prompt, "--negative-prompt", negative, "--steps", str(SETTINGS["steps"]),
+            "--seed", str(SETTINGS["seed"]), "--width", str(SETTINGS["width"]), "--height", str(SETTINGS["height"]),
+            "--lora", f"{tmp_path / 'style.safetensors'}:0.8", "--lora", f"{tmp_path / 'pytorch_lora_weights.safetensors'}:0.5",
+            "--embedding", str(tmp_path / "watercolour.pt"), "--embedding", str(tmp_path / "learned_embeds.safetensors"),
+            "--out", str(out)] + (["--tome-ratio", "0.5", "--tome-no-rand"] if tome else [])
+    assert main(argv) == 0
+    image = Image.open(out)
+    difference = max_pixel_difference(image, expected)
+    print(f"LoRAs + embeddings{' + ToMe 0.5' if tome else ''}: largest pixel difference {difference}/255")
+    assert difference <= 2
+    text = image.text["parameters"]
+
+    def after_header(path):
+        data = path.read_bytes()
+        return hashlib.sha256(data[8 + int.from_bytes(data[:8], "little"):]).hexdigest()[:12]
+    assert text.startswith("a fox, watercolour <lora:style:0.8> <lora:pytorch_lora_weights:0.5>\n")
+    assert (f'Lora hashes: "style: {after_header(tmp_path / "style.safetensors")}, pytorch_lora_weights: '
+            f'{after_header(tmp_path / "pytorch_lora_weights.safetensors")}"') in text
+    whole = {p.name: hashlib.sha256(p.read_bytes()).hexdigest()[:12] for p in files}
+    assert f'TI hashes: "watercolour: {whole["watercolour.pt"]}, <cat-toy>: {whole["learned_embeds.safetensors"]}"' in text
+    if not tome:  # --from takes the weights from the tags, and needs the files
+        again = tmp_path / "again.png"
+        assert main(["--from", str(out), "--weights", str(folder), "--out", str(again),
+                     "--lora", str(tmp_path / "style.safetensors"), "--lora", str(tmp_path / "pytorch_lora_weights.safetensors"),
+                     "--embedding", str(tmp_path / "watercolour.pt"), "--embedding", str(tmp_path / "learned_embeds.safetensors")]) == 0
+        assert np.array_equal(np.asarray(Image.open(again)), np.asarray(image))
+        assert Image.open(again).text["parameters"] == text

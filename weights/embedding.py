@@ -82,7 +82,7 @@ def read_embedding(path, token: str, width: int, taken) -> tuple:
                            + f"; this text encoder's is {width}")
     if vectors.shape[0] == 0 or not torch.isfinite(vectors).all():
         raise WeightsError(f"{path}: {'no vector' if vectors.shape[0] == 0 else 'holds NaN or infinity'}")
-    token = token or named or path.stem
+    token = token or named or path.stem  # as token_of
     if not token or any(c.isspace() for c in token):
         raise WeightsError(f"{path}: token {token!r} is empty or holds a space; give one with --embedding {path}:TOKEN")
     names = [token] + [f"{token}_{i}" for i in range(1, vectors.shape[0])]
@@ -91,6 +91,11 @@ def read_embedding(path, token: str, width: int, taken) -> tuple:
         raise WeightsError(f"{path}: token {clash!r} is already in the tokenizer's vocabulary (or given twice); rename "
                            f"the file or give another token with --embedding {path}:TOKEN")
     return token, vectors
+
+
+def token_of(path, token: str = None) -> str:
+    """The token an embedding file is loaded as: `token` if given, else the key its file names, else its stem."""
+    return token or read_vectors(path)[0] or Path(path).stem
 
 
 def add_embedding(sd, token: str, vectors: torch.Tensor):

@@ -1,0 +1,110 @@
+"""The files people put on top of a checkpoint, as the command line takes them and a PNG names them.
+
+Where this sits: `python -m minitome.sample` reads `--lora PATH[:WEIGHT]` and `--embedding PATH[:TOKEN]` here, hands
+the pairs to `weights.load` (weights/lora.py, weights/embedding.py), and writes them into the PNG's text as A1111
+does: each LoRA as `<lora:name:weight>` at the end of the prompt and in "Lora hashes" (`name: hash`, 12 hex digits
+of the sha256 of the bytes after the safetensors header, A1111's hash for LoRAs), each embedding in "TI hashes"
+(`token: hash`, 12 hex digits of the whole file's sha256). `--from PNG` reads them back and asks for the files.
+"""
+import hashlib
+import math
+import re
+from pathlib import Path
+
+LORA_TAG = re.compile(r"\s*<lora:([^:<>]+):([^:<>]+)>")
+
+
+def split_spec(text: str) -> tuple:
+    """'PATH:VALUE' → (PATH, VALUE), split at the last ':' only when what comes before it is a file (a path may
+    hold ':'); else (text, None)."""
+    path, sep, value = text.rpartition(":")
+    return (path, value) if sep and path and Path(path).is_file() else (text, None)
+
+
+def existing(path: str, flag: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise ValueError(f"{flag} {path}: no such file")
+    if not p.is_file():
+        raise ValueError(f"{flag} {path}: not a regular file")
+    return p
+
+
+def lora_spec(text: str) -> tuple:
+    """--lora PATH[:WEIGHT] → (Path, weight), WEIGHT 1.0 by default and a finite number."""
+    path, value = split_spec(text)
+    weight = 1.0
+    if value is not None:
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = math.nan
+        if not math.isfinite(weight):
+            raise ValueError(f"--lora {text}: weight {value!r} is not a finite number")
+    return existing(path, "--lora"), weight
+
+
+def embedding_spec(text: str) -> tuple:
+    """--embedding PATH[:TOKEN] → (Path, token or None)."""
+    path, token = split_spec(text)
+    if token is not None and (not token or any(c.isspace() for c in token)):
+        raise ValueError(f"--embedding {text}: token {token!r} is empty or holds a space")
+    return existing(path, "--embedding"), token
+
+
+def file_sha256(path: Path, start: int = 0) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        f.seek(start)
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def lora_hash(path: Path) -> str:
+    """A1111's LoRA hash: the sha256 of the bytes after the safetensors header (8 bytes of length, then the
+    header), so that editing the header's metadata keeps the hash; its first 12 hex digits."""
+    with open(path, "rb") as f:
+        header = int.from_bytes(f.read(8), "little")
+    return file_sha256(path, 8 + header)[:12]
+
+
+def embedding_hash(path: Path) -> str:
+    """A1111's "TI hashes": the first 12 hex digits of the whole file's sha256."""
+    return file_sha256(path)[:12]
+
+
+def prompt_with_loras(prompt: str, loras: list) -> str:
+    """The prompt as A1111 writes it: each LoRA's `<lora:name:weight>` after the text."""
+    from .png_text import number
+    return " ".join([prompt] + [f"<lora:{path.stem}:{number(weight)}>" for path, weight in loras])
+
+
+def split_loras(prompt: str) -> tuple:
+    """(the prompt without its `<lora:name:weight>` tags, [(name, weight text)])."""
+    return LORA_TAG.sub("", prompt), LORA_TAG.findall(prompt)
+
+
+def named_pairs(text: str) -> dict:
+    """'name: hash, name2: hash' → {name: hash}."""
+    return dict(item.strip().rsplit(": ", 1) for item in text.split(",") if ": " in item)
+
+
+def check_from_png(fields: dict, tags: list, loras: list, embeddings: list, png) -> list:
+    """--from: the LoRAs and embeddings its image was made with must be given (their files are this machine's);
+    a LoRA given without a weight takes the PNG's. Returns the LoRAs with their weights; ValueError otherwise."""
+    given = {path.stem: (path, weight, explicit) for path, weight, explicit in loras}
+    for name, weight in tags:
+        if name not in given:
+            hashes = named_pairs(fields.get("Lora hashes", ""))
+            raise ValueError(f"--from {png}: its image was made with the LoRA {name!r} at weight {weight}"
+                             f"{' (hash ' + hashes[name] + ')' if name in hashes else ''}: give it with --lora PATH")
+    weights = dict(tags)
+    loras = [(path, weight if explicit or path.stem not in weights else float(weights[path.stem]))
+             for path, weight, explicit in loras]
+    have = {embedding_hash(path) for path, _ in embeddings}
+    for token, digest in named_pairs(fields.get("TI hashes", "")).items():
+        if digest not in have:
+            raise ValueError(f"--from {png}: its image was made with the embedding {token!r} (hash {digest}): give it "
+                             "with --embedding PATH[:TOKEN]")
+    return loras
