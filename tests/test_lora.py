@@ -242,3 +242,75 @@ def test_png_with_loras_and_embeddings_matches_diffusers(tiny_pipeline, tmp_path
                      "--embedding", str(tmp_path / "watercolour.pt"), "--embedding", str(tmp_path / "learned_embeds.safetensors")]) == 0
         assert np.array_equal(np.asarray(Image.open(again)), np.asarray(image))
         assert Image.open(again).text["parameters"] == text
+
+
+def refused_files(folder, pipe) -> dict:
+    """name → (argv given beside --weights, the message's pattern): files minitome refuses, each made here."""
+    import shutil
+    g = torch.Generator().manual_seed(9)
+    tok = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k"
+    width = pipe.unet.config.cross_attention_dim
+    files = {
+        "loha": {f"{tok}.hada_w1_a": torch.randn(4, 4), f"{tok}.hada_w1_b": torch.randn(4, 4)},
+        "lokr": {f"{tok}.lokr_w1": torch.randn(4, 4), f"{tok}.lokr_w2": torch.randn(4, 4)},
+        "sdxl": {"lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.randn(4, 1280),
+                 "lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": torch.randn(5120, 4)},
+        "sd2": {f"{tok}.lora_down.weight": torch.randn(4, 1024), f"{tok}.lora_up.weight": torch.randn(32, 4)},
+        "stranger": {"lora_unet_single_transformer_blocks_0_attn_to_q.lora_down.weight": torch.randn(4, 8),
+                     "lora_unet_single_transformer_blocks_0_attn_to_q.lora_up.weight": torch.randn(8, 4)},
+        "unknown": {f"{tok}.lora_down.weight": torch.randn(4, width), f"{tok}.lora_up.weight": torch.randn(32, 4),
+                    "optimizer_state": torch.randn(3)},
+        "ranks": {f"{tok}.lora_down.weight": torch.randn(4, width), f"{tok}.lora_up.weight": torch.randn(32, 3)},
+        "nan": {f"{tok}.lora_down.weight": torch.full((4, width), float("nan")), f"{tok}.lora_up.weight": torch.randn(32, 4)},
+    }
+    for name, tensors in files.items():
+        save_file(tensors, str(folder / f"{name}.safetensors"))
+    save_file({"emb_params": torch.randn(2, pipe.text_encoder.config.hidden_size, generator=g)}, str(folder / "style.safetensors"))
+    save_file({"clip_g": torch.randn(2, 1280), "clip_l": torch.randn(2, 768)}, str(folder / "xl-embedding.safetensors"))
+    save_file({"emb_params": torch.randn(2, 1024)}, str(folder / "sd2-embedding.safetensors"))
+    torch.save({f"{tok}.lora_down.weight": torch.randn(4, width)}, folder / "pickled.pt")
+    shutil.copy(folder / "ranks.safetensors", folder / "pickled.ckpt")
+    return {
+        "LoHa": (["--lora", str(folder / "loha.safetensors")], r"loha.safetensors: a LyCORIS LoHa file .* minitome takes LoRA and LoCon"),
+        "LoKr": (["--lora", str(folder / "lokr.safetensors")], r"a LyCORIS LoKr file"),
+        "SDXL LoRA": (["--lora", str(folder / "sdxl.safetensors")], r"sdxl.safetensors: a LoRA for SDXL \('lora_te2_'"),
+        "SD 2 LoRA": (["--lora", str(folder / "sd2.safetensors")], r"a LoRA for SD 2.x \(1024-wide text context"),
+        "no layer of the model": (["--lora", str(folder / "stranger.safetensors")], r"none of its 1 layer\(s\) is a layer of"),
+        "unknown keys": (["--lora", str(folder / "unknown.safetensors")], r"1 tensor\(s\) no LoRA format names, first 'optimizer_state'"),
+        "mismatched ranks": (["--lora", str(folder / "ranks.safetensors")], r"down has rank 4, up rank 3; they must match"),
+        "non-finite": (["--lora", str(folder / "nan.safetensors")], r"nan.safetensors: tensor '.*lora_down.weight' holds NaN or infinity"),
+        "token in the vocabulary": (["--embedding", str(folder / "style.safetensors")],
+                                    r"token 'style' is already in the tokenizer's vocabulary .* --embedding .*:TOKEN"),
+        "SDXL embedding": (["--embedding", str(folder / "xl-embedding.safetensors")], r"an SDXL embedding \(clip_g, clip_l\)"),
+        "SD 2 embedding": (["--embedding", str(folder / "sd2-embedding.safetensors")], r"width 1024, an embedding for SD 2.x"),
+        "pickle LoRA .pt": (["--lora", str(folder / "pickled.pt")], r"pickled.pt: pickle checkpoints are refused .* convert it"),
+        "pickle LoRA .ckpt": (["--lora", str(folder / "pickled.ckpt")], r"pickle checkpoints are refused"),
+        "missing LoRA": (["--lora", str(folder / "missing.safetensors")], r"--lora .*missing.safetensors: no such file"),
+        "LoRA weight nan": (["--lora", f"{folder / 'ranks.safetensors'}:nan"], r"--lora .*: weight 'nan' is not a finite number"),
+        "LoRA weight text": (["--lora", f"{folder / 'ranks.safetensors'}:strong"], r"weight 'strong' is not a finite number"),
+        "missing embedding": (["--embedding", str(folder / "nothing.pt:tok")], r"--embedding .*nothing.pt:tok: no such file"),
+    }
+
+
+def test_refused_files_say_what_they_are_in_one_line(tiny_pipeline, tmp_path):
+    """Each refused file: one line naming the file and what minitome takes, exit 2, no image, no model work."""
+    from test_bad_input import assert_one_line_error, no_files, run
+    pipe, folder = tiny_pipeline
+    (tmp_path / "files").mkdir()
+    for what, (extra, pattern) in refused_files(tmp_path / "files", pipe).items():
+        out = tmp_path / "out" / "x.png"
+        status, lines = run(["--weights", str(folder), "--prompt", "p", "--steps", "10", "--out", str(out), *extra])
+        print(f"{what}: {lines[-1]}")
+        assert_one_line_error(status, lines, pattern)
+        assert no_files(tmp_path / "out"), what
+
+
+def test_a_lora_or_an_embedding_given_as_the_weights_is_named(single_file, tiny_pipeline, tmp_path):
+    from test_bad_input import assert_one_line_error, run
+    pipe, _ = tiny_pipeline
+    kohya_file(tmp_path / "style.safetensors", pipe, seed=1)
+    save_file({"emb_params": torch.randn(2, 768)}, str(tmp_path / "embedding.safetensors"))
+    for name, pattern in (("style.safetensors", r"a LoRA, not a checkpoint: give it with --lora .*style.safetensors"),
+                          ("embedding.safetensors", r"a textual-inversion embedding, not a checkpoint: give it with --embedding")):
+        status, lines = run(["--weights", str(tmp_path / name), "--prompt", "p", "--out", str(tmp_path / "x.png")])
+        assert_one_line_error(status, lines, pattern)
