@@ -13,7 +13,6 @@ reference's own modules by hand, a definition first checked against diffusers on
 """
 import math
 
-import pytest
 import torch
 from safetensors.torch import save_file
 
@@ -152,7 +151,7 @@ def test_kohya_and_peft_match_diffusers_in_float64(tiny_pipeline, tmp_path):
     peft = peft_file(tmp_path / "pytorch_lora_weights.safetensors", pipe, seed=2, alpha_pattern={"to_k": 2, "fc1": 8})
     ids, x, t, context = inputs(pipe)
     plain = outputs(weights.load(folder, dtype=torch.float64), ids, x, t, context)
-    for files in ([(tmp_path / "style.safetensors", 0.7)], [(tmp_path / "pytorch_lora_weights.safetensors", 1.0)],
+    for files in ([(tmp_path / "style.safetensors", 0.7)],
                   [(tmp_path / "style.safetensors", 0.6), (tmp_path / "pytorch_lora_weights.safetensors", -0.4)]):
         ours = outputs(weights.load(folder, dtype=torch.float64, loras=files), ids, x, t, context)
         theirs = outputs(with_diffusers_loras(pipe, files), ids, x, t, context)
@@ -186,10 +185,9 @@ def test_where_diffusers_is_wrong_the_definition_is_the_reference(tiny_pipeline,
         assert relative_error(ours, theirs) > 1e-4
 
 
-@pytest.mark.parametrize("tome", [False, True])
-def test_png_with_loras_and_embeddings_matches_diffusers(tiny_pipeline, tmp_path, tome):
-    """The command line with two LoRAs (each format) and an embedding in the prompt and in the negative prompt:
-    the PNG within 2/255 of diffusers' (load_lora_weights + set_adapters + load_textual_inversion; tomesd with ToMe);
+def test_png_with_loras_and_embeddings_matches_diffusers(tiny_pipeline, tmp_path):
+    """The command line with two LoRAs (each format) and an embedding in the prompt and in the negative prompt, ToMe
+    on: the PNG within 2/255 of diffusers' (load_lora_weights + set_adapters + load_textual_inversion, tomesd);
     its text says the weights as <lora:name:weight> and the files' hashes (12 hex digits: A1111's, computed here
     from their definition), and --from remakes it given the files."""
     import copy
@@ -210,20 +208,19 @@ def test_png_with_loras_and_embeddings_matches_diffusers(tiny_pipeline, tmp_path
     reference.load_textual_inversion(str(tmp_path / "watercolour.pt"), token="watercolour")
     reference.load_textual_inversion(str(tmp_path / "learned_embeds.safetensors"))
     prompt, negative = "a fox, watercolour", "blurry <cat-toy>"
-    if tome:
-        import tomesd
-        tomesd.apply_patch(reference, ratio=0.5, use_rand=False)
+    import tomesd
+    tomesd.apply_patch(reference, ratio=0.5, use_rand=False)
     expected = reference_image(reference, prompt=prompt, negative_prompt=negative)
     out = tmp_path / "out.png"
     argv = ["--weights", str(folder), "--prompt", prompt, "--negative-prompt", negative, "--steps", str(SETTINGS["steps"]),
             "--seed", str(SETTINGS["seed"]), "--width", str(SETTINGS["width"]), "--height", str(SETTINGS["height"]),
             "--lora", f"{tmp_path / 'style.safetensors'}:0.8", "--lora", f"{tmp_path / 'pytorch_lora_weights.safetensors'}:0.5",
             "--embedding", str(tmp_path / "watercolour.pt"), "--embedding", str(tmp_path / "learned_embeds.safetensors"),
-            "--out", str(out)] + (["--tome-ratio", "0.5", "--tome-no-rand"] if tome else [])
+            "--out", str(out), "--tome-ratio", "0.5", "--tome-no-rand"]
     assert main(argv) == 0
     image = Image.open(out)
     difference = max_pixel_difference(image, expected)
-    print(f"LoRAs + embeddings{' + ToMe 0.5' if tome else ''}: largest pixel difference {difference}/255")
+    print(f"LoRAs + embeddings + ToMe 0.5: largest pixel difference {difference}/255")
     assert difference <= 2
     text = image.text["parameters"]
 
@@ -235,13 +232,17 @@ def test_png_with_loras_and_embeddings_matches_diffusers(tiny_pipeline, tmp_path
             f'{after_header(tmp_path / "pytorch_lora_weights.safetensors")}"') in text
     whole = {p.name: hashlib.sha256(p.read_bytes()).hexdigest()[:12] for p in files}
     assert f'TI hashes: "watercolour: {whole["watercolour.pt"]}, <cat-toy>: {whole["learned_embeds.safetensors"]}"' in text
-    if not tome:  # --from takes the weights from the tags, and needs the files
-        again = tmp_path / "again.png"
-        assert main(["--from", str(out), "--weights", str(folder), "--out", str(again),
-                     "--lora", str(tmp_path / "style.safetensors"), "--lora", str(tmp_path / "pytorch_lora_weights.safetensors"),
-                     "--embedding", str(tmp_path / "watercolour.pt"), "--embedding", str(tmp_path / "learned_embeds.safetensors")]) == 0
-        assert np.array_equal(np.asarray(Image.open(again)), np.asarray(image))
-        assert Image.open(again).text["parameters"] == text
+    # --from takes the weights from the tags, and needs the files
+    again = tmp_path / "again.png"
+    assert main(["--from", str(out), "--weights", str(folder), "--out", str(again),
+                 "--lora", str(tmp_path / "style.safetensors"), "--lora", str(tmp_path / "pytorch_lora_weights.safetensors"),
+                 "--embedding", str(tmp_path / "watercolour.pt"), "--embedding", str(tmp_path / "learned_embeds.safetensors")]) == 0
+    assert np.array_equal(np.asarray(Image.open(again)), np.asarray(image))
+    assert Image.open(again).text["parameters"] == text
+    from test_bad_input import assert_one_line_error, run
+    status, lines = run(["--from", str(out), "--weights", str(folder), "--out", str(tmp_path / "no.png")])
+    assert_one_line_error(status, lines, r"--from .*out.png: its image was made with the LoRA 'style' at weight 0.8 "
+                                         r"\(hash [0-9a-f]{12}\): give it with --lora PATH")
 
 
 def refused_files(folder, pipe) -> dict:
