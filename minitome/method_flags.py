@@ -1,4 +1,4 @@
-"""The command line's method flags (--tome-*, --todo-*, --deepcache-*) → the methods' configs.
+"""The command line's method flags (--tome-*, --todo-*, --deepcache-*, --hires-*): defined, and made the methods' configs.
 
 Where this sits: `python -m minitome.sample` (minitome/sample.py) calls `accelerations(args)` among its first
 checks. Each config checks its own ranges (minitome/tome.py, todo.py, deepcache.py) and which methods run
@@ -10,13 +10,39 @@ import math
 
 from sampler import A1111_NAMES, start_step, unet_calls
 from .flags import check_steps_flag
-from .pipeline import HiresConfig
+from .pipeline import UPSCALES, HiresConfig
 from .deepcache import DeepCacheConfig
 from .run import check_methods
 from .todo import ToDoConfig
 from .tome import MERGE_TARGETS, ToMeConfig
 
 SEEDS = 2 ** 64  # torch.Generator takes seeds in [0, 2⁶⁴)
+
+
+def add_method_flags(p: argparse.ArgumentParser):
+    """The hires pass's flags and the methods' (--tome-*, --todo-*, --deepcache-*), as the command line offers them."""
+    p.add_argument("--hires-scale", type=float, help="the hires pass: upscale the image this many times and denoise "
+                   "it again (off without it)")
+    p.add_argument("--hires-steps", type=int, help="the hires pass's steps, as img2img's (default: --steps)")
+    p.add_argument("--hires-strength", type=float, default=0.7, help="the hires pass's denoising strength")
+    p.add_argument("--hires-upscale", default="latent", choices=UPSCALES,
+                   help="latent (bilinear, A1111's Latent), latent-nearest, or lanczos (the decoded image)")
+    p.add_argument("--hires-tome-ratio", type=float, help="ToMe's ratio on the hires pass (0: off there; default: "
+                   "the first pass's; alone: ToMe on the hires pass only)")
+    p.add_argument("--tome-ratio", type=float, help="merge this share of tokens (ToMe is off without it)")
+    p.add_argument("--tome-max-downsample", type=int, default=1, choices=(1, 2, 4, 8))
+    p.add_argument("--tome-sx", type=int, default=2)
+    p.add_argument("--tome-sy", type=int, default=2)
+    p.add_argument("--tome-no-rand", action="store_true", help="dst at the top-left of each cell")
+    p.add_argument("--tome-merge", default="attn", help="comma list of attn, crossattn, mlp")
+    p.add_argument("--tome-seed", type=int, default=0)
+    p.add_argument("--tome-threshold", type=float, help="CA-ToMe: merge the tokens at least this similar (instead of a ratio)")
+    p.add_argument("--tome-reuse", type=int, default=1, help="CA-ToMe: plan every K UNet calls, reuse the plan between")
+    p.add_argument("--todo-factor", type=int, help="ToDo: keys and values from a grid F times coarser (ToDo is off without it)")
+    p.add_argument("--todo-max-downsample", type=int, default=1, choices=(1, 2, 4, 8))
+    p.add_argument("--todo-until", type=float, default=1.0, help="ToDo on the first FRACTION of the UNet calls")
+    p.add_argument("--deepcache-interval", type=int, help="DeepCache: a whole UNet call every N, the shallow branch between")
+    p.add_argument("--deepcache-branch", type=int, default=0, help="DeepCache: how deep the recomputed branch reaches")
 
 
 def needs(args, flags: tuple, switch: str, method: str):

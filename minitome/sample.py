@@ -29,8 +29,7 @@ from .checks import check_size
 from .device import check_fits, pick_device, pick_dtype
 from .flags import check_steps_flag, flags_given
 from .images import image_tensor, read_image, run_size
-from .pipeline import UPSCALES
-from .method_flags import SEEDS, accelerations, flag_named, hires_config
+from .method_flags import SEEDS, accelerations, add_method_flags, flag_named, hires_config
 from .output import Outputs, model_hash
 from .png_text import flags_from, parameters_text
 
@@ -71,28 +70,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sampler", choices=tuple(SAMPLERS), default="plms")
     p.add_argument("--spacing", choices=SPACINGS, default="leading",
                    help="which timesteps the sampler visits; karras with euler and dpm++2m only")
-    p.add_argument("--hires-scale", type=float, help="the hires pass: upscale the image this many times and denoise "
-                   "it again (off without it)")
-    p.add_argument("--hires-steps", type=int, help="the hires pass's steps, as img2img's (default: --steps)")
-    p.add_argument("--hires-strength", type=float, default=0.7, help="the hires pass's denoising strength")
-    p.add_argument("--hires-upscale", default="latent", choices=UPSCALES,
-                   help="latent (bilinear, A1111's Latent), latent-nearest, or lanczos (the decoded image)")
-    p.add_argument("--hires-tome-ratio", type=float, help="ToMe's ratio on the hires pass (0: off there; default: "
-                   "the first pass's; alone: ToMe on the hires pass only)")
-    p.add_argument("--tome-ratio", type=float, help="merge this share of tokens (ToMe is off without it)")
-    p.add_argument("--tome-max-downsample", type=int, default=1, choices=(1, 2, 4, 8))
-    p.add_argument("--tome-sx", type=int, default=2)
-    p.add_argument("--tome-sy", type=int, default=2)
-    p.add_argument("--tome-no-rand", action="store_true", help="dst at the top-left of each cell")
-    p.add_argument("--tome-merge", default="attn", help="comma list of attn, crossattn, mlp")
-    p.add_argument("--tome-seed", type=int, default=0)
-    p.add_argument("--tome-threshold", type=float, help="CA-ToMe: merge the tokens at least this similar (instead of a ratio)")
-    p.add_argument("--tome-reuse", type=int, default=1, help="CA-ToMe: plan every K UNet calls, reuse the plan between")
-    p.add_argument("--todo-factor", type=int, help="ToDo: keys and values from a grid F times coarser (ToDo is off without it)")
-    p.add_argument("--todo-max-downsample", type=int, default=1, choices=(1, 2, 4, 8))
-    p.add_argument("--todo-until", type=float, default=1.0, help="ToDo on the first FRACTION of the UNet calls")
-    p.add_argument("--deepcache-interval", type=int, help="DeepCache: a whole UNet call every N, the shallow branch between")
-    p.add_argument("--deepcache-branch", type=int, default=0, help="DeepCache: how deep the recomputed branch reaches")
+    add_method_flags(p)
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"),
                    help="auto: float16 on cuda, float32 elsewhere")
