@@ -9,6 +9,7 @@ of the sha256 of the bytes after the safetensors header, A1111's hash for LoRAs)
 import hashlib
 import math
 import re
+import sys
 from pathlib import Path
 
 LORA_TAG = re.compile(r"\s*<lora:([^:<>]+):([^:<>]+)>")
@@ -99,6 +100,11 @@ def check_from_png(fields: dict, tags: list, loras: list, embeddings: list, png)
             hashes = named_pairs(fields.get("Lora hashes", ""))
             raise ValueError(f"--from {png}: its image was made with the LoRA {name!r} at weight {weight}"
                              f"{' (hash ' + hashes[name] + ')' if name in hashes else ''}: give it with --lora PATH")
+    hashes = named_pairs(fields.get("Lora hashes", ""))
+    for name in hashes.keys() & given.keys():
+        if lora_hash(given[name][0]) != hashes[name]:
+            print(f"minitome.sample: warning: --from {png} was made with the LoRA {name!r} of hash {hashes[name]}, "
+                  f"--lora {given[name][0]} has {lora_hash(given[name][0])}: the image will differ", file=sys.stderr)
     weights = dict(tags)
     loras = [(path, weight if explicit or path.stem not in weights else float(weights[path.stem]))
              for path, weight, explicit in loras]

@@ -315,3 +315,17 @@ def test_a_lora_or_an_embedding_given_as_the_weights_is_named(single_file, tiny_
                           ("embedding.safetensors", r"a textual-inversion embedding, not a checkpoint: give it with --embedding")):
         status, lines = run(["--weights", str(tmp_path / name), "--prompt", "p", "--out", str(tmp_path / "x.png")])
         assert_one_line_error(status, lines, pattern)
+
+
+def test_from_warns_when_a_lora_file_differs_from_the_pngs(tmp_path, capsys):
+    """--from with a LoRA of the PNG's name but other bytes: the image will differ, said in one line; the PNG's
+    weight is taken unless the flag gives one."""
+    from minitome.add_ons import check_from_png
+    save_file({"lora_unet_x.lora_down.weight": torch.ones(2, 3), "lora_unet_x.lora_up.weight": torch.ones(3, 2)},
+              str(tmp_path / "style.safetensors"))
+    fields = {"Lora hashes": "style: 0123456789ab"}
+    loras = check_from_png(fields, [("style", "0.8")], [(tmp_path / "style.safetensors", 1.0, False)], [], "a.png")
+    assert loras == [(tmp_path / "style.safetensors", 0.8)]
+    assert "was made with the LoRA 'style' of hash 0123456789ab" in capsys.readouterr().err
+    loras = check_from_png(fields, [("style", "0.8")], [(tmp_path / "style.safetensors", 0.3, True)], [], "a.png")
+    assert loras == [(tmp_path / "style.safetensors", 0.3)]

@@ -9,7 +9,8 @@ from minitome.lab.visualize import main
 def test_pictures_are_written(tmp_path, capsys):
     assert main(["--out", str(tmp_path), "--size", "128"]) == 0
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["merges.png", "partitions.png", "pipeline.png", "schedule.png", "similarity.png", "spacings.png"]
+    assert names == ["hires.png", "merges.png", "partitions.png", "pipeline.png", "schedule.png", "similarity.png",
+                     "spacings.png"]
     assert Image.open(tmp_path / "similarity.png").width > 2 * 128  # the picture and its similarity map
     assert Image.open(tmp_path / "merges.png").width > 4 * 128    # the picture and three ratios side by side
     assert main(["--out", str(tmp_path), "--size", "100"]) == 2
@@ -38,8 +39,8 @@ def test_block_input_catches_the_real_tokens_of_a_chosen_block_and_call(tiny_pip
 def test_pictures_with_weights(tiny_pipeline, tmp_path, capsys):
     folder = str(tiny_pipeline[1])
     assert main(["--out", str(tmp_path), "--size", "64", "--weights", folder, "--steps", "10"]) == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["image.png", "merges.png", "partitions.png", "pipeline.png",
-                                                           "schedule.png", "similarity.png", "spacings.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hires.png", "image.png", "merges.png", "partitions.png",
+                                                           "pipeline.png", "schedule.png", "similarity.png", "spacings.png"]
     assert Image.open(tmp_path / "image.png").size == (64, 64) and Image.open(tmp_path / "similarity.png").width > 128
     assert main(["--out", str(tmp_path), "--size", "64", "--weights", folder, "--steps", "10", "--call", "11"]) == 2
     assert main(["--out", str(tmp_path), "--weights", str(tmp_path / "missing")]) == 2
