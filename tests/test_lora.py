@@ -329,3 +329,15 @@ def test_from_warns_when_a_lora_file_differs_from_the_pngs(tmp_path, capsys):
     assert "was made with the LoRA 'style' of hash 0123456789ab" in capsys.readouterr().err
     loras = check_from_png(fields, [("style", "0.8")], [(tmp_path / "style.safetensors", 0.3, True)], [], "a.png")
     assert loras == [(tmp_path / "style.safetensors", 0.3)]
+
+
+def test_lora_memory_tool_loads_with_and_without(tiny_pipeline, tmp_path, capsys):
+    """python -m minitome.lab.lora_memory: each load in a process of its own; the LoRA adds no parameter."""
+    from minitome.lab.lora_memory import main
+    pipe, folder = tiny_pipeline
+    kohya_file(tmp_path / "style.safetensors", pipe, seed=1)
+    assert main(["--weights", str(folder), "--lora", f"{tmp_path / 'style.safetensors'}:0.5"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("without LoRA: peak ") and lines[1].startswith("with LoRA: peak ")
+    assert lines[0].split(", ")[-1] == lines[1].split(", ")[-1]  # the same parameters
+    assert main(["--weights", str(folder)]) == 2
