@@ -46,3 +46,34 @@ def test_pictures_with_weights(tiny_pipeline, tmp_path, capsys):
     assert main(["--out", str(tmp_path), "--weights", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert "call must be -1 or in" in err and err.count("minitome.lab.visualize: error:") == 2
+
+
+def word_gaps(font, words: tuple) -> tuple:
+    """In the drawn pixels of `words` joined by spaces: (the blank columns at each space, the widest blank run
+    inside any word)."""
+    from PIL import ImageDraw
+
+    def blank_runs(text):
+        image = Image.new("L", (600, 40), 255)
+        ImageDraw.Draw(image).text((5, 5), text, fill=0, font=font)
+        ink = np.flatnonzero((np.asarray(image) < 128).any(axis=0))
+        return [(int(a), int(b - a - 1)) for a, b in zip(ink[:-1], ink[1:]) if b - a > 1], int(ink[-1])
+    inside = max(max([w for _, w in blank_runs(word)[0]], default=0) for word in words)
+    runs, _ = blank_runs(" ".join(words))
+    spaces = []
+    for k in range(1, len(words)):  # the run right after the ink of the first k words
+        end = blank_runs(" ".join(words[:k]))[1]
+        spaces.append(next(w for a, w in runs if abs(a - end) <= 1))
+    return spaces, inside
+
+
+@pytest.mark.parametrize("words", [("two", "strings"), ("UNet's", "cross-attention"), ("a", "dst", "cell")])
+def test_captions_draw_their_spaces(words):
+    """The pictures' font, measured in the drawn pixels: every space is at least twice the widest gap inside a word.
+    ImageDraw's default (the same font at 10 pixels) fails it: its spaces are as wide as the gaps between letters."""
+    from PIL import ImageFont
+    from minitome.lab.common import FONT
+    spaces, inside = word_gaps(FONT, words)
+    assert min(spaces) >= 2 * inside, (spaces, inside)
+    spaces, inside = word_gaps(ImageFont.load_default(size=10), words)
+    assert min(spaces) < 2 * inside

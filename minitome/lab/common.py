@@ -10,11 +10,18 @@ import time
 
 import numpy as np
 import torch
+from PIL import ImageFont
 
 from minitome.pipeline import generate
 from unet import UNetConfig, UNetModel
 from unet.attention import BasicTransformerBlock
 from .quality import psnr, ssim
+
+# the pictures' font: Pillow's bundled TrueType font (Aileron, drawn by FreeType), at a size pinned here. ImageDraw's
+# own default is the same font at 10 pixels, where a space is drawn as wide as the gap between two letters and a
+# caption reads "twostrings"; at 13 the space is more than twice that gap (tests/test_visualize.py measures it in
+# the drawn pixels). ASCII only: it has no Greek letters or arrows.
+FONT = ImageFont.load_default(size=13)
 
 PROMPTS = ["a photograph of an astronaut riding a horse", "a watercolor painting of a fox in the snow"]  # image quality's
 

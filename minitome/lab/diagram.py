@@ -11,6 +11,7 @@ from minitome.clip import CLIPTextModel
 from minitome.tome import IDENTITY, BlockSettings, ToMeConfig, tome_plan
 from minitome.vae import VAEDecoder
 from unet import UNetConfig, UNetModel
+from .common import FONT
 
 
 def shapes(size: int = 512, steps: int = 50, ratio: float = 0.5) -> dict:
@@ -51,9 +52,9 @@ def pipeline_picture(size: int = 512) -> Image.Image:
         nonlocal y
         height = 22 + 16 * len(lines)
         d.rectangle([x0, y, x0 + box_w, y + height], fill=colour, outline=(90, 90, 120))
-        d.text((x0 + 8, y + 5), title, fill="black")
+        d.text((x0 + 8, y + 5), title, fill="black", font=FONT)
         for i, line in enumerate(lines):
-            d.text((x0 + 16, y + 22 + 16 * i), line, fill=(40, 40, 40))
+            d.text((x0 + 16, y + 22 + 16 * i), line, fill=(40, 40, 40), font=FONT)
         y += height
 
     def arrow(label: str):
@@ -61,7 +62,7 @@ def pipeline_picture(size: int = 512) -> Image.Image:
         mid = x0 + box_w // 2
         d.line([(mid, y), (mid, y + 26)], fill="black", width=2)
         d.polygon([(mid - 5, y + 20), (mid + 5, y + 20), (mid, y + 27)], fill="black")
-        d.text((mid + 10, y + 7), label, fill=(30, 30, 150))
+        d.text((mid + 10, y + 7), label, fill=(30, 30, 150), font=FONT)
         y += 28
 
     box("prompt, negative prompt", ["two strings"])
@@ -77,20 +78,20 @@ def pipeline_picture(size: int = 512) -> Image.Image:
         f"a PLMS step: latents {fmt(s['latents'])}, one noise level lower"], colour=(236, 246, 232))
     d.line([(x0 + box_w + 4, y - 12), (x0 + box_w + 20, y - 12), (x0 + box_w + 20, loop_top + 10),
             (x0 + box_w + 4, loop_top + 10)], fill=(60, 120, 60), width=2)
-    d.text((x0 + box_w + 24, (loop_top + y) // 2 - 8), "repeat", fill=(60, 120, 60))
+    d.text((x0 + box_w + 24, (loop_top + y) // 2 - 8), "repeat", fill=(60, 120, 60), font=FONT)
     arrow("latents / 0.18215")
     box("VAE decoder", [f"image {fmt(s['image'])} in [-1, 1]", "(x + 1) / 2, * 255, rounded: an 8-bit PNG"])
     # the UNet's transformer blocks, beside the loop
     ux, uy = x0 + box_w + 70, 150
-    d.text((ux, uy), "inside each UNet call: 16 transformer blocks", fill="black")
+    d.text((ux, uy), "inside each UNet call: 16 transformer blocks", fill="black", font=FONT)
     uy += 22
     for h, w, c, n, left in s["levels"]:
         merged = left < h * w
         fill = (250, 228, 200) if merged else (240, 240, 240)
         d.rectangle([ux, uy, ux + 340, uy + 40], fill=fill, outline=(120, 120, 120))
-        d.text((ux + 8, uy + 4), f"{n} block(s) at {h}x{w}: N = {h * w} tokens, C = {c}", fill="black")
+        d.text((ux + 8, uy + 4), f"{n} block(s) at {h}x{w}: N = {h * w} tokens, C = {c}", fill="black", font=FONT)
         note = f"ToMe {s['ratio']:g}: {h * w} -> {left} tokens in self-attention" if merged else "no merging (max_downsample 1)"
-        d.text((ux + 8, uy + 21), note, fill=(150, 70, 0) if merged else (90, 90, 90))
+        d.text((ux + 8, uy + 21), note, fill=(150, 70, 0) if merged else (90, 90, 90), font=FONT)
         uy += 48
-    d.text((ux, uy + 4), "orange: where ToMe merges, around self-attention", fill=(150, 70, 0))
+    d.text((ux, uy + 4), "orange: where ToMe merges, around self-attention", fill=(150, 70, 0), font=FONT)
     return out.crop((0, 0, width, max(y, uy + 30) + 20))

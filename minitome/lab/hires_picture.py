@@ -8,12 +8,13 @@ of 20 steps at strength 0.5 (10 UNet calls) at 1024²; the decoder. Inside each 
 full-resolution self-attentions, what ToMe at max_downsample 1 merges, is drawn darker.
 """
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 from torch.utils.flop_counter import FlopCounterMode
 
 from minitome.vae import VAEDecoder
 from unet import UNetModel
 from unet.attention import BasicTransformerBlock
+from .common import FONT
 
 FIRST, SCALE, FIRST_CALLS, HIRES_CALLS = 512, 2, 20, 10
 
@@ -57,7 +58,7 @@ def chain() -> list:
 def hires_picture(width: int = 760) -> Image.Image:
     stages = chain()
     total = sum(g for _, g, _ in stages)
-    font = ImageFont.load_default(size=13)
+    font = FONT
     left, top, bar, gap = 10, 46, 34, 52
     span = width - 2 * left
     out = Image.new("RGB", (width, top + len(stages) * gap + 40), "white")

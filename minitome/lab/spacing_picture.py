@@ -5,16 +5,17 @@ Where this sits: `python -m minitome.lab.visualize` draws it beside the token pi
 timestep the Euler sampler visits (DPM-Solver++'s leading differs: S + 1 intervals), its σ written at the first.
 A leading count that starts far below the top is drawn grey, with the t it would start at.
 """
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from sampler import SPACINGS, spacing_of
 from sampler.spacing import check_steps
+from .common import FONT
 
 COUNTS = (4, 10, 20)
 
 
 def spacing_picture(width: int = 720) -> Image.Image:
-    font = ImageFont.load_default(size=13)
+    font = FONT
     left, right, row, top = 150, 40, 30, 40
     rows = [(spacing, steps) for spacing in SPACINGS for steps in COUNTS]
     out = Image.new("RGB", (width, top + row * len(rows) + 44), "white")

@@ -33,7 +33,7 @@ from minitome.pipeline import linear_schedule
 from minitome.tome import IDENTITY, BlockSettings, match, partition, tome_plan
 from sampler import call_timesteps
 from unet import UNetConfig
-from .common import PAPER_PARTITIONS, block_input
+from .common import FONT, PAPER_PARTITIONS, block_input
 from .diagram import pipeline_picture
 from .hires_picture import hires_picture
 from .spacing_picture import spacing_picture
@@ -89,11 +89,11 @@ def titled(panels: list, titles: list, pad: int = 12, legend: str = "") -> Image
     out = Image.new("RGB", (sum(p.width + pad for p in panels) + pad, height), "white")
     d, x = ImageDraw.Draw(out), pad
     for panel, title in zip(panels, titles):
-        d.text((x, pad // 2), title, fill="black")
+        d.text((x, pad // 2), title, fill="black", font=FONT)
         out.paste(panel, (x, pad + 14))
         x += panel.width + pad
     if legend:
-        d.text((pad, height - 18), legend, fill="black")
+        d.text((pad, height - 18), legend, fill="black", font=FONT)
     return out
 
 
@@ -162,25 +162,27 @@ def schedule_picture(schedule=linear_schedule(0.6, 0.4, max_downsample=2), steps
         for i, (h, w, _) in enumerate(grids):
             plan = tome_plan(torch.ones(1, h * w, 1), (h, w), BlockSettings((64, 64), schedule(t), None))
             kept[i, j] = 1.0 if plan is IDENTITY else plan.tokens_left / (h * w)
-    cw, ch, left, top = 10, 16, 150, 28
-    out = Image.new("RGB", (left + cw * len(calls) + 70, top + ch * len(grids) + 40), "white")
+    cw, ch, left, top = 10, 16, 175, 28
+    caption = (f"call 1 (t={calls[0]}) ... call {len(calls)} (t={calls[-1]}); ratio 0.6 at the start (40% of the tokens "
+               "kept), 0.4 at the end (60% kept), blocks down to 32 x 32 (max_downsample 2)")
+    width = max(left + cw * len(calls) + 70, int(FONT.getlength(caption)) + left + 10)
+    out = Image.new("RGB", (width, top + ch * len(grids) + 40), "white")
     d = ImageDraw.Draw(out)
-    d.text((left, 6), f"share of tokens kept, per block and UNet call ({steps} PLMS steps, 512 x 512)", fill="black")
+    d.text((left, 6), f"share of tokens kept, per block and UNet call ({steps} PLMS steps, 512 x 512)", fill="black", font=FONT)
     def shade(share):  # all tokens kept: light grey; 40% kept: dark blue
         v = min(1.0, max(0.0, (share - 0.4) / 0.6))
         return tuple(int(dark + v * (235 - dark)) for dark in (20, 40, 190))
 
     for i, (h, w, channels) in enumerate(grids):
-        d.text((4, top + i * ch + 2), f"block {i:2d}: {h}x{w}, {channels} ch", fill="black")
+        d.text((4, top + i * ch + 2), f"block {i:2d}: {h}x{w}, {channels} ch", fill="black", font=FONT)
         for j in range(len(calls)):
             d.rectangle([left + j * cw, top + i * ch, left + (j + 1) * cw - 1, top + (i + 1) * ch - 2],
                         fill=shade(kept[i, j]), outline=(255, 255, 255))
     for k, value in enumerate((1.0, 0.6, 0.4)):  # the legend: what a shade means
         x = left + cw * len(calls) + 10
         d.rectangle([x, top + k * 22, x + 14, top + k * 22 + 14], fill=shade(value), outline=(120, 120, 120))
-        d.text((x + 18, top + k * 22 + 2), f"{value:.0%}", fill="black")
-    d.text((left, top + ch * len(grids) + 8), f"call 1 (t={calls[0]}) ... call {len(calls)} (t={calls[-1]}); "
-           "60% merged at the start, 40% at the end, blocks down to 32 x 32 (max_downsample 2)", fill="black")
+        d.text((x + 18, top + k * 22 + 2), f"{value:.0%}", fill="black", font=FONT)
+    d.text((left, top + ch * len(grids) + 8), caption, fill="black", font=FONT)
     return out
 
 
