@@ -149,7 +149,7 @@ def similarity_picture(img: Image.Image, tokens: torch.Tensor, hw, seed: int = 0
     for n in dst.tolist():  # dst in red: they are the targets, not ranked
         r, c = divmod(n, w)
         a[r * ph:(r + 1) * ph, c * pw:(c + 1) * pw] = (200, 40, 40)
-    return titled([img, Image.fromarray(a)], ["tokens", "each src ranked by its best cosine similarity to a dst"],
+    return titled([img, Image.fromarray(a)], ["tokens", "each src ranked by its best similarity to a dst"],
                   legend="white: the most similar src (merged first), black: the least; red: the dst")
 
 
