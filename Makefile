@@ -3,7 +3,7 @@
 #   make sample    make an image (downloads the weights first if missing); PROMPT="..." ARGS="--tome-ratio 0.5"
 #   make bench     what merging buys on this machine (random SD 1.5 weights, no download); BENCH_ARGS="..."
 #   make bench-compare   the same, side by side with diffusers + tomesd (installs them)
-#   make tutorial  what tutorial.md's snippets need (the runtime and the CLIP vocabulary), fast
+#   make tutorial  what tutorial.md's snippets need (the runtime and the CLIP vocabulary), and its pictures redrawn
 #   make test      the whole test suite (adds pytest, hypothesis and the pinned references)
 # TORCH names the torch requirement installed first, TORCH_INDEX where it comes from. On a machine
 # without an NVIDIA GPU (no nvidia-smi) the default index is PyTorch's CPU wheel index, so that a plain
@@ -64,7 +64,8 @@ test: $(TESTING) $(VOCAB)
 	MINITOME_VOCAB=$(VOCAB) MINITOME_OPEN_CLIP=$(OPEN_CLIP) $(BIN)/python -m pytest
 
 tutorial: $(RUNTIME) $(VOCAB)
-	@echo "ready: run tutorial.md's snippets with $(BIN)/python from this folder"
+	$(BIN)/python -m minitome.lab.visualize --out docs/pictures
+	@echo "ready: the pictures redrawn in docs/pictures; run tutorial.md's snippets with $(BIN)/python from this folder"
 
 weights: $(RUNTIME)
 	$(BIN)/python -m weights.download --dest models

@@ -5,12 +5,14 @@ from PIL import Image
 
 from minitome.lab.visualize import main
 
+PICTURES = ["attention_share.png", "block.png", "hires.png", "merges.png", "noise.png", "partitions.png", "pipeline.png",
+            "schedule.png", "similarity.png", "spacings.png", "unet.png", "worked.png"]
+
 
 def test_pictures_are_written(tmp_path, capsys):
     assert main(["--out", str(tmp_path), "--size", "128"]) == 0
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["hires.png", "merges.png", "partitions.png", "pipeline.png", "schedule.png", "similarity.png",
-                     "spacings.png"]
+    assert names == sorted(PICTURES)
     assert Image.open(tmp_path / "similarity.png").width > 2 * 128  # the picture and its similarity map
     assert Image.open(tmp_path / "merges.png").width > 4 * 128    # the picture and three ratios side by side
     assert main(["--out", str(tmp_path), "--size", "100"]) == 2
@@ -39,8 +41,7 @@ def test_block_input_catches_the_real_tokens_of_a_chosen_block_and_call(tiny_pip
 def test_pictures_with_weights(tiny_pipeline, tmp_path, capsys):
     folder = str(tiny_pipeline[1])
     assert main(["--out", str(tmp_path), "--size", "64", "--weights", folder, "--steps", "10"]) == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["hires.png", "image.png", "merges.png", "partitions.png",
-                                                           "pipeline.png", "schedule.png", "similarity.png", "spacings.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(PICTURES + ["image.png"])
     assert Image.open(tmp_path / "image.png").size == (64, 64) and Image.open(tmp_path / "similarity.png").width > 128
     assert main(["--out", str(tmp_path), "--size", "64", "--weights", folder, "--steps", "10", "--call", "11"]) == 2
     assert main(["--out", str(tmp_path), "--weights", str(tmp_path / "missing")]) == 2
@@ -77,3 +78,16 @@ def test_captions_draw_their_spaces(words):
     assert min(spaces) >= 2 * inside, (spaces, inside)
     spaces, inside = word_gaps(ImageFont.load_default(size=10), words)
     assert min(spaces) < 2 * inside
+
+
+def test_course_pictures_say_what_the_code_says():
+    """The numbers the course's pictures draw are the ones chapter 5 counts: the self-attention share of a call,
+    15.5% at 512² and 38% at 1024², growing with the image; the hires chain's 20 guided calls of 803 GFLOP per
+    image and 10 of 4,674."""
+    from minitome.lab.course_pictures import attention_share
+    from minitome.lab.hires_picture import chain
+    shares = dict(attention_share(sides=(32, 64, 128)))
+    assert round(shares[512], 3) == 0.155 and round(shares[1024], 3) == 0.382 and shares[256] < shares[512]
+    stages = {label.split(",")[0]: (gflop, attention) for label, gflop, attention in chain()}
+    assert round(stages["first pass"][0] / 40) == 803 and round(stages["hires pass"][0] / 20) == 4674  # guided: ×2
+    assert round(stages["hires pass"][1] / stages["hires pass"][0], 3) == 0.382

@@ -13,7 +13,10 @@ hills, lake) as tokens, 64 × 64 of them for 512², like the latent of a 512² i
   50-step PLMS run at 512², merging 60% → 40% over the run with max_downsample 2;
 - `pipeline.png`: the map of one 512² image's run, every stage with its tensors' shapes (diagram.py);
 - `spacings.png`: the timesteps each spacing visits for 4, 10 and 20 steps (spacing_picture.py);
-- `hires.png`: the chain of a 512² → 1024² hires image, each stage as wide as its arithmetic (hires_picture.py).
+- `hires.png`: the chain of a 512² → 1024² hires image, each stage as wide as its arithmetic (hires_picture.py);
+- `noise.png`, `unet.png`, `block.png`, `worked.png`, `attention_share.png`: the schedule and the forward process,
+  the UNet as a U, one transformer block with merge and unmerge, the worked example's merges, and the share of a
+  call in self-attention by image size (course_pictures.py).
 
 With --weights the tokens of `merges.png` and `similarity.png` are real: the input of one transformer
 block (--block, 0–15 in the order the UNet runs them) at one UNet call (--call, -1: the last) while
@@ -34,6 +37,7 @@ from minitome.tome import IDENTITY, BlockSettings, match, partition, tome_plan
 from sampler import call_timesteps
 from unet import UNetConfig
 from .common import FONT, PAPER_PARTITIONS, block_input
+from .course_pictures import block_picture, noise_picture, share_picture, unet_picture, worked_picture
 from .diagram import pipeline_picture
 from .hires_picture import hires_picture
 from .spacing_picture import spacing_picture
@@ -214,7 +218,9 @@ def main(argv=None) -> int:
         return 2
     pictures = [("partitions", partitions_picture()), ("merges", merges_picture(img, tokens, hw, what=what)),
                 ("similarity", similarity_picture(img, tokens, hw)), ("schedule", schedule_picture()),
-                ("pipeline", pipeline_picture()), ("spacings", spacing_picture()), ("hires", hires_picture())]
+                ("pipeline", pipeline_picture()), ("spacings", spacing_picture()), ("hires", hires_picture()),
+                ("noise", noise_picture(landscape(256))), ("unet", unet_picture()), ("block", block_picture()),
+                ("worked", worked_picture()), ("attention_share", share_picture())]
     pictures = [(name, picture.quantize(colors=256)) for name, picture in pictures]  # small files to commit
     try:
         for name, picture in pictures + ([("image", img)] if args.weights else []):
