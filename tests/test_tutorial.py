@@ -37,3 +37,48 @@ def test_every_file_a_page_points_to_exists(name):
     assert links or named, f"{name} points to nothing in the repository"
     missing = [t for t in links if not (page.parent / t).exists()] + [t for t in named if not (ROOT / t).exists()]
     assert not missing, f"{name} points to missing files: {missing}"
+
+
+NUMBER = re.compile(r"(?<![\w.])(\d[\d,]*\.\d+)(?=×|\b)")
+# numbers the "What the numbers support" commentary computes rather than quotes (chapter number → number → how)
+DERIVED = {"10": {"0.13": "the largest move of one row between tables 5 and 6's two runs",
+                  "0.15": "the largest move of one row between table 7's two runs",
+                  "2.8": "0.0202 / 0.0073, two latent changes the sentence quotes",
+                  "7.5": "the guidance scale"}}
+
+
+def table_values(markdown: str) -> list:
+    return [float(n.replace(",", "")) for line in markdown.splitlines() if line.startswith(("|", "> |"))
+            for n in re.findall(r"\d[\d,]*\.?\d*", line)]
+
+
+def unquoted(text: str, measured: list) -> tuple:
+    """(the numbers of the commentaries found in none of the tables, how many numbers were checked)."""
+    missing, checked = [], 0
+    for chapter in re.split(r"\n(?=## )", text):
+        prose = re.sub(r"```.*?```", "", chapter, flags=re.S)
+        commentary = re.search(r"What the numbers support.*?(?=\n\*Exercise|\n## |\Z)", prose, flags=re.S)
+        if commentary is None:
+            continue
+        number = re.match(r"## (\d+)", chapter).group(1)
+        values = table_values(prose) + measured
+        for quoted in NUMBER.findall(commentary.group(0)):
+            checked += 1
+            digits = len(quoted.split(".")[1])
+            value = float(quoted.replace(",", ""))
+            if quoted not in DERIVED.get(number, {}) and not any(abs(v - value) <= 0.5 * 10 ** -digits + 1e-9 for v in values):
+                missing.append(f"chapter {number}: {quoted}")
+    return missing, checked
+
+
+def test_the_commentary_quotes_its_tables():
+    """Prose that contradicts its data, caught where it can be: every decimal number in a chapter's "What the numbers
+    support" commentary is in that chapter's tables or the benchmark's it cites (docs/benchmark.md), to the digits
+    the prose prints (0.016 for a table's 0.0156), or is one of the few the commentary computes, listed above."""
+    text = (ROOT / "tutorial.md").read_text(encoding="utf-8")
+    measured = table_values((ROOT / "docs/benchmark.md").read_text(encoding="utf-8"))  # the full tables it cites
+    missing, checked = unquoted(text, measured)
+    assert not missing and checked >= 30, (missing, checked)
+    assert "loses clearly more (0.0906)" in text  # and a number that drifts from its table is caught
+    assert unquoted(text.replace("loses clearly more (0.0906)", "loses clearly more (0.0916)"), measured)[0] == [
+        "chapter 10: 0.0916"]
