@@ -14,6 +14,7 @@ Where this sits: beside visualize.py's token pictures; nothing here is typed in 
 ASCII labels: the font (common.FONT) has no Greek letters.
 """
 import math
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -187,9 +188,10 @@ def worked_picture(cell: int = 70) -> Image.Image:
     return out
 
 
+@lru_cache()
 def attention_share(sides=(32, 48, 64, 96, 128, 160, 192)) -> list:
     """(image side in pixels, the share of one UNet call's FLOPs in the five full-resolution self-attentions)."""
-    with torch.device("meta"):
+    with torch.device("meta"):  # counted once per process (the FLOPs of a shape never change)
         unet = UNetModel()
     shares = []
     for side in sides:

@@ -7,6 +7,8 @@ decoder at the large one. The chain: DPM++ 2M Karras, 20 steps at 512²; the lat
 of 20 steps at strength 0.5 (10 UNet calls) at 1024²; the decoder. Inside each pass, the share of its five
 full-resolution self-attentions, what ToMe at max_downsample 1 merges, is drawn darker.
 """
+from functools import lru_cache
+
 import torch
 from PIL import Image, ImageDraw
 from torch.utils.flop_counter import FlopCounterMode
@@ -41,8 +43,9 @@ def call_gflop(unet: UNetModel, side: int) -> tuple:
     return total, attention
 
 
+@lru_cache()
 def chain() -> list:
-    """(label, GFLOP, GFLOP of full-resolution self-attention) for each stage of the chain."""
+    """(label, GFLOP, GFLOP of full-resolution self-attention) for each stage of the chain (counted once per process)."""
     with torch.device("meta"):
         unet, vae = UNetModel(), VAEDecoder()
     large = FIRST * SCALE
