@@ -264,4 +264,4 @@ def test_hires_composes_each_image_from_both_passes(tiny_pipeline, capsys):
             hires = sum(n * seconds["hires", impl, k] for k, n in passes["hires"].items()) + loops["hires"]
             assert r["hires_unet_seconds"][impl] == pytest.approx(hires)
             assert r["hires_speedup"][impl] == pytest.approx(rows["none"]["hires_unet_seconds"][impl] / hires)
-    assert table["check"]["run"] == "ToMe 0.5 on the hires pass" and table["check"]["measured"] > 0
+    assert table["check"]["run"] == "DeepCache 3 + ToMe 0.5 on the hires pass" and table["check"]["measured"] > 0

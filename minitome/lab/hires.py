@@ -9,12 +9,12 @@ pass only, as A1111's "Token merging ratio hr"; ToDo (`--todo-factor`) on both p
 same chain: its text-to-image pipeline with `output_type="latent"`, `interpolate`, its img2img pipeline; tomesd
 patched for the second pass, `DeepCacheSDHelper` enabled afresh for each pass (ToDo has no package: no figure).
 
-An image's time is composed, as `--samplers` composes it (samplers.py): each kind of UNet call timed at each
-size in one child process, interleaved round by round; times the calls of each kind the chain makes; plus each
+An image's time is composed, as `--samplers` composes it (samplers.py): each kind of UNet call timed, one child
+process per size, interleaved round by round; times the calls of each kind the chain makes; plus each
 pass's sampler arithmetic; plus the VAE decoder at the large size (and, for the pixel path, the decoder at the
 first size and the encoder at the large one), each timed alone on SD 1.5's VAE. The text encoder (two prompts,
-the same for every row) is left out. `--check-image` runs one whole chain (ToMe on its hires pass) and compares
-it with its composed figure.
+the same for every row) is left out. `--check-image` runs one whole chain (DeepCache on both passes, ToMe on the
+hires pass) and compares it with its composed figure.
 """
 import dataclasses
 import json
@@ -110,12 +110,15 @@ def vae_seconds(job: Job, parts: dict, label: str) -> dict:
 
 def measure_hires(job: Job, args, label: str) -> dict:
     small, large = job.latent, [SCALE * n for n in job.latent]
-    kinds = [dataclasses.asdict(dataclasses.replace(k, latent=latent)) for latent, hires in ((small, False), (large, True))
-             for k in call_kinds(args, hires)]
     timed = {}
-    for c in run_child(dataclasses.replace(job, calls=kinds), label)["calls"]:  # both sizes interleaved, one process
-        c["pass"] = "hires" if c["latent"] == large else "first"
-        timed[(c["pass"], c["impl"], c["label"])] = c
+    for latent, pass_ in ((small, "first"), (large, "hires")):
+        # one process per size: minitome's packed convolutions lay their weights out again for each new input size
+        # (unet/packed_conv.py), which a chain does once per pass and interleaved sizes would do at every call
+        kinds = [dataclasses.asdict(k) for k in call_kinds(args, pass_ == "hires")]
+        calls = run_child(dataclasses.replace(job, latent=latent, calls=kinds), f"{label} {8 * latent[1]}x{8 * latent[0]}")
+        for c in calls["calls"]:
+            c["pass"] = pass_
+            timed[(pass_, c["impl"], c["label"])] = c
     for (pass_, impl, _), c in timed.items():
         c["speedup"] = paired(timed[(pass_, impl, "none")]["times"], c["times"])
     loops = {"first": loop_seconds(small, 0, job.repeats), "hires": loop_seconds(large, START, job.repeats)}
@@ -143,12 +146,12 @@ def measure_hires(job: Job, args, label: str) -> dict:
     result = {"calls": list(timed.values()), "vae": vae, "loops": loops_by_impl, "images": rows,
               "chain": {"sampler": SAMPLER, "spacing": SPACING, "steps": STEPS, "scale": SCALE, "hires_steps": HIRES_STEPS,
                         "hires_strength": HIRES_STRENGTH, "hires_calls": unet_calls(SAMPLER, STEPS, START)}}
-    if args.check_image:
-        name, _, hires = methods(args)[1]
+    if args.check_image:  # the row whose composition has the most parts: DeepCache on both passes, ToMe on the second
+        name, first, hires = methods(args)[-1]
         print(f"{label} a whole hires image: {name}", file=sys.stderr, flush=True)
-        whole = run_child(dataclasses.replace(job, part="hires-image", batch=1, method=hires.settings(), steps=STEPS,
-                                              sampler=SAMPLER, spacing=SPACING), label)
-        composed = rows[1]["seconds"]["minitome"]
+        whole = run_child(dataclasses.replace(job, part="hires-image", batch=1, steps=STEPS, sampler=SAMPLER, spacing=SPACING,
+                                              method={"first": first.settings(), "hires": hires.settings()}), label)
+        composed = rows[-1]["seconds"]["minitome"]
         result["check"] = {"run": name, "composed": composed, "measured": whole["seconds"],
                            "difference": composed / whole["seconds"] - 1}
     return result
@@ -157,8 +160,8 @@ def measure_hires(job: Job, args, label: str) -> dict:
 @torch.no_grad()
 def hires_image(unet, vae, job: Job, eps_model_of) -> float:
     """Seconds for one whole chain, as the pipeline runs it (measure.py's "hires-image" job): the first pass from
-    noise, the latents upscaled, the hires pass with job.method from step START, the decoder at the large size.
-    eps_model_of(context, method, calls) makes a pass's guided noise estimate."""
+    noise with job.method["first"], the latents upscaled, the hires pass with job.method["hires"] from step START,
+    the decoder at the large size. eps_model_of(context, method, calls) makes a pass's guided noise estimate."""
     import time
     from minitome.vae import SCALE as LATENT_SCALE
     device, dtype = job.torch_device_dtype()
@@ -167,10 +170,10 @@ def hires_image(unet, vae, job: Job, eps_model_of) -> float:
     context = torch.randn(2, 77, unet.config.context_dim, generator=g).to(device, dtype)
     large = [SCALE * n for n in job.latent]
     start = time.perf_counter()
-    first = eps_model_of(context, {}, unet_calls(SAMPLER, STEPS))
+    first = eps_model_of(context, job.method["first"], unet_calls(SAMPLER, STEPS))
     latents = SAMPLERS[SAMPLER](first, noise, STEPS, SPACING, generator=torch.Generator().manual_seed(1))
     init = torch.nn.functional.interpolate(latents, size=large, mode="bilinear")
-    second = eps_model_of(context, job.method, unet_calls(SAMPLER, STEPS, START))
+    second = eps_model_of(context, job.method["hires"], unet_calls(SAMPLER, STEPS, START))
     hires_noise = torch.randn(1, 4, *large, generator=torch.Generator().manual_seed(1)).to(device, dtype)
     latents = SAMPLERS[SAMPLER](second, hires_noise, HIRES_STEPS, SPACING, generator=torch.Generator(), start=START,
                                 init=init)

@@ -24,7 +24,6 @@ class CallKind:
     cached: bool = False     # DeepCache: the shallow branch only, on the deep features of the call before
     branch: int = 0          # DeepCache's branch
     packed: bool = True      # minitome with its convolutions packed for the CPU (unet/packed_conv.py), or plain
-    latent: list = None      # [h, w] of this kind's input, if not the job's (hires.py times two sizes in one process)
 
 
 @dataclass

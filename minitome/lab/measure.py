@@ -4,8 +4,7 @@ Where this sits: `bench.py` and `methods.py` run `python -m minitome.lab.measure
 JSON line. A job is one of:
 
 - "time": every kind of UNet call in `calls` (an implementation, and what accelerates it: ToMe, ToDo, a
-  reused plan, DeepCache's shallow branch; each at the job's latent size or its own) timed in one process,
-  interleaved. Each is called as a warm-up
+  reused plan, DeepCache's shallow branch) timed in one process, interleaved. Each is called as a warm-up
   (a call that reuses a plan or the deep features is preceded by the call that makes them), then `repeats`
   rounds call each once, in an order that rotates from round to round. A shared machine's speed drifts
   by more than the differences measured; the calls of one round share its state, so the ratios bench.py
@@ -137,16 +136,14 @@ def measure_time(job: Job) -> dict:
     """Every kind of call in job.calls timed, interleaved (see the module's docstring)."""
     device, dtype = job.torch_device_dtype()
     unet = build_unet(job, device, dtype)
+    x, t, context = inputs(unet, job, device, dtype)
     specs = [CallKind(**c) for c in job.calls]
-    latents = [tuple(s.latent or job.latent) for s in specs]  # a kind of call at a size of its own, or the job's
-    sized = {latent: inputs(unet, dataclasses.replace(job, latent=list(latent)), device, dtype) for latent in set(latents)}
     reference = as_diffusers(unet, job) if any(s.impl == "diffusers" for s in specs) else None
     plain = build_unet(job, device, dtype, packed=False) if any(not s.packed for s in specs) else None
     configs = [Configuration(s, reference if s.impl == "diffusers" else unet if s.packed else plain) for s in specs]
     results = [{**dataclasses.asdict(c.spec), "times": []} for c in configs]
-    for i, (c, result, latent) in enumerate(zip(configs, results, latents)):
+    for i, (c, result) in enumerate(zip(configs, results)):
         progress(f"warm-up {i + 1}/{len(configs)}: {c.spec.impl} {c.spec.label}")
-        x, t, context = sized[latent]
         c.prepare(x, t, context)
         if c.spec.impl == "diffusers":
             c.call(x, t, context)
@@ -155,12 +152,11 @@ def measure_time(job: Job) -> dict:
             c.call(x, t, context)  # the call that makes the plan or keeps the deep features
         with flop_counter() as counter:  # the warm-up call, counted
             blocks = blocks_run(c.model, lambda: c.call(x, t, context))
-        tokens, seconds = token_work(blocks, c, latent, device)
+        tokens, seconds = token_work(blocks, c, tuple(job.latent), device)
         result.update(gflop=counter.get_total_flops() / 1e9, tokens=tokens, merge_seconds=seconds)
     for k in range(job.repeats):
         for j in range(len(configs)):
             i = (j + k) % len(configs)  # each round starts one configuration further on
-            x, t, context = sized[latents[i]]
             configs[i].prepare(x, t, context)
             _, seconds = stopwatch(lambda: configs[i].call(x, t, context), 1, device, warmup=False)
             results[i]["times"].append(seconds)
