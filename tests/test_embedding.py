@@ -64,3 +64,6 @@ def test_names_are_found_in_any_case_with_all_their_vectors(tiny_pipeline, tmp_p
     assert encode("WaterColour") == encode("watercolour") == water
     assert encode("<cat-toy>oil-style,") == cat + oil + encode(",")
     assert encode("watercolour_2") == [49410] and encode("watercolour_1 watercolour") == [49409] + water
+    torch.save(torch.randn(64), tmp_path / "bare.pt")  # a bare tensor, as diffusers also takes it: named by the flag
+    sd = weights.load(folder, embeddings=[(tmp_path / "bare.pt", "<bare>")])
+    assert sd.tokenizer.encode("a <bare>") == encode("a") + [49408] and sd.text_encoder.config.vocab_size == 49409

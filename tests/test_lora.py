@@ -269,6 +269,7 @@ def refused_files(folder, pipe) -> dict:
     save_file({"emb_params": torch.randn(2, pipe.text_encoder.config.hidden_size, generator=g)}, str(folder / "style.safetensors"))
     save_file({"clip_g": torch.randn(2, 1280), "clip_l": torch.randn(2, 768)}, str(folder / "xl-embedding.safetensors"))
     save_file({"emb_params": torch.randn(2, 1024)}, str(folder / "sd2-embedding.safetensors"))
+    save_file({"emb_params": torch.randn(2, pipe.text_encoder.config.hidden_size, generator=g)}, str(folder / "two.safetensors"))
     torch.save({f"{tok}.lora_down.weight": torch.randn(4, width)}, folder / "pickled.pt")
     shutil.copy(folder / "ranks.safetensors", folder / "pickled.ckpt")
     return {
@@ -282,6 +283,10 @@ def refused_files(folder, pipe) -> dict:
         "non-finite": (["--lora", str(folder / "nan.safetensors")], r"nan.safetensors: tensor '.*lora_down.weight' holds NaN or infinity"),
         "token in the vocabulary": (["--embedding", str(folder / "style.safetensors")],
                                     r"token 'style' is already in the tokenizer's vocabulary .* --embedding .*:TOKEN"),
+        "a token given twice": (["--embedding", f"{folder / 'two.safetensors'}:mytok", "--embedding",
+                                 f"{folder / 'style.safetensors'}:MyTok"], r"token 'MyTok' is already in .*or given twice"),
+        "a token one vector of another takes": (["--embedding", f"{folder / 'two.safetensors'}:mytok", "--embedding",
+                                                 f"{folder / 'style.safetensors'}:mytok_1"], r"token 'mytok_1' is already"),
         "SDXL embedding": (["--embedding", str(folder / "xl-embedding.safetensors")], r"an SDXL embedding \(clip_g, clip_l\)"),
         "SD 2 embedding": (["--embedding", str(folder / "sd2-embedding.safetensors")], r"width 1024, an embedding for SD 2.x"),
         "pickle LoRA .pt": (["--lora", str(folder / "pickled.pt")], r"pickled.pt: pickle checkpoints are refused .* convert it"),

@@ -40,8 +40,10 @@ def read_vectors(path) -> tuple:
                                f"({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
         except OSError as error:
             raise WeightsError(f"{path}: cannot be read ({error.strerror or error})") from None
+        if isinstance(content, torch.Tensor):  # a bare tensor: its token is PATH:TOKEN's, or the file's stem
+            return None, content
         if not isinstance(content, dict):
-            raise WeightsError(f"{path}: holds a {type(content).__name__}, not an embedding's dict")
+            raise WeightsError(f"{path}: holds a {type(content).__name__}, not an embedding (a dict or a tensor)")
         if "string_to_param" in content:  # A1111's: {"string_to_param": {"*": vectors}, "name": …, "step": …}
             params = content["string_to_param"]
             if not isinstance(params, dict) or len(params) != 1:

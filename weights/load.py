@@ -81,10 +81,12 @@ def load(path, tokenizer=None, device="cpu", dtype=torch.float32, vae=None, ema:
     vae_encoder = encoder_part(decoder) if encoder else None
     tokens = find_tokenizer(path, tokenizer)
     lora_files = [(LoraFile(file, unet.expected, text_encoder.expected, unet.config), weight) for file, weight in loras]
-    added = []
+    added, names = [], set()  # the embeddings read so far, and every name they take (token, token_1, …), lower-cased
     for file, token in embeddings:
-        taken = lambda name: tokens.known(name) or name in {t for t, _ in added}  # noqa: E731
-        added.append(read_embedding(file, token, text_encoder.config.width, taken))
+        token, vectors = read_embedding(file, token, text_encoder.config.width,
+                                        lambda name: tokens.known(name) or name.lower() in names)
+        names.update(n.lower() for n in [token] + [f"{token}_{i}" for i in range(1, len(vectors))])
+        added.append((token, vectors))
     if check is not None:
         check(unet.config, decoder.config)
     sd = StableDiffusion(unet.load(device, dtype).channels_last(), text_encoder.load(device, dtype), tokens,
