@@ -1,19 +1,16 @@
 """The files people put on top of a checkpoint, as the command line takes them and a PNG names them.
 
 Where this sits: `python -m minitome.sample` reads `--lora PATH[:WEIGHT]` and `--embedding PATH[:TOKEN]` here, hands
-the pairs to `weights.load` (weights/lora.py, weights/embedding.py), and writes them into the PNG's text as A1111
-does: each LoRA as `<lora:name:weight>` at the end of the prompt and in "Lora hashes" (`name: hash`, 12 hex digits
-of the sha256 of the bytes after the safetensors header, A1111's hash for LoRAs), each embedding in "TI hashes"
-(`token: hash`, 12 hex digits of the whole file's sha256). `--from PNG` reads them back and asks for the files.
+the pairs to `weights.load` (weights/lora.py, weights/embedding.py), and gives png_text.py what the PNG's text says
+of them, as A1111 writes it: each LoRA as `<lora:name:weight>` at the end of the prompt and in "Lora hashes"
+(`name: hash`, 12 hex digits of the sha256 of the bytes after the safetensors header, A1111's hash for LoRAs), each
+embedding in "TI hashes" (`token: hash`, 12 hex digits of the whole file's sha256). With `--from PNG`,
+`check_from_png` asks for the files the image was made with and takes its weights.
 """
 import hashlib
 import math
-import re
 import sys
 from pathlib import Path
-
-LORA_TAG = re.compile(r"\s*<lora:([^:<>]+):([^:<>]+)>")
-
 
 def split_spec(text: str) -> tuple:
     """'PATH:VALUE' → (PATH, VALUE), split at the last ':' only when what comes before it is a file (a path may
@@ -73,17 +70,6 @@ def lora_hash(path: Path) -> str:
 def embedding_hash(path: Path) -> str:
     """A1111's "TI hashes": the first 12 hex digits of the whole file's sha256."""
     return file_sha256(path)[:12]
-
-
-def prompt_with_loras(prompt: str, loras: list) -> str:
-    """The prompt as A1111 writes it: each LoRA's `<lora:name:weight>` after the text."""
-    from .png_text import number
-    return " ".join([prompt] + [f"<lora:{path.stem}:{number(weight)}>" for path, weight in loras])
-
-
-def split_loras(prompt: str) -> tuple:
-    """(the prompt without its `<lora:name:weight>` tags, [(name, weight text)])."""
-    return LORA_TAG.sub("", prompt), LORA_TAG.findall(prompt)
 
 
 def named_pairs(text: str) -> dict:

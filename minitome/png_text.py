@@ -25,11 +25,11 @@ import re
 from pathlib import Path
 
 from sampler import A1111_NAMES
-from .add_ons import prompt_with_loras, split_loras
 from .tome import MERGE_TARGETS
 
 SCHEDULE_TYPES = {"linspace": "Uniform", "trailing": "SGM Uniform", "karras": "Karras"}
 UPSCALERS = {"latent": "Latent", "latent-nearest": "Latent (nearest)", "lanczos": "Lanczos"}  # A1111's "Hires upscaler"
+LORA_TAG = re.compile(r"\s*<lora:([^:<>]+):([^:<>]+)>")  # A1111 writes each LoRA's weight into the prompt
 
 
 def number(value: float) -> str:
@@ -40,6 +40,16 @@ def number(value: float) -> str:
 
 def quoted(text: str) -> str:
     return json.dumps(text, ensure_ascii=False) if any(c in text for c in ',:"\n') else text
+
+
+def prompt_with_loras(prompt: str, loras: list) -> str:
+    """The prompt as A1111 writes it: each LoRA's `<lora:name:weight>` after the text."""
+    return " ".join([prompt] + [f"<lora:{path.stem}:{number(weight)}>" for path, weight in loras])
+
+
+def split_loras(prompt: str) -> tuple:
+    """(the prompt without its `<lora:name:weight>` tags, [(name, weight text)])."""
+    return LORA_TAG.sub("", prompt), LORA_TAG.findall(prompt)
 
 
 def parameters_text(args, seed: int, short_hash: str, tome=None, todo=None, deep_cache=None, dtype: str = "float32",
