@@ -337,12 +337,12 @@ def test_from_warns_when_a_lora_file_differs_from_the_pngs(tmp_path, capsys):
 
 
 def test_lora_memory_tool_loads_with_and_without(tiny_pipeline, tmp_path, capsys):
-    """python -m minitome.lab.lora_memory: each load in a process of its own; the LoRA adds no parameter."""
-    from minitome.lab.lora_memory import main
+    """python -m minitome.lab.lora_memory: what each of its processes reports (here in this process), and its errors;
+    the LoRA adds no parameter."""
+    from minitome.lab.lora_memory import child, main
     pipe, folder = tiny_pipeline
     kohya_file(tmp_path / "style.safetensors", pipe, seed=1)
-    assert main(["--weights", str(folder), "--lora", f"{tmp_path / 'style.safetensors'}:0.5"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("without LoRA: peak ") and lines[1].startswith("with LoRA: peak ")
-    assert lines[0].split(", ")[-1] == lines[1].split(", ")[-1]  # the same parameters
-    assert main(["--weights", str(folder)]) == 2
+    without, with_lora = child(str(folder), []), child(str(folder), [(tmp_path / "style.safetensors", 0.5)])
+    assert without["parameters"] == with_lora["parameters"] and with_lora["peak_mb"] > 0 and with_lora["resident_mb"] > 0
+    assert main(["--weights", str(folder)]) == 2 and "give --weights and at least one --lora" in capsys.readouterr().err
+    assert main(["--weights", str(folder), "--lora", str(tmp_path / "none.safetensors")]) == 2
