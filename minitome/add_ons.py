@@ -94,8 +94,9 @@ def check_from_png(fields: dict, tags: list, loras: list, embeddings: list, png)
     weights = dict(tags)
     loras = [(path, weight if explicit or path.stem not in weights else float(weights[path.stem]))
              for path, weight, explicit in loras]
-    have = {embedding_hash(path) for path, _ in embeddings}
-    for token, digest in named_pairs(fields.get("TI hashes", "")).items():
+    wanted = named_pairs(fields.get("TI hashes", ""))
+    have = {embedding_hash(path) for path, _ in embeddings} if wanted else set()  # read the files only when asked
+    for token, digest in wanted.items():
         if digest not in have:
             raise ValueError(f"--from {png}: its image was made with the embedding {token!r} (hash {digest}): give it "
                              "with --embedding PATH[:TOKEN]")

@@ -193,8 +193,9 @@ class LoraFile:
     def fuse(self, modules: dict, weight: float = 1.0):
         """W += weight · (α / r) · up · down for each layer, in place, one layer at a time (modules: part → module).
         The product is formed in float32 (float64 for a float64 model) and rounded once into W's dtype."""
+        parameters = {part: dict(module.named_parameters()) for part, module in modules.items()}
         for layer in self.layers:
-            w = dict(modules[layer.part].named_parameters())[layer.weight]
+            w = parameters[layer.part][layer.weight]
             dtype = torch.float64 if w.dtype == torch.float64 else torch.float32
             down = self.checkpoint.tensor(layer.down, w.device, dtype).flatten(1)  # (r, in · kh · kw)
             up = self.checkpoint.tensor(layer.up, w.device, dtype).flatten(1)      # (out, r)

@@ -17,7 +17,6 @@ the same for every row) is left out. `--check-image` runs one whole chain (DeepC
 hires pass) and compares it with its composed figure.
 """
 import dataclasses
-import json
 import sys
 
 import torch
@@ -26,7 +25,7 @@ from sampler import SAMPLERS, call_timesteps, start_step, unet_calls
 from .common import markdown_table, stopwatch
 from .jobs import CallKind, Job
 from .methods import Method
-from .runner import paired, run_child
+from .runner import each_table, paired, run_child
 from .samplers import diffusers_scheduler
 
 SAMPLER, SPACING, STEPS = "dpm++2m", "karras", 20                  # the first pass
@@ -183,20 +182,10 @@ def hires_image(unet, vae, job: Job, eps_model_of) -> float:
 
 def compare_hires(args, device, dtype, name: str, results: dict) -> int:
     """--hires: per first size and attention kind, the per-call and per-image tables."""
-    for size in args.sizes:
-        for attention in args.attention:
-            job = Job(part="time", latent=[size[1] // 8, size[0] // 8], batch=2, attention=attention,
-                      repeats=args.repeats, device=str(device), dtype=str(dtype).replace("torch.", ""), weights=args.weights)
-            label = f"[{size[0]}x{size[1]} {attention}]"
-            result = measure_hires(job, args, label)
-            results["tables"].append({"size": list(size), "attention": attention, **result})
-            if not args.json:
-                print(f"\n{size[0]}×{size[1]} → {SCALE * size[0]}×{SCALE * size[1]}, {attention} attention, one guided "
-                      f"image (batch 2 per call), {results['dtype']}, {name}\n")
-                print(tables(result), flush=True)
-    if args.json:
-        print(json.dumps(results, indent=1))
-    return 0
+    return each_table(args, device, dtype, results, lambda job, label, size: measure_hires(job, args, label),
+                      lambda size, attention: f"{size[0]}×{size[1]} → {SCALE * size[0]}×{SCALE * size[1]}, {attention} "
+                                              f"attention, one guided image (batch 2 per call), {results['dtype']}, {name}",
+                      tables)
 
 
 def tables(result: dict) -> str:

@@ -17,7 +17,6 @@ The methods: ToMe (`--tome-ratio`); ToMe with its plan reused (`--reuse` calls p
 CONFIG_3); DeepCache (`--deepcache-interval`, branch 0), alone and with ToDo and with ToMe in it.
 """
 import dataclasses
-import json
 import math
 import sys
 
@@ -28,7 +27,7 @@ from sampler import unet_calls
 from minitome.deepcache import DeepCacheConfig
 from .common import image_quality, markdown_table
 from .jobs import CallKind, Job, tome_from
-from .runner import paired, run_child
+from .runner import each_table, paired, run_child
 
 # ca-tome's CONFIG_3 (its best schedule, for 50 steps): the `inference_step`s (a UNet call's index + 1) at
 # which a block plans anew; the first call always plans
@@ -128,20 +127,11 @@ def measure_methods(job: Job, args, label: str, size) -> dict:
 
 def compare_methods(args, device, dtype, name: str, results: dict) -> int:
     """--methods: per size and attention kind, the per-call and per-image tables of methods.py."""
-    for size in args.sizes:
-        for attention in args.attention:
-            job = Job(part="time", latent=[size[1] // 8, size[0] // 8], batch=args.batch, attention=attention,
-                      repeats=args.repeats, device=str(device), dtype=str(dtype).replace("torch.", ""), weights=args.weights)
-            label = f"[{size[0]}x{size[1]} {attention}]"
-            result = measure_methods(job, args, label, size)
-            results["tables"].append({"size": list(size), "attention": attention, **result})
-            if not args.json:
-                print(f"\n{size[0]}×{size[1]}, {attention} attention, batch {args.batch}, {results['dtype']}, {name} "
-                      "(speed-ups against the unaccelerated call of the same round; medians over rounds)\n")
-                print(tables(result, args), flush=True)
-    if args.json:
-        print(json.dumps(results, indent=1))
-    return 0
+    return each_table(args, device, dtype, results, lambda job, label, size: measure_methods(job, args, label, size),
+                      lambda size, attention: f"{size[0]}×{size[1]}, {attention} attention, batch {args.batch}, "
+                                              f"{results['dtype']}, {name} (speed-ups against the unaccelerated call "
+                                              "of the same round; medians over rounds)",
+                      lambda result: tables(result, args), batch=args.batch)
 
 
 def tables(result: dict, args) -> str:

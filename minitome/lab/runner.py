@@ -1,7 +1,8 @@
 """Running measure.py's jobs in fresh processes, and comparing the times they bring back.
 
-Where this sits: the modes (bench.py's table, methods.py, decode.py) hand their jobs to `run_child`; `paired` turns two
-configurations' times, taken in the same rounds, into one ratio.
+Where this sits: the modes (bench.py's table, methods.py, samplers.py, hires.py, decode.py) hand their jobs to
+`run_child`; `paired` turns two configurations' times, taken in the same rounds, into one ratio; `each_table` runs a
+mode's measurement once per image size and attention kind.
 """
 import json
 import os
@@ -41,3 +42,21 @@ def paired(a: list, b: list) -> float:
     """a / b for two configurations timed in the same rounds: the median over rounds of a[k] / b[k], so that
     the machine's drift from round to round cancels out."""
     return statistics.median(x / y for x, y in zip(a, b))
+
+
+def each_table(args, device, dtype, results: dict, measure, heading, tables, batch: int = 2) -> int:
+    """For each --sizes × --attention: a "time" Job of `batch` images per call, measure(job, label, size) → a table,
+    added to results["tables"] and printed as heading(size, attention) and tables(result); with --json, all of
+    results at the end instead."""
+    for size in args.sizes:
+        for attention in args.attention:
+            job = Job(part="time", latent=[size[1] // 8, size[0] // 8], batch=batch, attention=attention,
+                      repeats=args.repeats, device=str(device), dtype=str(dtype).replace("torch.", ""), weights=args.weights)
+            result = measure(job, f"[{size[0]}x{size[1]} {attention}]", size)
+            results["tables"].append({"size": list(size), "attention": attention, **result})
+            if not args.json:
+                print(f"\n{heading(size, attention)}\n")
+                print(tables(result), flush=True)
+    if args.json:
+        print(json.dumps(results, indent=1))
+    return 0

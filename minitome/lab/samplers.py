@@ -17,7 +17,6 @@ The text encoder and the VAE decoder are the same for every sampler and method, 
 runs one whole DPM++ 2M Karras image and compares it with its composed figure.
 """
 import dataclasses
-import json
 import sys
 
 import torch
@@ -26,7 +25,7 @@ from sampler import SAMPLERS, call_timesteps, unet_calls
 from .common import markdown_table, stopwatch
 from .jobs import CallKind, Job
 from .methods import Method
-from .runner import paired, run_child
+from .runner import each_table, paired, run_child
 
 RUNS = (("DPM++ 2M Karras", "dpm++2m", "karras", 20), ("Euler a", "euler-a", "leading", 20),
         ("DDIM", "ddim", "leading", 50), ("PLMS", "plms", "leading", 50))
@@ -120,20 +119,9 @@ def measure_samplers(job: Job, args, label: str) -> dict:
 
 def compare_samplers(args, device, dtype, name: str, results: dict) -> int:
     """--samplers: per size and attention kind, the per-call and per-image tables."""
-    for size in args.sizes:
-        for attention in args.attention:
-            job = Job(part="time", latent=[size[1] // 8, size[0] // 8], batch=2, attention=attention,
-                      repeats=args.repeats, device=str(device), dtype=str(dtype).replace("torch.", ""), weights=args.weights)
-            label = f"[{size[0]}x{size[1]} {attention}]"
-            result = measure_samplers(job, args, label)
-            results["tables"].append({"size": list(size), "attention": attention, **result})
-            if not args.json:
-                print(f"\n{size[0]}×{size[1]}, {attention} attention, one guided image (batch 2 per call), "
-                      f"{results['dtype']}, {name}\n")
-                print(tables(result), flush=True)
-    if args.json:
-        print(json.dumps(results, indent=1))
-    return 0
+    return each_table(args, device, dtype, results, lambda job, label, size: measure_samplers(job, args, label),
+                      lambda size, attention: f"{size[0]}×{size[1]}, {attention} attention, one guided image (batch 2 "
+                                              f"per call), {results['dtype']}, {name}", tables)
 
 
 def tables(result: dict) -> str:
