@@ -49,7 +49,7 @@ def noise_picture(x0: Image.Image, ts=(0, 250, 500, 750, 999), thumb: int = 120)
     out = Image.new("RGB", (40 + len(ts) * (thumb + 30) + 20, 440), "white")
     d = ImageDraw.Draw(out)
     t_axis = list(range(1000))
-    panels = [("alpha-bar_t: the signal's share (0 to 1)", acp, (0, 1), False, BLUE),
+    panels = [("alpha-bar_t: the signal's share of the variance (0 to 1)", acp, (0, 1), False, BLUE),
               ("sigma_t, log scale (0.02 to 20)", sigma, (0.02, 20), True, ORANGE)]
     for i, (title, values, y_range, log, colour) in enumerate(panels):
         left = 40 + i * (out.width - 60) // 2
