@@ -82,3 +82,44 @@ def test_the_commentary_quotes_its_tables():
     assert "loses clearly more (0.0906)" in text  # and a number that drifts from its table is caught
     assert unquoted(text.replace("loses clearly more (0.0906)", "loses clearly more (0.0916)"), measured)[0] == [
         "chapter 10: 0.0916"]
+
+
+SPEED_UP = re.compile(r"(?<![\w.])(\d[\d,]*(?:\.\d+)?)×(?!\s?\d)")  # 1.46×, not the 64×64 of a size
+# speed-ups the prose computes from its own counts rather than quotes (chapter number → number → how)
+COMPUTED = {"6": {"2.55": "51 / 20, the UNet calls of PLMS at 50 steps against DPM++ 2M at 20"}}
+
+
+def unbacked_speed_ups(text: str, measured: list) -> tuple:
+    """(the speed-ups quoted anywhere in the prose, outside tables, that no table and no snippet of their chapter
+    holds, how many were checked)."""
+    missing, checked = [], 0
+    for chapter in re.split(r"\n(?=## )", text):
+        number = (re.match(r"## (\d+)", chapter) or re.match(r"(.)", chapter)).group(1)
+        code = "\n".join(re.findall(r"```.*?```", chapter, flags=re.S))
+        prose = re.sub(r"```.*?```", "", chapter, flags=re.S)
+        values = table_values(prose) + measured
+        sentences = "\n".join(line for line in prose.splitlines() if not line.startswith(("|", "> |", "#")))
+        for quoted in SPEED_UP.findall(sentences):
+            checked += 1
+            digits = len(quoted.split(".")[1]) if "." in quoted else 0
+            value = float(quoted.replace(",", ""))
+            in_a_table = any(abs(v - value) <= 0.5 * 10 ** -digits + 1e-9 for v in values)
+            asserted = re.search(rf"(?<![\d.]){re.escape(quoted)}(?!\d)", code)
+            computed = quoted in COMPUTED.get(number, {}) or quoted in DERIVED.get(number, {})
+            if not (in_a_table or asserted or computed):
+                missing.append(f"chapter {number}: {quoted}×")
+    return missing, checked
+
+
+def test_every_speed_up_the_prose_quotes_is_measured_or_computed():
+    """The same class over the whole course: a speed-up written in a sentence (1.46×) is in a table of its chapter
+    or of docs/benchmark.md, to the digits printed, or a snippet of its chapter asserts it, or it is one of the few
+    listed with how it is computed (here and in DERIVED)."""
+    text = (ROOT / "tutorial.md").read_text(encoding="utf-8")
+    measured = table_values((ROOT / "docs/benchmark.md").read_text(encoding="utf-8"))
+    missing, checked = unbacked_speed_ups(text, measured)
+    assert not missing and checked >= 20, (missing, checked)
+    drifted = "merging makes the hires pass's calls 1.46× faster"
+    assert drifted in text
+    assert unbacked_speed_ups(text.replace(drifted, drifted.replace("1.46", "1.47")), measured)[0] == [
+        "chapter 7: 1.47×"]
