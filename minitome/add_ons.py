@@ -42,6 +42,31 @@ def lora_spec(text: str) -> tuple:
     return existing(path, "--lora"), weight
 
 
+TAG_BREAKERS = set(":<>,")  # what a <lora:name:weight> tag, or the "Lora hashes" list (name: hash, …), cannot hold
+
+
+def check_lora_names(loras: list):
+    """The PNG's text names each LoRA by its file's stem: the names must differ, and fit in a tag."""
+    seen = {}
+    for path, *_ in loras:
+        bad = "".join(sorted(set(path.stem) & TAG_BREAKERS))
+        if bad:
+            raise ValueError(f"--lora {path}: its name {path.stem!r} holds {bad!r}, which the PNG's <lora:name:weight> "
+                             "tag cannot hold; rename the file")
+        if path.stem in seen:
+            raise ValueError(f"--lora {path}: --lora {seen[path.stem]} has the same name {path.stem!r}, and the PNG's "
+                             "text names LoRAs by file name: give a file once, with the sum of its weights, or rename one")
+        seen[path.stem] = path
+
+
+def check_no_tags(text: str, flag: str):
+    """A1111's <lora:…> tags are written by minitome, never read from a prompt given to it."""
+    start = text.lower().find("<lora:")
+    if start >= 0:
+        raise ValueError(f"{flag} holds {text[start:text.find('>', start) + 1 or None]!r}: minitome takes LoRAs from "
+                         "--lora PATH[:WEIGHT], not from tags in the prompt")
+
+
 def embedding_spec(text: str) -> tuple:
     """--embedding PATH[:TOKEN] → (Path, token or None)."""
     path, token = split_spec(text)
@@ -77,11 +102,18 @@ def named_pairs(text: str) -> dict:
     return dict(item.strip().rsplit(": ", 1) for item in text.split(",") if ": " in item)
 
 
-def check_from_png(fields: dict, tags: list, loras: list, embeddings: list, png) -> list:
+def check_from_png(fields: dict, tags: list, loras: list, embeddings: list, png) -> tuple:
     """--from: the LoRAs and embeddings its image was made with must be given (their files are this machine's);
-    a LoRA given without a weight takes the PNG's. Returns the LoRAs with their weights; ValueError otherwise."""
+    a LoRA given without a weight takes the PNG's, an embedding given without a token the PNG's. Returns (the
+    LoRAs with their weights, the embeddings with their tokens); ValueError otherwise."""
     given = {path.stem: (path, weight, explicit) for path, weight, explicit in loras}
     for name, weight in tags:
+        try:
+            finite = math.isfinite(float(weight))
+        except ValueError:
+            finite = False
+        if not finite:
+            raise ValueError(f"--from {png}: its tag <lora:{name}:{weight}> gives the weight {weight!r}, not a finite number")
         if name not in given:
             hashes = named_pairs(fields.get("Lora hashes", ""))
             raise ValueError(f"--from {png}: its image was made with the LoRA {name!r} at weight {weight}"
@@ -95,9 +127,10 @@ def check_from_png(fields: dict, tags: list, loras: list, embeddings: list, png)
     loras = [(path, weight if explicit or path.stem not in weights else float(weights[path.stem]))
              for path, weight, explicit in loras]
     wanted = named_pairs(fields.get("TI hashes", ""))
-    have = {embedding_hash(path) for path, _ in embeddings} if wanted else set()  # read the files only when asked
+    have = {embedding_hash(path): path for path, _ in embeddings} if wanted else {}  # read the files only when asked
     for token, digest in wanted.items():
         if digest not in have:
             raise ValueError(f"--from {png}: its image was made with the embedding {token!r} (hash {digest}): give it "
                              "with --embedding PATH[:TOKEN]")
-    return loras
+    token_of_file = {have[digest]: token for token, digest in wanted.items()}
+    return loras, [(path, token if token is not None else token_of_file.get(path)) for path, token in embeddings]

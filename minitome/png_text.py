@@ -150,6 +150,10 @@ def flags_from(path: Path) -> list:
         raise ValueError(f"--from {path}: no 'parameters' text in it")
     prompt, negative_prompt, f = read_fields(text)
     prompt, f["lora tags"] = split_loras(prompt)  # the LoRAs' <lora:name:weight>: not words of the prompt
+    start = prompt.lower().find("<lora:")
+    if start >= 0:
+        raise ValueError(f"--from {path}: its prompt holds {prompt[start:prompt.find('>', start) + 1 or None]!r}, not a "
+                         "<lora:name:weight> tag minitome reads")
     try:
         width, height = f["Size"].split("x")
         argv = ["--prompt", prompt, "--negative-prompt", negative_prompt, "--steps", f["Steps"],

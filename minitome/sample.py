@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 from sampler import SAMPLERS, SPACINGS, start_step
-from .add_ons import check_from_png, embedding_hash, embedding_spec, lora_hash, lora_spec, split_spec
+from .add_ons import (check_from_png, check_lora_names, check_no_tags, embedding_hash, embedding_spec, lora_hash,
+                      lora_spec, split_spec)
 from .checks import check_size
 from .device import check_fits, pick_device, pick_dtype
 from .flags import check_steps_flag, flags_given
@@ -100,9 +101,10 @@ def check(args):
         args.width, args.height = run_size(args.init, args.width if "width" in args.given else None,
                                            args.height if "height" in args.given else None)
     loras = [(*lora_spec(text), split_spec(text)[1] is not None) for text in args.lora]
-    args.embeddings = [embedding_spec(text) for text in args.embedding]
-    args.loras = check_from_png(args.png_fields, args.png_fields.get("lora tags", []), loras, args.embeddings,
-                                args.from_png)
+    check_lora_names(loras)
+    embeddings = [embedding_spec(text) for text in args.embedding]
+    args.loras, args.embeddings = check_from_png(args.png_fields, args.png_fields.get("lora tags", []), loras,
+                                                 embeddings, args.from_png)
     if not math.isfinite(args.guidance):
         raise ValueError(f"--guidance must be a finite number, got {args.guidance}")
     if args.batch < 1:
@@ -119,6 +121,7 @@ def check(args):
             getattr(args, name).encode("utf-8")
         except UnicodeEncodeError:
             raise ValueError(f"--{name.replace('_', '-')} is not valid UTF-8 text") from None
+        check_no_tags(getattr(args, name), f"--{name.replace('_', '-')}")
 
 
 def check_from(args, short_hash: str):

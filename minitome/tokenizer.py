@@ -114,8 +114,9 @@ class Tokenizer:
         self.added_pattern = regex.compile("|".join(regex.escape(n) for n in names))
 
     def known(self, name: str) -> bool:
-        """Whether a token name is taken: in the vocabulary (as diffusers asks), or already added."""
-        return name in self.vocab or clean(name) in self.added
+        """Whether a token name is taken: in the vocabulary (as diffusers asks, and lower-cased too, since names are
+        found in the lower-cased prompt: "Fox" would take every "fox"), or already added."""
+        return name in self.vocab or clean(name) in self.vocab or clean(name) in self.added
 
     def check_layout(self, merges: list, source):
         """CLIP's vocabulary layout, which every id the BPE can produce relies on: ids 0–255 are the byte

@@ -11,8 +11,10 @@ for an old format and its attention updates dropped; text-encoder layers whose a
 common one get the wrong scale), the expected model is the definition, W + s · (α / r) · up · down, fused into the
 reference's own modules by hand, a definition first checked against diffusers on the files diffusers gets right.
 """
+import json
 import math
 
+import pytest
 import torch
 from safetensors.torch import save_file
 
@@ -264,8 +266,31 @@ def refused_files(folder, pipe) -> dict:
         "ranks": {f"{tok}.lora_down.weight": torch.randn(4, width), f"{tok}.lora_up.weight": torch.randn(32, 3)},
         "nan": {f"{tok}.lora_down.weight": torch.full((4, width), float("nan")), f"{tok}.lora_up.weight": torch.randn(32, 4)},
     }
+    peft = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"
+    files.update({
+        "rank0": {f"{tok}.lora_down.weight": torch.randn(0, width), f"{tok}.lora_up.weight": torch.randn(32, 0)},
+        "empty": {},
+        "int8": {f"{tok}.lora_down.weight": torch.ones(4, width, dtype=torch.int8),
+                 f"{tok}.lora_up.weight": torch.ones(32, 4, dtype=torch.int8)},
+        "twice": {f"{tok}.lora_down.weight": torch.randn(4, width), f"{tok}.lora_up.weight": torch.randn(32, 4),
+                  f"{peft}.lora_A.weight": torch.randn(4, width), f"{peft}.lora_B.weight": torch.randn(32, 4)},
+    })
     for name, tensors in files.items():
         save_file(tensors, str(folder / f"{name}.safetensors"))
+    peft_pair = {f"{peft}.lora_A.weight": torch.randn(4, width), f"{peft}.lora_B.weight": torch.randn(32, 4)}
+    metadata = {"backtracking": {"unet.alpha_pattern": {"(.*.*)*b": 3}}, "pattern": {"unet.alpha_pattern": {"(": 3}},
+                "pattern-list": {"unet.alpha_pattern": [1, 2]}, "huge-alpha": {"unet.lora_alpha": 10 ** 400},
+                "bool-alpha": {"unet.lora_alpha": True}, "rslora-text": {"unet.use_rslora": "false"}}
+    for name, config in metadata.items():
+        save_file(peft_pair, str(folder / f"{name}.safetensors"), metadata={"lora_adapter_metadata": json.dumps(config)})
+    kohya_file(folder / "good.safetensors", pipe, seed=3)
+    (folder / "d").mkdir()
+    shutil.copy(folder / "good.safetensors", folder / "d" / "good.safetensors")
+    shutil.copy(folder / "good.safetensors", folder / "a:b.safetensors")
+    save_file({"emb_params": torch.ones(2, pipe.text_encoder.config.hidden_size, dtype=torch.int8)},
+              str(folder / "int-embedding.safetensors"))
+    torch.save({"string_to_param": {"*": torch.randn(2, pipe.text_encoder.config.hidden_size).to_sparse()}},
+               folder / "sparse.pt")
     save_file({"emb_params": torch.randn(2, pipe.text_encoder.config.hidden_size, generator=g)}, str(folder / "style.safetensors"))
     save_file({"clip_g": torch.randn(2, 1280), "clip_l": torch.randn(2, 768)}, str(folder / "xl-embedding.safetensors"))
     save_file({"emb_params": torch.randn(2, 1024)}, str(folder / "sd2-embedding.safetensors"))
@@ -295,6 +320,27 @@ def refused_files(folder, pipe) -> dict:
         "LoRA weight nan": (["--lora", f"{folder / 'ranks.safetensors'}:nan"], r"--lora .*: weight 'nan' is not a finite number"),
         "LoRA weight text": (["--lora", f"{folder / 'ranks.safetensors'}:strong"], r"weight 'strong' is not a finite number"),
         "missing embedding": (["--embedding", str(folder / "nothing.pt:tok")], r"--embedding .*nothing.pt:tok: no such file"),
+        "rank 0": (["--lora", str(folder / "rank0.safetensors")], r"rank0.safetensors: layer '.*' has rank 0"),
+        "no tensors": (["--lora", str(folder / "empty.safetensors")], r"empty.safetensors: holds no tensors, so no LoRA"),
+        "integer LoRA": (["--lora", str(folder / "int8.safetensors")], r"int8.safetensors: tensor '.*' is I8, expected floating"),
+        "a layer named twice": (["--lora", str(folder / "twice.safetensors")], r"twice.safetensors: layers .* are one layer"),
+        "a pattern that backtracks": (["--lora", str(folder / "backtracking.safetensors")],
+                                      r"backtracking.safetensors: lora_adapter_metadata's unet.alpha_pattern is not a map"),
+        "a pattern that is no regex": (["--lora", str(folder / "pattern.safetensors")], r"alpha_pattern is not a map"),
+        "a pattern list": (["--lora", str(folder / "pattern-list.safetensors")], r"alpha_pattern is not a map"),
+        "an alpha too large for a float": (["--lora", str(folder / "huge-alpha.safetensors")], r"the alpha 1000.*not a finite"),
+        "a boolean alpha": (["--lora", str(folder / "bool-alpha.safetensors")], r"the alpha True, not a finite number"),
+        "use_rslora as text": (["--lora", str(folder / "rslora-text.safetensors")], r"use_rslora is 'false', not true or false"),
+        "a weight that overflows": (["--lora", f"{folder / 'good.safetensors'}:1e300"],
+                                    r"good.safetensors: at weight 1e\+300, layer '.*' makes the model's .* overflow float32"),
+        "two LoRAs of one name": (["--lora", str(folder / "good.safetensors"), "--lora", str(folder / "d" / "good.safetensors")],
+                                  r"--lora .*good.safetensors has the same name 'good'"),
+        "a LoRA name a tag cannot hold": (["--lora", str(folder / "a:b.safetensors")], r"its name 'a:b' holds ':'"),
+        "a tag in the prompt": (["--prompt", "a fox <lora:good:0.8>"], r"--prompt holds '<lora:good:0.8>': minitome takes"),
+        "a token a word in another case": (["--embedding", f"{folder / 'style.safetensors'}:Fox"],
+                                           r"token 'Fox' is already in the tokenizer's vocabulary"),
+        "an integer embedding": (["--embedding", str(folder / "int-embedding.safetensors")], r"tensor 'emb_params' is I8"),
+        "a sparse embedding": (["--embedding", str(folder / "sparse.pt")], r"sparse.pt: the embedding must be dense"),
     }
 
 
@@ -329,11 +375,19 @@ def test_from_warns_when_a_lora_file_differs_from_the_pngs(tmp_path, capsys):
     save_file({"lora_unet_x.lora_down.weight": torch.ones(2, 3), "lora_unet_x.lora_up.weight": torch.ones(3, 2)},
               str(tmp_path / "style.safetensors"))
     fields = {"Lora hashes": "style: 0123456789ab"}
-    loras = check_from_png(fields, [("style", "0.8")], [(tmp_path / "style.safetensors", 1.0, False)], [], "a.png")
+    loras, _ = check_from_png(fields, [("style", "0.8")], [(tmp_path / "style.safetensors", 1.0, False)], [], "a.png")
     assert loras == [(tmp_path / "style.safetensors", 0.8)]
     assert "was made with the LoRA 'style' of hash 0123456789ab" in capsys.readouterr().err
-    loras = check_from_png(fields, [("style", "0.8")], [(tmp_path / "style.safetensors", 0.3, True)], [], "a.png")
+    loras, _ = check_from_png(fields, [("style", "0.8")], [(tmp_path / "style.safetensors", 0.3, True)], [], "a.png")
     assert loras == [(tmp_path / "style.safetensors", 0.3)]
+    for weight in ("nan", "abc", "1e309"):  # a PNG's weight is checked as --lora's is
+        with pytest.raises(ValueError, match=rf"--from a.png: its tag <lora:style:{weight}> gives the weight '{weight}', not a"):
+            check_from_png(fields, [("style", weight)], [(tmp_path / "style.safetensors", 1.0, False)], [], "a.png")
+    save_file({"emb_params": torch.ones(1, 8)}, str(tmp_path / "zzqx.safetensors"))
+    from minitome.add_ons import embedding_hash  # an embedding given without a token takes the PNG's
+    fields = {"TI hashes": f"mytok: {embedding_hash(tmp_path / 'zzqx.safetensors')}"}
+    assert check_from_png(fields, [], [], [(tmp_path / "zzqx.safetensors", None)], "a.png")[1] == [
+        (tmp_path / "zzqx.safetensors", "mytok")]
 
 
 def test_lora_memory_tool_loads_with_and_without(tiny_pipeline, tmp_path, capsys):

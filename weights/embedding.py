@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import Checkpoint, WeightsError, existing_file
+from .checkpoint import FLOAT_DTYPES, Checkpoint, WeightsError, existing_file
 
 WIDTH_OF = {1024: "SD 2.x", 1280: "SDXL"}  # other families' text widths
 
@@ -55,6 +55,10 @@ def read_vectors(path) -> tuple:
         if len(checkpoint.names) > 8:
             raise WeightsError(f"{path}: {len(checkpoint.names)} tensors, not an embedding (a checkpoint or a LoRA?); "
                                "give checkpoints with --weights, LoRAs with --lora")
+        not_float = sorted(n for n in checkpoint.names if checkpoint.dtypes[n] not in FLOAT_DTYPES)
+        if not_float:
+            raise WeightsError(f"{path}: tensor {not_float[0]!r} is {checkpoint.dtypes[not_float[0]]}, expected "
+                               "floating-point vectors")
         tensors = {n: checkpoint.tensor(n, dtype=torch.float64) for n in checkpoint.names}
     for name in ("clip_g", "clip_l"):
         if name in tensors:
@@ -74,8 +78,9 @@ def read_embedding(path, token: str, width: int, taken) -> tuple:
     `taken(name)` says is free (the vocabulary, and earlier embeddings). WeightsError naming the file otherwise."""
     named, vectors = read_vectors(path)
     path = Path(path)
-    if not isinstance(vectors, torch.Tensor) or not vectors.is_floating_point() or vectors.dim() not in (1, 2):
-        raise WeightsError(f"{path}: the embedding must be floating-point vectors (n × width), got "
+    if (not isinstance(vectors, torch.Tensor) or not vectors.is_floating_point() or vectors.dim() not in (1, 2)
+            or vectors.layout != torch.strided or vectors.device.type != "cpu"):
+        raise WeightsError(f"{path}: the embedding must be dense floating-point vectors (n × width) on the CPU, got "
                            f"{getattr(vectors, 'shape', type(vectors).__name__)}")
     vectors = vectors.detach().to(torch.float64).reshape(-1, vectors.shape[-1])
     if vectors.shape[-1] != width:

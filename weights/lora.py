@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from safetensors import safe_open
 
-from .checkpoint import Checkpoint, WeightsError, existing_file
+from .checkpoint import FLOAT_DTYPES, Checkpoint, WeightsError, existing_file
 
 KOHYA = (".lora_down.weight", ".lora_up.weight", ".alpha")
 PEFT = (".lora_A.weight", ".lora_B.weight")
@@ -82,12 +82,26 @@ def layer_names(unet_shapes: dict, text_shapes: dict, unet_config) -> dict:
     return names
 
 
+PATTERN = re.compile(r"[\w.]+")  # a module name: PEFT's files write α's per-layer keys as names, which as regular
+# expressions have no quantifier, so matching one takes time linear in the name; any other pattern is refused
+
+
 def pattern_value(patterns: dict, name: str):
     """PEFT's per-layer override: the value of the first pattern that matches the end of the layer's name."""
     for key, value in patterns.items():
         if re.match(rf"(.*\.)?({key})$", name):
             return value
     return None
+
+
+def finite_number(value) -> bool:
+    """A JSON number that is a finite float (not a boolean, not an integer too large for a float)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 def adapter_metadata(checkpoint: Checkpoint) -> dict:
@@ -123,6 +137,8 @@ class LoraFile:
         for n, s in suffix.items():
             bases.setdefault(n[:-len(s)], {})[s] = n
         names = layer_names(unet_shapes, text_shapes, unet_config)
+        if not bases:
+            raise WeightsError(f"{self.path}: holds no tensors, so no LoRA")
         strangers = sorted(b for b in bases if b not in names)
         if len(strangers) == len(bases):
             raise WeightsError(f"{self.path}: none of its {len(bases)} layer(s) is a layer of this SD 1.x model's UNet "
@@ -130,11 +146,19 @@ class LoraFile:
         if strangers:
             raise WeightsError(f"{self.path}: {len(strangers)} of its {len(bases)} layer(s) name no layer of this "
                                f"model, first {', '.join(map(repr, strangers[:3]))}")
+        not_float = sorted(n for n in c.names if c.dtypes[n] not in FLOAT_DTYPES)
+        if not_float:
+            raise WeightsError(f"{self.path}: tensor {not_float[0]!r} is {c.dtypes[not_float[0]]}, expected floating "
+                               f"point ({', '.join(FLOAT_DTYPES)})")
         metadata = adapter_metadata(c)
         shapes = {"unet": unet_shapes, "text_encoder": text_shapes}
-        self.layers = []
+        self.layers, named = [], {}
         for base, tensors in sorted(bases.items()):
             part, weight, peft_name = names[base]
+            if (part, weight) in named:
+                raise WeightsError(f"{self.path}: layers {named[part, weight]!r} and {base!r} are one layer of the "
+                                   "model, named twice")
+            named[part, weight] = base
             kohya = base.startswith("lora_")
             down, up = (tensors.get(".lora_down.weight"), tensors.get(".lora_up.weight")) if kohya else (
                 tensors.get(".lora_A.weight"), tensors.get(".lora_B.weight"))
@@ -161,6 +185,8 @@ class LoraFile:
         if len(down) < 2 or len(up) < 2 or math.prod(up[2:]) != 1:
             raise WeightsError(f"{self.path}: layer {base!r}: down {list(down)} and up {list(up)} are not the two "
                                "matrices of a LoRA (up must be out × r, or out × r × 1 × 1)")
+        if down[0] == 0:
+            raise WeightsError(f"{self.path}: layer {base!r} has rank 0")
         if down[0] != up[1]:
             raise WeightsError(f"{self.path}: layer {base!r}: down has rank {down[0]}, up rank {up[1]}; they must match")
         inputs = math.prod(down[1:])
@@ -181,13 +207,21 @@ class LoraFile:
                 raise WeightsError(f"{self.path}: {name!r} has shape {list(self.checkpoint.shapes[name])}; α is one number")
             return float(self.checkpoint.tensor(name, dtype=torch.float64).item()), False
         config = {k[len(part) + 1:]: v for k, v in metadata.items() if k.startswith(part + ".")}
-        alpha = pattern_value(config.get("alpha_pattern") or {}, peft_name)
+        patterns = config.get("alpha_pattern") or {}
+        if not isinstance(patterns, dict) or not all(isinstance(k, str) and PATTERN.fullmatch(k) for k in patterns):
+            raise WeightsError(f"{self.path}: lora_adapter_metadata's {part}.alpha_pattern is not a map from module "
+                               "names (letters, digits, _ and .) to numbers")
+        alpha = pattern_value(patterns, peft_name)
         alpha = alpha if alpha is not None else config.get("lora_alpha", rank)
-        if not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
-            raise WeightsError(f"{self.path}: lora_adapter_metadata gives {part} layer {peft_name!r} the alpha {alpha!r}")
+        if not finite_number(alpha):
+            raise WeightsError(f"{self.path}: lora_adapter_metadata gives {part} layer {peft_name!r} the alpha "
+                               f"{str(alpha)[:40]}, not a finite number")
         if config.get("use_dora"):
             raise WeightsError(f"{self.path}: a DoRA (use_dora in its metadata); minitome takes LoRA and LoCon")
-        return float(alpha), bool(config.get("use_rslora"))
+        rslora = config.get("use_rslora", False)
+        if not isinstance(rslora, bool):
+            raise WeightsError(f"{self.path}: lora_adapter_metadata's {part}.use_rslora is {rslora!r}, not true or false")
+        return float(alpha), rslora
 
     @torch.no_grad()
     def fuse(self, modules: dict, weight: float = 1.0):
@@ -200,6 +234,9 @@ class LoraFile:
             down = self.checkpoint.tensor(layer.down, w.device, dtype).flatten(1)  # (r, in · kh · kw)
             up = self.checkpoint.tensor(layer.up, w.device, dtype).flatten(1)      # (out, r)
             w.add_(((weight * layer.factor) * (up @ down)).reshape(w.shape).to(w.dtype))
+            if not torch.isfinite(w).all():
+                raise WeightsError(f"{self.path}: at weight {weight:g}, layer {layer.down.rsplit('.', 2)[0]!r} makes "
+                                   f"the model's {layer.weight} overflow {str(w.dtype).replace('torch.', '')}")
 
 
 def is_lora(names: list) -> bool:
