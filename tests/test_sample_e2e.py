@@ -4,6 +4,7 @@ A random tiny SD-shaped pipeline saved by diffusers, and the same weights as an 
 same prompt, negative prompt, seed, steps, guidance and a non-square size: every pixel within 2/255.
 """
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -186,6 +187,18 @@ def test_from_reads_a1111s_sampler_names(tmp_path, written, sampler, spacing):
     Image.new("RGB", (8, 8)).save(png, pnginfo=png_info(f"a cat\nSteps: 20, {written}, CFG scale: 7, Seed: 1, Size: 512x512"))
     argv, _ = flags_from(png)
     assert argv[argv.index("--sampler") + 1] == sampler and argv[argv.index("--spacing") + 1] == spacing
+
+
+@pytest.mark.parametrize("tag", ["<lora:good>", "<lora:good:0.5:1>", "<lora:good:>", "<LORA:good:0.5:1>"])
+def test_from_refuses_a_lora_tag_it_cannot_read(tmp_path, tag):
+    """A tag that is not <lora:name:weight> would stay in the prompt as words and the LoRA be lost: refused."""
+    from minitome.output import png_info
+    from minitome.png_text import flags_from
+    png = tmp_path / "tagged.png"
+    Image.new("RGB", (8, 8)).save(png, pnginfo=png_info(f"a cat {tag}\nSteps: 20, Sampler: DDIM, CFG scale: 7, Seed: 1, "
+                                                        "Size: 512x512"))
+    with pytest.raises(ValueError, match=rf"--from .*tagged.png: its prompt holds '{re.escape(tag)}', not a <lora:"):
+        flags_from(png)
 
 
 def test_later_flags_override_from(single_file, tmp_path):
