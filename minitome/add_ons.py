@@ -9,20 +9,33 @@ embedding in "TI hashes" (`token: hash`, 12 hex digits of the whole file's sha25
 """
 import hashlib
 import math
+import re
 import sys
 from pathlib import Path
 
+WEIGHT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")  # a decimal number, as A1111's tags write it
+
+
 def split_spec(text: str) -> tuple:
-    """'PATH:VALUE' → (PATH, VALUE), split at the last ':' only when what comes before it is a file (a path may
-    hold ':'); else (text, None)."""
+    """'PATH:VALUE' → (PATH, VALUE), split at the last ':' only when what comes before it exists (a path may
+    hold ':'); else (text, None). When both PATH and the whole text are files, which is meant cannot be told."""
     path, sep, value = text.rpartition(":")
-    return (path, value) if sep and path and Path(path).is_file() else (text, None)
+    if not (sep and path and (Path(path).exists() or Path(path).is_symlink())):
+        return text, None
+    if Path(text).exists():
+        raise ValueError(f"{text}: names two files, {path} (with {value!r} after the ':') and {text}: rename one")
+    return path, value
+
+
+def weight_of(text: str) -> float:
+    """A LoRA's weight: a decimal number (not '1_0' or a full-width digit, which float() also reads), finite."""
+    return float(text) if WEIGHT.fullmatch(text) and math.isfinite(float(text)) else math.nan
 
 
 def existing(path: str, flag: str) -> Path:
     p = Path(path)
     if not p.exists():
-        raise ValueError(f"{flag} {path}: no such file")
+        raise ValueError(f"{flag} {path}: {'a link to nothing (broken, or a loop)' if p.is_symlink() else 'no such file'}")
     if not p.is_file():
         raise ValueError(f"{flag} {path}: not a regular file")
     return p
@@ -33,10 +46,7 @@ def lora_spec(text: str) -> tuple:
     path, value = split_spec(text)
     weight = 1.0
     if value is not None:
-        try:
-            weight = float(value)
-        except ValueError:
-            weight = math.nan
+        weight = weight_of(value)
         if not math.isfinite(weight):
             raise ValueError(f"--lora {text}: weight {value!r} is not a finite number")
     return existing(path, "--lora"), weight
@@ -108,11 +118,7 @@ def check_from_png(fields: dict, tags: list, loras: list, embeddings: list, png)
     LoRAs with their weights, the embeddings with their tokens); ValueError otherwise."""
     given = {path.stem: (path, weight, explicit) for path, weight, explicit in loras}
     for name, weight in tags:
-        try:
-            finite = math.isfinite(float(weight))
-        except ValueError:
-            finite = False
-        if not finite:
+        if not math.isfinite(weight_of(weight)):
             raise ValueError(f"--from {png}: its tag <lora:{name}:{weight}> gives the weight {weight!r}, not a finite number")
         if name not in given:
             hashes = named_pairs(fields.get("Lora hashes", ""))

@@ -228,8 +228,10 @@ class Tokenizer:
         for prompt in prompts:
             ids = self.encode(prompt)
             if len(ids) > CONTEXT_LENGTH - 2:
+                start = prompt if len(prompt) <= 30 else prompt[:30] + "…"  # which prompt: the negative one too
                 warnings.warn(f"prompt is {len(ids)} tokens, the limit is {CONTEXT_LENGTH - 2}: "
-                              f"the last {len(ids) - (CONTEXT_LENGTH - 2)} were dropped", stacklevel=2)
+                              f"the last {len(ids) - (CONTEXT_LENGTH - 2)} were dropped (the prompt {start!r})",
+                              stacklevel=2)
                 ids = ids[:CONTEXT_LENGTH - 2]
             row = [self.bos_id] + ids + [self.eos_id]
             rows.append(row + [self.eos_id] * (CONTEXT_LENGTH - len(row)))

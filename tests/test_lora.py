@@ -287,6 +287,8 @@ def refused_files(folder, pipe) -> dict:
     (folder / "d").mkdir()
     shutil.copy(folder / "good.safetensors", folder / "d" / "good.safetensors")
     shutil.copy(folder / "good.safetensors", folder / "a:b.safetensors")
+    (folder / "loop.safetensors").symlink_to(folder / "loop.safetensors")
+    shutil.copy(folder / "good.safetensors", folder / "good.safetensors:0.5")
     save_file({"emb_params": torch.ones(2, pipe.text_encoder.config.hidden_size, dtype=torch.int8)},
               str(folder / "int-embedding.safetensors"))
     torch.save({"string_to_param": {"*": torch.randn(2, pipe.text_encoder.config.hidden_size).to_sparse()}},
@@ -336,6 +338,10 @@ def refused_files(folder, pipe) -> dict:
         "two LoRAs of one name": (["--lora", str(folder / "good.safetensors"), "--lora", str(folder / "d" / "good.safetensors")],
                                   r"--lora .*good.safetensors has the same name 'good'"),
         "a LoRA name a tag cannot hold": (["--lora", str(folder / "a:b.safetensors")], r"its name 'a:b' holds ':'"),
+        "a weight float() reads but a tag would not": (["--lora", f"{folder / 'good.safetensors'}:1_0"],
+                                                        r"weight '1_0' is not a finite number"),
+        "a link to nothing": (["--lora", str(folder / "loop.safetensors")], r"loop.safetensors: a link to nothing"),
+        "a spec that names two files": (["--lora", f"{folder / 'good.safetensors'}:0.5"], r"names two files, .*rename one"),
         "a tag in the prompt": (["--prompt", "a fox <lora:good:0.8>"], r"--prompt holds '<lora:good:0.8>': minitome takes"),
         "a token a word in another case": (["--embedding", f"{folder / 'style.safetensors'}:Fox"],
                                            r"token 'Fox' is already in the tokenizer's vocabulary"),
