@@ -13,6 +13,8 @@ import re
 import sys
 from pathlib import Path
 
+from .png_text import lora_tag_in
+
 WEIGHT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")  # a decimal number, as A1111's tags write it
 
 
@@ -71,10 +73,10 @@ def check_lora_names(loras: list):
 
 def check_no_tags(text: str, flag: str):
     """A1111's <lora:…> tags are written by minitome, never read from a prompt given to it."""
-    start = text.lower().find("<lora:")
-    if start >= 0:
-        raise ValueError(f"{flag} holds {text[start:text.find('>', start) + 1 or None]!r}: minitome takes LoRAs from "
-                         "--lora PATH[:WEIGHT], not from tags in the prompt")
+    tag = lora_tag_in(text)
+    if tag is not None:
+        raise ValueError(f"{flag} holds {tag!r}: minitome takes LoRAs from --lora PATH[:WEIGHT], not from tags in the "
+                         "prompt")
 
 
 def embedding_spec(text: str) -> tuple:

@@ -52,6 +52,12 @@ def split_loras(prompt: str) -> tuple:
     return LORA_TAG.sub("", prompt), LORA_TAG.findall(prompt)
 
 
+def lora_tag_in(text: str):
+    """The first `<lora:…` tag in a text (up to its '>', if any), in any case, or None."""
+    start = text.lower().find("<lora:")
+    return None if start < 0 else text[start:text.find(">", start) + 1 or None]
+
+
 def parameters_text(args, seed: int, short_hash: str, tome=None, todo=None, deep_cache=None, dtype: str = "float32",
                     vae_hash: str = "", position: int = 0, init_hash: str = "", hires=None, add_on_hashes=None) -> str:
     """The `parameters` chunk of the image at `position` of the batch (args: the command line's; tome, todo,
@@ -150,10 +156,9 @@ def flags_from(path: Path) -> list:
         raise ValueError(f"--from {path}: no 'parameters' text in it")
     prompt, negative_prompt, f = read_fields(text)
     prompt, f["lora tags"] = split_loras(prompt)  # the LoRAs' <lora:name:weight>: not words of the prompt
-    start = prompt.lower().find("<lora:")
-    if start >= 0:
-        raise ValueError(f"--from {path}: its prompt holds {prompt[start:prompt.find('>', start) + 1 or None]!r}, not a "
-                         "<lora:name:weight> tag minitome reads")
+    unread = lora_tag_in(prompt)
+    if unread is not None:
+        raise ValueError(f"--from {path}: its prompt holds {unread!r}, not a <lora:name:weight> tag minitome reads")
     try:
         width, height = f["Size"].split("x")
         argv = ["--prompt", prompt, "--negative-prompt", negative_prompt, "--steps", f["Steps"],

@@ -72,6 +72,12 @@ class Checkpoint:
             raise WeightsError(f"{self.path}: cannot be read ({error.strerror or error})") from None
         self.names = list(self.shapes)
 
+    def check_floating(self, expected: str):
+        """Every tensor of the file must be floating point: a WeightsError naming the first that is not."""
+        not_float = sorted(n for n in self.names if self.dtypes[n] not in FLOAT_DTYPES)
+        if not_float:
+            raise WeightsError(f"{self.path}: tensor {not_float[0]!r} is {self.dtypes[not_float[0]]}, expected {expected}")
+
     def tensor(self, name: str, device="cpu", dtype=torch.float32) -> torch.Tensor:
         with safe_open(self.path, framework="pt") as f:
             stored = f.get_tensor(name)  # a view of the file's memory map

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import FLOAT_DTYPES, Checkpoint, WeightsError, existing_file
+from .checkpoint import Checkpoint, WeightsError, existing_file
 
 WIDTH_OF = {1024: "SD 2.x", 1280: "SDXL"}  # other families' text widths
 
@@ -55,10 +55,7 @@ def read_vectors(path) -> tuple:
         if len(checkpoint.names) > 8:
             raise WeightsError(f"{path}: {len(checkpoint.names)} tensors, not an embedding (a checkpoint or a LoRA?); "
                                "give checkpoints with --weights, LoRAs with --lora")
-        not_float = sorted(n for n in checkpoint.names if checkpoint.dtypes[n] not in FLOAT_DTYPES)
-        if not_float:
-            raise WeightsError(f"{path}: tensor {not_float[0]!r} is {checkpoint.dtypes[not_float[0]]}, expected "
-                               "floating-point vectors")
+        checkpoint.check_floating("floating-point vectors")
         tensors = {n: checkpoint.tensor(n, dtype=torch.float64) for n in checkpoint.names}
     for name in ("clip_g", "clip_l"):
         if name in tensors:

@@ -146,10 +146,7 @@ class LoraFile:
         if strangers:
             raise WeightsError(f"{self.path}: {len(strangers)} of its {len(bases)} layer(s) name no layer of this "
                                f"model, first {', '.join(map(repr, strangers[:3]))}")
-        not_float = sorted(n for n in c.names if c.dtypes[n] not in FLOAT_DTYPES)
-        if not_float:
-            raise WeightsError(f"{self.path}: tensor {not_float[0]!r} is {c.dtypes[not_float[0]]}, expected floating "
-                               f"point ({', '.join(FLOAT_DTYPES)})")
+        c.check_floating(f"floating point ({', '.join(FLOAT_DTYPES)})")
         metadata = adapter_metadata(c)
         shapes = {"unet": unet_shapes, "text_encoder": text_shapes}
         self.layers, named = [], {}
