@@ -151,7 +151,8 @@ def test_methods_compose_each_image_from_the_calls_it_makes(tiny_pipeline, capsy
                             "DeepCache shallow branch"}
     expected_counts = {"none": {"none": 11}, "ToMe 0.5, a plan every 5 calls": {"ToMe": 3, "ToMe, kept plan": 8},
                        "DeepCache 3": {"none": 4, "DeepCache shallow branch": 7},
-                       "CA-ToMe 0.3, ca-tome's schedule": {"CA-ToMe": 3, "CA-ToMe, kept plan": 8}}  # calls 0, 7, 10
+                       # ca-tome's schedule plans at calls 0, 7 and 10
+                       "CA-ToMe threshold 0.3, ca-tome's schedule": {"CA-ToMe": 3, "CA-ToMe, kept plan": 8}}
     images = {r["method"]: r for r in table["images"]}
     for method, counts in expected_counts.items():
         assert images[method]["counts"] == counts

@@ -84,8 +84,8 @@ def methods(args) -> list:
     return [Method("none"), Method(f"ToMe {args.tome_ratio:g}", tome=tome),
             Method(f"ToMe {args.tome_ratio:g}, a plan every {args.reuse} calls", tome={**tome, "reuse": args.reuse}),
             Method(f"ToDo {args.todo_factor}", todo=todo),
-            Method(f"CA-ToMe {args.ca_threshold:g}, ca-tome's schedule", tome={"threshold": args.ca_threshold,
-                                                                               "replan_calls": replan_calls()}),
+            Method(f"CA-ToMe threshold {args.ca_threshold:g}, ca-tome's schedule",
+                   tome={"threshold": args.ca_threshold, "replan_calls": replan_calls()}),
             Method(f"DeepCache {args.deepcache_interval}", deep_cache=cache),
             Method(f"DeepCache {args.deepcache_interval} + ToDo {args.todo_factor}", todo=todo, deep_cache=cache),
             Method(f"DeepCache {args.deepcache_interval} + ToMe {args.tome_ratio:g}", tome=tome, deep_cache=cache)]
