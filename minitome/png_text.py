@@ -93,10 +93,10 @@ def parameters_text(args, seed: int, short_hash: str, tome=None, todo=None, deep
     if add_on_hashes.get("ti"):
         fields["TI hashes"] = quoted(", ".join(f"{name}: {h}" for name, h in add_on_hashes["ti"]))
     if tome is not None:
-        merged = "+".join(t for t, on in zip(MERGE_TARGETS, (tome.merge_attn, tome.merge_crossattn, tome.merge_mlp)) if on)
         amount = f"threshold {number(tome.threshold)}" if tome.threshold is not None else f"ratio {number(tome.ratio)}"
-        fields["ToMe"] = quoted(f"{amount}, max_downsample {tome.max_downsample}, sx {tome.sx}, sy {tome.sy}, "
-                                f"use_rand {tome.use_rand}, merge {merged}, seed {tome.seed}, reuse {tome.reuse}")
+        fields["ToMe"] = quoted(f"{amount}, {tome_settings(tome)}")
+    elif hires is not None and hires.tome is not None:  # ToMe on the hires pass only: its ratio is said above
+        fields["ToMe hr"] = quoted(tome_settings(hires.tome))
     if todo is not None:
         fields["ToDo"] = quoted(f"factor {todo.factor}, max_downsample {todo.max_downsample}, until {number(todo.until)}")
     if deep_cache is not None:
@@ -107,6 +107,13 @@ def parameters_text(args, seed: int, short_hash: str, tome=None, todo=None, deep
         fields["Attention"] = args.attention
     lines = [prompt_with_loras(args.prompt, getattr(args, "loras", []))] + ([f"Negative prompt: {args.negative_prompt}"] if args.negative_prompt else [])
     return "\n".join(lines + [", ".join(f"{k}: {v}" for k, v in fields.items())])
+
+
+def tome_settings(tome) -> str:
+    """ToMe's settings other than how much it merges, as the "ToMe" field writes them."""
+    merged = "+".join(t for t, on in zip(MERGE_TARGETS, (tome.merge_attn, tome.merge_crossattn, tome.merge_mlp)) if on)
+    return (f"max_downsample {tome.max_downsample}, sx {tome.sx}, sy {tome.sy}, use_rand {tome.use_rand}, "
+            f"merge {merged}, seed {tome.seed}, reuse {tome.reuse}")
 
 
 FIELD = re.compile(r'\s*([\w][\w \-/]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')  # A1111's: key: value or key: "quoted"
@@ -181,12 +188,13 @@ def flags_from(path: Path) -> list:
             argv += ["--dtype", f["Dtype"]]
         if "Attention" in f:
             argv += ["--attention", f["Attention"]]
-        if "ToMe" in f:
-            t = pairs(f["ToMe"])
-            amount = ["--tome-threshold", t["threshold"]] if "threshold" in t else ["--tome-ratio", t["ratio"]]
-            argv += amount + ["--tome-max-downsample", t["max_downsample"], "--tome-sx", t["sx"], "--tome-sy", t["sy"],
-                              "--tome-merge", t["merge"].replace("+", ","), "--tome-seed", t["seed"],
-                              "--tome-reuse", t["reuse"]] + (["--tome-no-rand"] if t["use_rand"] == "False" else [])
+        if "ToMe" in f or "ToMe hr" in f:
+            t = pairs(f["ToMe"] if "ToMe" in f else f["ToMe hr"])
+            if "ToMe" in f:
+                argv += ["--tome-threshold", t["threshold"]] if "threshold" in t else ["--tome-ratio", t["ratio"]]
+            argv += ["--tome-max-downsample", t["max_downsample"], "--tome-sx", t["sx"], "--tome-sy", t["sy"],
+                     "--tome-merge", t["merge"].replace("+", ","), "--tome-seed", t["seed"],
+                     "--tome-reuse", t["reuse"]] + (["--tome-no-rand"] if t["use_rand"] == "False" else [])
         if "ToDo" in f:
             t = pairs(f["ToDo"])
             argv += ["--todo-factor", t["factor"], "--todo-max-downsample", t["max_downsample"], "--todo-until", t["until"]]

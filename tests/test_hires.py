@@ -68,12 +68,15 @@ def test_hires_matches_the_diffusers_chain(tiny_pipeline, tmp_path, sampler, spa
 def test_a_hires_png_remakes_itself_with_from(single_file, tmp_path):
     base = ["--weights", str(single_file), "--prompt", "a cat", "--steps", "10", "--seed", "3", "--width", "40",
             "--height", "32", "--hires-scale", "1.5", "--hires-steps", "11", "--hires-strength", "0.55",
-            "--hires-upscale", "latent-nearest", "--hires-tome-ratio", "0.3"]
+            "--hires-upscale", "latent-nearest", "--hires-tome-ratio", "0.3", "--tome-seed", "5", "--tome-sx", "4",
+            "--tome-merge", "attn,mlp"]  # ToMe on the second pass only, with settings of its own
     assert main(base + ["--out", str(tmp_path / "a.png")]) == 0
     text = Image.open(tmp_path / "a.png").text["parameters"]
     for field in ("Denoising strength: 0.55", "Hires upscale: 1.5", "Hires steps: 11", "Hires upscaler: Latent (nearest)",
-                  "Token merging ratio hr: 0.3", "Size: 40x32"):
+                  "Token merging ratio hr: 0.3", "Size: 40x32", "ToMe hr: \"max_downsample 1, sx 4, sy 2, use_rand True, "
+                  "merge attn+mlp, seed 5, reuse 1\""):
         assert field in text, field
+    assert "ToMe:" not in text  # the first pass merged nothing
     assert main(["--weights", str(single_file), "--from", str(tmp_path / "a.png"), "--out", str(tmp_path / "b.png")]) == 0
     assert np.array_equal(np.asarray(Image.open(tmp_path / "a.png")), np.asarray(Image.open(tmp_path / "b.png")))
     assert Image.open(tmp_path / "b.png").text["parameters"] == text
