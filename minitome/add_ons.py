@@ -13,6 +13,7 @@ import re
 import sys
 from pathlib import Path
 
+from .checks import regular_file
 from .png_text import lora_tag_in
 
 WEIGHT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")  # a decimal number, as A1111's tags write it
@@ -34,15 +35,6 @@ def weight_of(text: str) -> float:
     return float(text) if WEIGHT.fullmatch(text) and math.isfinite(float(text)) else math.nan
 
 
-def existing(path: str, flag: str) -> Path:
-    p = Path(path)
-    if not p.exists():
-        raise ValueError(f"{flag} {path}: {'a link to nothing (broken, or a loop)' if p.is_symlink() else 'no such file'}")
-    if not p.is_file():
-        raise ValueError(f"{flag} {path}: not a regular file")
-    return p
-
-
 def lora_spec(text: str) -> tuple:
     """--lora PATH[:WEIGHT] → (Path, weight), WEIGHT 1.0 by default and a finite number."""
     path, value = split_spec(text)
@@ -51,7 +43,7 @@ def lora_spec(text: str) -> tuple:
         weight = weight_of(value)
         if not math.isfinite(weight):
             raise ValueError(f"--lora {text}: weight {value!r} is not a finite number")
-    return existing(path, "--lora"), weight
+    return regular_file(path, "--lora"), weight
 
 
 TAG_BREAKERS = set(":<>,")  # what a <lora:name:weight> tag, or the "Lora hashes" list (name: hash, …), cannot hold
@@ -84,7 +76,7 @@ def embedding_spec(text: str) -> tuple:
     path, token = split_spec(text)
     if token is not None and (not token or any(c.isspace() for c in token)):
         raise ValueError(f"--embedding {text}: token {token!r} is empty or holds a space")
-    return existing(path, "--embedding"), token
+    return regular_file(path, "--embedding"), token
 
 
 def file_sha256(path: Path, start: int = 0) -> str:

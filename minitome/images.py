@@ -4,36 +4,35 @@ Where this sits: `python -m minitome.sample` reads `--init-image` here among its
 before any model work, and hands `image_tensor`'s result to `generate(init_image=...)`. What a user expects:
 
 - EXIF orientation applied (a phone's portrait photo is stored on its side, with a tag saying so);
-- grayscale, palette, CMYK and 16- or 32-bit images converted to 8-bit RGB. Pillow's `convert("RGB")` clips a
-  16-bit image's values at 255 (nearly all white), so those are scaled to 8 bits first;
+- grayscale, palette, CMYK and 16- or 32-bit integer images converted to 8-bit RGB. Pillow's `convert("RGB")`
+  clips a 16-bit image's values at 255 (nearly all white), so those are scaled to 8 bits first; a floating-point
+  image is refused, since nothing says whether its white is 1 or 255;
 - transparency composited on white, the way an image viewer shows it over a page;
 - a decompression bomb refused: Pillow raises only above twice its `MAX_IMAGE_PIXELS` (89.5 million pixels)
-  and merely warns between once and twice; both are an error here.
+  and merely warns between once and twice; both are an error here, for `--from`'s PNG too (`opened`).
 
 The tensor is made as diffusers' `VaeImageProcessor` makes it: the size rounded down to a multiple of 8 (or the
 size asked for) with a Lanczos resize, then 8-bit values / 255 in float32, then 2x − 1.
 """
-import stat
 import warnings
-from pathlib import Path
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-
-def check_path(path: Path, flag: str):
-    if not path.exists():
-        raise ValueError(f"{flag} {path}: no such file")
-    if not stat.S_ISREG(path.stat().st_mode):
-        raise ValueError(f"{flag} {path}: not a regular file (a folder, a FIFO or a device)")
+from .checks import regular_file
 
 
 def to_8bit_rgb(image: Image.Image) -> Image.Image:
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):  # 16-bit, 32-bit int or float grayscale
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):  # 16-bit or 32-bit int grayscale
         a = np.asarray(image, dtype=np.float64)
         top = 65535.0 if image.mode.startswith("I;16") or a.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(a / top * 255, 0, 255).round().astype(np.uint8), "L")
+        gray = Image.fromarray(np.clip(a / top * 255, 0, 255).round().astype(np.uint8), "L")
+        if "transparency" in image.info:  # the one gray value that is see-through, kept as an alpha channel
+            alpha = Image.fromarray(np.where(a == image.info["transparency"], 0, 255).astype(np.uint8), "L")
+            gray = Image.merge("LA", (gray, alpha))
+        image = gray
     if image.mode == "P":
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "La", "RGBa") or "transparency" in image.info:
@@ -43,16 +42,15 @@ def to_8bit_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def read_image(path, flag: str = "--init-image") -> Image.Image:
-    """The image at `path` as 8-bit RGB, upright; a ValueError naming the flag and the file otherwise."""
-    path = Path(path)
-    check_path(path, flag)
+@contextmanager
+def opened(path, flag: str):
+    """The image file at `path`, open; what goes wrong while it is read, in one line naming the flag and the file."""
+    path = regular_file(path, flag)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
-                image.load()  # a truncated file fails here, not later
-                return to_8bit_rgb(ImageOps.exif_transpose(image))
+                yield image
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ValueError(f"{flag} {path}: over {Image.MAX_IMAGE_PIXELS:,} pixels, Pillow's limit against "
                          "decompression bombs") from None
@@ -60,6 +58,17 @@ def read_image(path, flag: str = "--init-image") -> Image.Image:
         raise ValueError(f"{flag} {path}: not an image Pillow reads") from None
     except (OSError, SyntaxError, ValueError) as error:  # truncated or corrupt data
         raise ValueError(f"{flag} {path}: a damaged image ({error})") from None
+
+
+def read_image(path, flag: str = "--init-image") -> Image.Image:
+    """The image at `path` as 8-bit RGB, upright; a ValueError naming the flag and the file otherwise."""
+    with opened(path, flag) as image:
+        image.load()  # a truncated file fails here, not later
+        mode, upright = image.mode, ImageOps.exif_transpose(image)
+    if mode == "F":
+        raise ValueError(f"{flag} {path}: a floating-point image, whose values have no agreed range (0 to 1? 0 to "
+                         "255?): save it with 8 or 16 bits")
+    return to_8bit_rgb(upright)
 
 
 def run_size(image: Image.Image, width: int = None, height: int = None, multiple: int = 8) -> tuple:

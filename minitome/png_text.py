@@ -153,12 +153,9 @@ def pairs(value: str) -> dict:
 def flags_from(path: Path) -> list:
     """The command-line flags that remake the image of the PNG at `path`, from its `parameters` text (not the
     weights, the VAE or the output: they are files of this machine). ValueError naming the file otherwise."""
-    from PIL import Image, UnidentifiedImageError
-    try:
-        with Image.open(path) as image:
-            text = image.text.get("parameters") if hasattr(image, "text") else None
-    except (OSError, UnidentifiedImageError) as error:
-        raise ValueError(f"--from {path}: not an image Pillow reads ({error})") from None
+    from .images import opened
+    with opened(path, "--from") as image:  # a FIFO, a bomb or a damaged file: one line
+        text = image.text.get("parameters") if hasattr(image, "text") else None
     if not text:
         raise ValueError(f"--from {path}: no 'parameters' text in it")
     prompt, negative_prompt, f = read_fields(text)

@@ -348,17 +348,26 @@ def test_a_limit_a_message_names_can_be_typed_back_in(single_file, tmp_path, arg
     assert status == 0, lines
 
 
-@pytest.mark.parametrize("what, pattern", [("missing", "--from .*missing.png: not an image Pillow reads"),
+@pytest.mark.parametrize("what, pattern", [("missing", "--from .*missing.png: no such file"),
+                                           ("fifo", "--from .*fifo.png: not a regular file"),  # no wait for a writer
+                                           ("bomb", "--from .*bomb.png: over 1,000 pixels, Pillow's limit against"),
+                                           ("warned bomb", "--from .*warned bomb.png: over 1,000 pixels"),
                                            ("text", "--from .*text.png: not an image Pillow reads"),
                                            ("bare", "--from .*bare.png: no 'parameters' text in it"),
                                            ("garbled", "--from .*garbled.png: its parameters text lacks or garbles a field"),
                                            ("unipc", "--from .*unipc.png: .*Sampler 'UniPC' is not one of PLMS, DDIM, Euler"),
                                            ("vae", r"--from .*vae.png: its image was made with the VAE 'ft-mse' \(hash ")])
-def test_a_png_from_that_cannot_remake_its_image_is_one_line(single_file, tmp_path, what, pattern):
+def test_a_png_from_that_cannot_remake_its_image_is_one_line(single_file, tmp_path, monkeypatch, what, pattern):
     from PIL import Image
     from minitome.output import png_info
     png = tmp_path / f"{what}.png"
-    if what == "text":
+    if what == "fifo":
+        os.mkfifo(png)
+    elif what in ("bomb", "warned bomb"):  # Pillow raises above twice its limit and only warns between once and twice
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+        Image.new("RGB", (50 if what == "bomb" else 30, 50)).save(png, pnginfo=png_info(
+            "a cat\nSteps: 10, Sampler: PLMS, CFG scale: 7.5, Seed: 1, Size: 16x16"))
+    elif what == "text":
         png.write_text("not a picture")
     elif what == "bare":
         Image.new("RGB", (8, 8)).save(png)
@@ -370,7 +379,8 @@ def test_a_png_from_that_cannot_remake_its_image_is_one_line(single_file, tmp_pa
     elif what == "vae":
         Image.new("RGB", (8, 8)).save(png, pnginfo=png_info(
             "a cat\nSteps: 10, Sampler: PLMS, CFG scale: 7.5, Seed: 1, Size: 16x16, VAE: ft-mse, VAE hash: 0123456789"))
-    status, lines = run(["--weights", str(single_file), "--from", str(png), "--out", str(tmp_path / "o" / "x.png")])
+    with finishes_within(60, f"--from {what}"):
+        status, lines = run(["--weights", str(single_file), "--from", str(png), "--out", str(tmp_path / "o" / "x.png")])
     assert_one_line_error(status, lines, pattern)
     assert no_files(tmp_path / "o")
 

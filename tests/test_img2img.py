@@ -132,6 +132,11 @@ def test_images_are_taken_as_their_owner_sees_them(tmp_path):
     clear = Image.new("RGBA", (8, 8), (255, 0, 0, 0))  # fully transparent red: white on a page
     clear.save(tmp_path / "alpha.png")
     assert np.asarray(read_image(tmp_path / "alpha.png")).min() == 255
+    gray16 = np.zeros((8, 8), np.uint16)
+    gray16[:4] = 40000  # the top half gray, the bottom half the 16-bit value the tRNS chunk makes see-through
+    Image.fromarray(gray16).save(tmp_path / "16bit-clear.png", transparency=0)
+    got = np.asarray(read_image(tmp_path / "16bit-clear.png"))
+    assert (got[4:] == 255).all() and (got[:4] == round(40000 / 65535 * 255)).all()
 
 
 @pytest.mark.parametrize("what, pattern", [
@@ -140,6 +145,7 @@ def test_images_are_taken_as_their_owner_sees_them(tmp_path):
     ("fifo", "--init-image .*fifo: not a regular file"),
     ("text", "--init-image .*text.png: not an image Pillow reads"),
     ("truncated", "--init-image .*truncated.png: a damaged image"),
+    ("float", "--init-image .*float.png: a floating-point image, whose values have no agreed range"),
     ("bomb", "--init-image .*bomb.png: over 1,000 pixels, Pillow's limit against decompression bombs"),
     ("warned bomb", "--init-image .*warned bomb.png: over 1,000 pixels"),
     ("strength 0", r"--strength: strength must be in \(0, 1\], got 0.0"),
@@ -161,6 +167,8 @@ def test_bad_init_images_and_strengths_are_one_line(single_file, tmp_path, monke
         extra = ["--init-image", str(init)]
     elif what == "text":
         init.write_text("not a picture")
+    elif what == "float":  # a 32-bit float TIFF, whatever its name: is its white 1.0 or 255?
+        Image.fromarray(np.full((16, 16), 0.5, np.float32)).save(init, format="TIFF")
     elif what == "truncated":
         picture().save(init)
         data = init.read_bytes()
