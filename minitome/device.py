@@ -64,22 +64,28 @@ def available_bytes(device: torch.device):
 
 def estimate_bytes(width: int, height: int, batch: int, guided: bool, attention: str, heads: int,
                    dtype: torch.dtype, decoder_channels: int = 384) -> int:
-    """Peak memory of one sampling run above the loaded weights (see the module's docstring)."""
-    scale = torch.finfo(dtype).bits / 32
+    """Peak memory of one sampling run above the loaded weights (see the module's docstring). In whole numbers
+    throughout: a size or batch typed with hundreds of digits is refused, not overflowed into a float."""
     cells, images = (width // 8) * (height // 8), batch * (2 if guided else 1)
     unet = 23_000 * cells * images
     if attention == "plain":
         unet += 4 * heads * cells ** 2 * images
     decoder = 8 * width * height * decoder_channels
-    return int(scale * max(unet, decoder))
+    return max(unet, decoder) * torch.finfo(dtype).bits // 32
+
+
+def gib(n: int) -> str:
+    """Bytes as GiB to read: 0.8, 12.5, 4,096 (any whole number, however large)."""
+    return f"{n / 2**30:,.1f}" if n < 100 * 2**30 else f"{n // 2**30:,}"
 
 
 def check_fits(width: int, height: int, batch: int, guided: bool, attention: str, heads: int, dtype: torch.dtype,
-               device: torch.device, decoder_channels: int = 384):
-    """A ValueError naming the size and batch when the run needs more memory than `device` has free now."""
+               device: torch.device, decoder_channels: int = 384, size: str = None):
+    """A ValueError naming the size (`size`: what set it, "--width W --height H" by default) and the batch when
+    the run needs more memory than `device` has free now."""
     free = available_bytes(device)
     needed = estimate_bytes(width, height, batch, guided, attention, heads, dtype, decoder_channels)
     if free is not None and needed > free:
-        raise ValueError(f"--width {width} --height {height} --batch {batch}: needs about {needed / 2**30:,.1f} GiB "
-                         f"for its activations, {free / 2**30:,.1f} GiB of {device.type} memory is free now; "
+        raise ValueError(f"{size or f'--width {width} --height {height}'} --batch {batch}: needs about {gib(needed)} "
+                         f"GiB for its activations, {gib(free)} GiB of {device.type} memory is free now; "
                          "use a smaller size or batch")

@@ -107,7 +107,8 @@ def flag_named(check, *args):
         return check(*args)
     except ValueError as error:
         message = str(error)
-        for name, flag in (("ToMe ", "--tome-"), ("ToDo ", "--todo-"), ("DeepCache ", "--deepcache-")):
+        for name, flag in (("ToMe ", "--tome-"), ("ToDo ", "--todo-"), ("DeepCache ", "--deepcache-"),
+                           ("hires ", "--hires-")):
             message = message.replace(name, flag) if message.startswith(name) else message
         raise ValueError(message) from None
 

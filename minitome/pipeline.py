@@ -149,8 +149,21 @@ class HiresConfig:
     tome: object = None
 
     def size(self, width: int, height: int, multiple: int = 8) -> tuple:
-        w, h = int(width * self.scale), int(height * self.scale)
+        try:
+            w, h = int(width * self.scale), int(height * self.scale)
+        except OverflowError:  # past a float's range: no machine's memory holds it anyway
+            raise ValueError(f"hires scale {self.scale!r} makes {width}x{height} larger than a number can say") from None
         return w - w % multiple, h - h % multiple
+
+    @staticmethod
+    def least_scale(width: int, height: int, multiple: int = 8) -> float:
+        """The smallest scale that grows the longer side by one `multiple`: below it, `size` gives the first
+        pass's size back. A number to type back in (the division's rounding is walked up past)."""
+        side = max(width, height)
+        scale = (side + multiple) / side
+        while int(side * scale) < side + multiple:
+            scale = math.nextafter(scale, 2 * scale)
+        return scale
 
 
 UPSCALES = ("latent", "latent-nearest", "lanczos")

@@ -198,9 +198,16 @@ def run(args) -> int:
             check_size(args.width, args.height, vae.scale_factor, ("--width", "--height"))
             if todo is not None:
                 flag_named(todo.check_latent, (args.height // vae.scale_factor, args.width // vae.scale_factor))
-            width, height = hires.size(args.width, args.height, vae.scale_factor) if hires else (args.width, args.height)
+            width, height, size = args.width, args.height, None
+            if hires is not None:  # the second pass's size is the run's largest
+                width, height = flag_named(hires.size, args.width, args.height, vae.scale_factor)
+                size = f"--hires-scale {args.hires_scale!r} ({width}x{height})"
+                if (width, height) == (args.width, args.height):
+                    raise ValueError(f"{size}: the second pass would run at the first's size (each side is rounded "
+                                     f"down to a multiple of {vae.scale_factor}): use at least "
+                                     f"{hires.least_scale(args.width, args.height, vae.scale_factor)!r}")
             check_fits(width, height, args.batch, args.guidance > 1, args.attention, unet.num_heads,
-                       dtype, device, vae.ch * (vae.ch_mult[0] + vae.ch_mult[1]))
+                       dtype, device, vae.ch * (vae.ch_mult[0] + vae.ch_mult[1]), size)
             if deep_cache is not None:
                 flag_named(deep_cache.check_layout, unet)
             # every check passed: the output names are reserved now, before the first tensor is read, so that

@@ -336,6 +336,7 @@ def test_successor_flags_that_would_do_nothing_or_fail_late(single_file, tmp_pat
     (["--steps", "400"], "--steps", r"the nearest leading counts that work: (\d+)"),
     (["--steps", "400"], "--steps", r"the nearest leading counts that work: \d+ or (\d+)"),
     (["--steps", "4", "--sampler", "dpm++2m"], "--steps", r"the nearest leading counts that work: (\d+)"),
+    (["--width", "1000", "--hires-scale", "1.001"], "--hires-scale", r"use at least ([\d.e-]+)"),
 ])
 def test_a_limit_a_message_names_can_be_typed_back_in(single_file, tmp_path, argv, flag, limit):
     """The number a refusal names as the limit is one the program takes, not a rounding of it."""
@@ -389,6 +390,7 @@ def test_a_png_from_that_cannot_remake_its_image_is_one_line(single_file, tmp_pa
 
 @pytest.mark.parametrize("extra", [["--batch", "1000", "--width", "512", "--height", "512"],
                                    ["--batch", "1000000", "--width", "16", "--height", "16"],  # found by the fuzz test
+                                   ["--batch", "1" + "0" * 400], ["--width", "8" + "0" * 400],  # past a float's range
                                    ["--width", "65536", "--height", "65536"], ["--width", "4096", "--height", "4096",
                                                                                "--attention", "plain"]])
 def test_sizes_that_cannot_fit_are_refused_before_sampling(single_file, tmp_path, monkeypatch, extra):

@@ -91,7 +91,10 @@ def test_a_hires_png_remakes_itself_with_from(single_file, tmp_path):
     (["--hires-scale", "2", "--hires-strength", "0"], r"--hires-strength: strength must be in \(0, 1\]"),
     (["--hires-scale", "2", "--hires-steps", "4"], "--hires-steps: 4 steps with leading spacing would start at t = 751"),
     (["--hires-scale", "2", "--hires-tome-ratio", "0.9"], r"--hires-tome-ratio 0.9: .*ratio must be in \[0, 0.75\]"),
-    (["--hires-scale", "4000"], r"--width 64000 --height 64000 --batch 1: needs about"),
+    (["--hires-scale", "4000"], r"--hires-scale 4000.0 \(64000x64000\) --batch 1: needs about [\d,]+ GiB"),
+    (["--hires-scale", "1e308"], r"--hires-scale 1e\+308 makes 16x16 larger than a number can say"),
+    (["--hires-scale", "1.2"], r"--hires-scale 1.2 \(16x16\): the second pass would run at the first's size .* "
+                               r"use at least 1.5$"),
     (["--hires-scale", "2", "--hires-upscale", "bicubic"], "argument --hires-upscale: invalid choice"),
 ])
 def test_bad_hires_flags_are_one_line(single_file, tmp_path, extra, pattern):
