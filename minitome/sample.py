@@ -10,10 +10,12 @@ Where this sits: the command line around `minitome/pipeline.py`. In order, each 
 4. the tensors are read, the PNG metadata (model hash included) is made, then the images are sampled and
    written whole.
 Bad input is one line on stderr and exit status 2, never a traceback and never a file left behind;
-Ctrl-C and SIGTERM remove the reserved files too (exit 130 and 143).
+Ctrl-C and SIGTERM remove the reserved files too (exit 130 and 143), however often they come; a reader of stdout
+that goes away (`| head -1`) loses no image.
 """
 import argparse
 import math
+import os
 import random
 import signal
 import sys
@@ -149,8 +151,13 @@ class Terminated(Exception):
     """SIGTERM, raised where the program is, so that cleaning up runs as for Ctrl-C."""
 
 
-def terminate(signum, frame):
-    raise Terminated()
+def stop(signum, frame):
+    """Ctrl-C or SIGTERM, raised where the program is. Further signals are ignored from here on: a second Ctrl-C
+    must not cut short the removal of what the run reserved (a handler that does nothing: with SIG_IGN, Python
+    would raise for a signal already on its way)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
+    raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
 
 
 def one_line_warnings(message, category, *rest):
@@ -170,14 +177,16 @@ def main(argv=None) -> int:
         args = parse_args(argv)
     except ValueError as error:  # --from: a file that is no image, or has no parameters text
         return fail(f"error: {error}", 2)
-    previous = signal.signal(signal.SIGTERM, terminate)
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)
+                if signal.getsignal(sig) is not signal.SIG_IGN}  # one ignored by who started us stays ignored
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("always")
             warnings.showwarning = one_line_warnings
             return run(args)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def run(args) -> int:
@@ -236,7 +245,7 @@ def run(args) -> int:
                           args.height, args.batch, args.sampler, tome, Progress(steps_run), todo, deep_cache,
                           args.spacing, init, args.strength, hires)
         for i, image in enumerate(images):
-            print(outputs.write(i, image, texts[i]))
+            print_name(outputs.write(i, image, texts[i]))
         finished = True
         return 0
     except (ValueError, WeightsError, OSError) as error:
@@ -254,6 +263,20 @@ def run(args) -> int:
     finally:
         if outputs is not None and not finished:
             outputs.abandon()  # reservations not written and temporary files: nothing half-done is left
+
+
+def print_name(path: Path):
+    """A written file's name on stdout, as the bytes of the name (it need not be UTF-8 text). A reader that stops
+    reading (`| head -1`) stops the names, not the images: stdout goes nowhere from then on."""
+    stream = getattr(sys.stdout, "buffer", None)
+    try:
+        if stream is None:  # a text stream put in its place
+            print(path, flush=True)
+        else:
+            stream.write(os.fsencode(path) + b"\n")
+            stream.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def fail(message: str, status: int) -> int:

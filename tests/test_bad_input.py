@@ -278,8 +278,11 @@ def test_a_bad_sha256_sidecar_is_ignored_with_a_warning_before_sampling(single_f
 SLOW_RUN = ["--prompt", "a cat", "--steps", "999", "--width", "64", "--height", "64"]  # minutes: never done before the signal
 
 
-@pytest.mark.parametrize("sig, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_sigterm_and_ctrl_c_leave_no_file(single_file, tmp_path, sig, status):
+@pytest.mark.parametrize("sig, status, more", [(signal.SIGTERM, 143, []), (signal.SIGINT, 130, []),
+                                               (signal.SIGINT, 130, [signal.SIGINT] * 4 + [signal.SIGTERM])])
+def test_sigterm_and_ctrl_c_leave_no_file(single_file, tmp_path, sig, status, more):
+    """One signal, or a burst (Ctrl-C pressed again and again): the reserved files and folders are removed, in one
+    line, whatever the later signals interrupt."""
     out = tmp_path / "out" / "x.png"
     # SIGINT back to its default in the child: a process started in the background (as CI runs are) inherits
     # SIGINT ignored, and Python then installs no KeyboardInterrupt handler, so Ctrl-C would be lost
@@ -291,10 +294,28 @@ def test_sigterm_and_ctrl_c_leave_no_file(single_file, tmp_path, sig, status):
             break
     assert out.exists() and (tmp_path / "out" / "x-1.png").exists()  # reserved
     child.send_signal(sig)
+    for again in more:
+        child.send_signal(again)
     rest = child.stderr.read()
     assert child.wait(timeout=60) == status
     assert rest.strip().split("\n")[-1] in ("minitome.sample: terminated", "minitome.sample: interrupted")
     assert "Traceback" not in rest and no_files(tmp_path / "out")
+
+
+def test_a_reader_that_stops_reading_loses_no_image(single_file, tmp_path):
+    """`… | head -1`: stdout closes before the names are printed; every image of the batch is still written, and
+    the run ends well. A name that is not UTF-8 is printed as its bytes."""
+    out = os.fsdecode(bytes(tmp_path / "o") + b"/caf\xe9.png")  # a Latin-1 name on a UTF-8 system
+    child = subprocess.Popen([sys.executable, "-m", "minitome.sample", "--weights", str(single_file), *BASE,
+                              "--batch", "3", "--out", out], cwd=ROOT, env={**child_env(), "PYTHONIOENCODING": "utf-8:strict"},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child.stdout.close()  # the reader is gone before the first name
+    err = child.stderr.read().decode()
+    assert child.wait(timeout=300) == 0 and "Traceback" not in err, err
+    assert sorted(os.listdir(bytes(tmp_path / "o"))) == [b"caf\xe9-1.png", b"caf\xe9-2.png", b"caf\xe9.png"]
+    done = subprocess.run([sys.executable, "-m", "minitome.sample", "--weights", str(single_file), *BASE, "--out", out],
+                          cwd=ROOT, env={**child_env(), "PYTHONIOENCODING": "utf-8:strict"}, capture_output=True, timeout=300)
+    assert done.returncode == 0 and done.stdout == bytes(tmp_path / "o") + b"/caf\xe9-3.png\n"
 
 
 def test_a_fifo_as_weights_or_vae_is_refused_without_waiting(single_file, tmp_path):
