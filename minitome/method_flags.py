@@ -87,11 +87,20 @@ def todo_config(args) -> ToDoConfig:
         needs(args, ("todo_max_downsample", "todo_until"), "--todo-factor", "ToDo")
         return None
     todo = ToDoConfig(factor=args.todo_factor, max_downsample=args.todo_max_downsample, until=args.todo_until)
-    calls = unet_calls(args.sampler, args.steps)
-    if todo.calls_on(calls) == 0:
-        raise ValueError(f"--todo-until {args.todo_until:g} turns ToDo on for none of the {calls} UNet calls of "
-                         f"{args.steps} {A1111_NAMES[args.sampler]} steps: use at least {ToDoConfig.least_until(calls)!r}, or leave ToDo off")
+    from_image = getattr(args, "init_image", None) is not None
+    check_todo_calls(todo, args.sampler, args.steps, start_step(args.steps, args.strength) if from_image else 0)
     return todo
+
+
+def check_todo_calls(todo: ToDoConfig, sampler: str, steps: int, start: int = 0, which: str = ""):
+    """ToDo on for at least one UNet call of a pass (`which`: which one, when there are two), counting the calls
+    the pass makes: from an image, only the last steps − start run."""
+    calls = unet_calls(sampler, steps, start)
+    if todo.calls_on(calls) == 0:
+        run = f"{steps} {A1111_NAMES[sampler]} steps" if start == 0 else (
+            f"the last {steps - start} of {steps} {A1111_NAMES[sampler]} steps")
+        raise ValueError(f"--todo-until {todo.until:g} turns ToDo on for none of the {calls} UNet calls of {which}{run}: "
+                         f"use at least {ToDoConfig.least_until(calls)!r}, or leave ToDo off")
 
 
 def deep_cache_config(args) -> DeepCacheConfig:
@@ -136,6 +145,8 @@ def hires_config(args, tome, todo, deep_cache):
         except ValueError as error:
             raise ValueError(f"--hires-tome-ratio {args.hires_tome_ratio!r}: {error}") from None
     check_methods(second, todo, deep_cache)
+    if todo is not None:
+        check_todo_calls(todo, args.sampler, steps, start_step(steps, args.hires_strength), "the hires pass, ")
     return HiresConfig(args.hires_scale, steps, args.hires_strength, args.hires_upscale, second)
 
 

@@ -96,6 +96,9 @@ def test_a_hires_png_remakes_itself_with_from(single_file, tmp_path):
     (["--hires-scale", "1.2"], r"--hires-scale 1.2 \(16x16\): the second pass would run at the first's size .* "
                                r"use at least 1.5$"),
     (["--hires-scale", "2", "--hires-upscale", "bicubic"], "argument --hires-upscale: invalid choice"),
+    (["--hires-scale", "2", "--hires-strength", "0.2", "--todo-factor", "2", "--todo-until", "0.1"],
+     r"--todo-until 0.1 turns ToDo on for none of the 3 UNet calls of the hires pass, the last 2 of 10 PLMS steps: "
+     r"use at least 0.167"),  # the first pass's 11 calls have it on for one
 ])
 def test_bad_hires_flags_are_one_line(single_file, tmp_path, extra, pattern):
     status, lines = run(["--weights", str(single_file), "--prompt", "a cat", "--steps", "10", "--width", "16",

@@ -152,6 +152,8 @@ def test_images_are_taken_as_their_owner_sees_them(tmp_path):
     ("strength 1.5", r"--strength: strength must be in \(0, 1\], got 1.5"),
     ("no step", r"--strength: strength 0.05 of 10 steps leaves no step to run .* at least 0.1"),
     ("strength alone", "--strength needs --init-image"),
+    ("todo on for no call", r"--todo-until 0.1 turns ToDo on for none of the 3 UNet calls of the last 2 of 10 PLMS "
+                            r"steps: use at least 0.167"),  # 11 calls from noise would have it on for one
 ])
 def test_bad_init_images_and_strengths_are_one_line(single_file, tmp_path, monkeypatch, what, pattern):
     import os
@@ -176,6 +178,9 @@ def test_bad_init_images_and_strengths_are_one_line(single_file, tmp_path, monke
     elif what in ("bomb", "warned bomb"):
         monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
         picture(50 if what == "bomb" else 30, 50).save(init)  # 2,500 pixels (an error in Pillow), 1,500 (a warning)
+    elif what == "todo on for no call":
+        picture().save(init)
+        extra += ["--strength", "0.2", "--todo-factor", "2", "--todo-until", "0.1"]
     elif what.startswith("strength") or what == "no step":
         picture().save(init)
         extra += ["--strength", {"strength 0": "0", "strength 1.5": "1.5", "no step": "0.05", "strength alone": "0.5"}[what]]
