@@ -165,7 +165,7 @@ def flags_from(path: Path) -> list:
         raise ValueError(f"--from {path}: its prompt holds {unread!r}, not a <lora:name:weight> tag minitome reads")
     try:
         width, height = f["Size"].split("x")
-        argv = ["--prompt", prompt, "--negative-prompt", negative_prompt, "--steps", f["Steps"],
+        argv = [f"--prompt={prompt}", f"--negative-prompt={negative_prompt}", "--steps", f["Steps"],  # "-fox" too
                 *sampler_flags(f["Sampler"], f.get("Schedule type")), "--guidance", f["CFG scale"], "--seed", f["Seed"],
                 "--width", width, "--height", height]
         if "Batch size" in f:

@@ -158,6 +158,7 @@ def test_png_parameters_and_no_overwrite(single_file, tmp_path, capsys):
     (["--sampler", "dpm++2m", "--spacing", "karras", "--tome-ratio", "0.5"], "Sampler: DPM++ 2M, Schedule type: Karras"),
     (["--sampler", "euler-a", "--spacing", "trailing", "--steps", "4", "--batch", "2"], "Sampler: Euler a, Schedule type: SGM Uniform"),
     (["--sampler", "euler", "--spacing", "linspace", "--deepcache-interval", "2"], "Sampler: Euler, Schedule type: Uniform"),
+    (["--prompt=-cat", "--negative-prompt=--dog"], "-cat\nNegative prompt: --dog\n"),  # prompts that look like flags
 ])
 def test_a_png_remakes_its_image_with_from(single_file, tmp_path, extra, written):
     """A PNG's text holds every value that changes its pixels, each reading back to the same number: --from takes
