@@ -7,11 +7,12 @@ of them, as A1111 writes it: each LoRA as `<lora:name:weight>` at the end of the
 embedding in "TI hashes" (`token: hash`, 12 hex digits of the whole file's sha256). With `--from PNG`,
 `check_from_png` asks for the files the image was made with and takes its weights.
 """
-import hashlib
 import math
 import re
 import sys
 from pathlib import Path
+
+from weights.download import sha256_of
 
 from .checks import regular_file
 from .png_text import lora_tag_in
@@ -79,26 +80,17 @@ def embedding_spec(text: str) -> tuple:
     return regular_file(path, "--embedding"), token
 
 
-def file_sha256(path: Path, start: int = 0) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        f.seek(start)
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def lora_hash(path: Path) -> str:
     """A1111's LoRA hash: the sha256 of the bytes after the safetensors header (8 bytes of length, then the
     header), so that editing the header's metadata keeps the hash; its first 12 hex digits."""
     with open(path, "rb") as f:
         header = int.from_bytes(f.read(8), "little")
-    return file_sha256(path, 8 + header)[:12]
+    return sha256_of(path, 8 + header)[:12]
 
 
 def embedding_hash(path: Path) -> str:
     """A1111's "TI hashes": the first 12 hex digits of the whole file's sha256."""
-    return file_sha256(path)[:12]
+    return sha256_of(path)[:12]
 
 
 def named_pairs(text: str) -> dict:

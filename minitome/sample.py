@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from sampler import SAMPLERS, SPACINGS, start_step
+from weights.download import sha256_of
 from .add_ons import (check_from_png, check_lora_names, check_no_tags, embedding_hash, embedding_spec, lora_hash,
                       lora_spec, split_spec)
 from .checks import check_size
@@ -126,12 +127,14 @@ def check(args):
         check_no_tags(getattr(args, name), f"--{name.replace('_', '-')}")
 
 
-def check_from(args, short_hash: str):
-    """With --from, weights whose hash differs from the image's are said in one line (the image will differ)."""
+def check_from(args, short_hash: str, init_hash: str = ""):
+    """With --from, weights or an init image whose hash differs from the image's are said in one line each (the
+    image will differ)."""
     fields = args.png_fields
-    if "Model hash" in fields and short_hash and fields["Model hash"] != short_hash:
-        print(f"minitome.sample: warning: --from {args.from_png} was made with model hash {fields['Model hash']}, "
-              f"--weights has {short_hash}: the image will differ", file=sys.stderr, flush=True)
+    for field, flag, given in (("Model hash", "--weights", short_hash), ("Init image hash", "--init-image", init_hash)):
+        if field in fields and given and fields[field] != given:
+            print(f"minitome.sample: warning: --from {args.from_png} was made with {field.lower()} {fields[field]}, "
+                  f"{flag} has {given}: the image will differ", file=sys.stderr, flush=True)
 
 
 class Progress:
@@ -231,8 +234,8 @@ def run(args) -> int:
         sd.unet.pack_convolutions()  # float32 on the CPU: convolution weights laid out once (unet/packed_conv.py)
         short_hash = model_hash(Path(args.weights))
         vae_hash = model_hash(Path(args.vae)) if args.vae else ""
-        check_from(args, short_hash)
-        init_hash = model_hash(Path(args.init_image)) if args.init is not None else ""
+        init_hash = sha256_of(Path(args.init_image))[:10] if args.init is not None else ""  # no sidecar: the file's
+        check_from(args, short_hash, init_hash)
         add_on_hashes = {"lora": [(path.stem, lora_hash(path)) for path, _ in args.loras],
                          "ti": [(token_of(path, token), embedding_hash(path)) for path, token in args.embeddings]}
         texts = [parameters_text(args, seed, short_hash, tome, todo, deep_cache, str(dtype).replace("torch.", ""),

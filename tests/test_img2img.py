@@ -193,14 +193,24 @@ def test_bad_init_images_and_strengths_are_one_line(single_file, tmp_path, monke
 
 
 def test_a_png_from_an_image_remakes_itself_with_from(single_file, tmp_path):
+    import hashlib
     picture().save(tmp_path / "init.png")
+    (tmp_path / "init.png.sha256").write_text("0" * 64)  # a sidecar says nothing of an image: its own bytes do
     base = ["--weights", str(single_file), "--init-image", str(tmp_path / "init.png")]
     assert main(base + ["--prompt", "a cat", "--steps", "10", "--seed", "3", "--strength", "0.7000001",
                         "--sampler", "euler-a", "--out", str(tmp_path / "a.png")]) == 0
     text = Image.open(tmp_path / "a.png").text["parameters"]
     assert "Denoising strength: 0.7000001" in text and "Size: 72x56" in text
+    digest = hashlib.sha256((tmp_path / "init.png").read_bytes()).hexdigest()[:10]
+    assert f"Init image hash: {digest}" in text
     assert main(base + ["--from", str(tmp_path / "a.png"), "--out", str(tmp_path / "b.png")]) == 0
     assert np.array_equal(np.asarray(Image.open(tmp_path / "a.png")), np.asarray(Image.open(tmp_path / "b.png")))
+    picture().transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(tmp_path / "other.png")  # another image: said
+    status, lines = run(["--weights", str(single_file), "--from", str(tmp_path / "a.png"), "--init-image",
+                         str(tmp_path / "other.png"), "--out", str(tmp_path / "d.png")])
+    other = hashlib.sha256((tmp_path / "other.png").read_bytes()).hexdigest()[:10]
+    assert status == 0 and f"minitome.sample: warning: --from {tmp_path / 'a.png'} was made with init image hash " \
+        f"{digest}, --init-image has {other}: the image will differ" in lines
     status, lines = run(["--weights", str(single_file), "--from", str(tmp_path / "a.png"), "--out", str(tmp_path / "c.png")])
     assert_one_line_error(status, lines, r"--from .*a.png: its image was made from an init image \(hash \w+\): "
                                          "give it with --init-image PATH")

@@ -63,9 +63,11 @@ OFFICIAL = [
 ]
 
 
-def sha256_of(path: Path) -> str:
+def sha256_of(path: Path, start: int = 0) -> str:
+    """The sha256 of the file's bytes from `start` on, as hex."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
+        f.seek(start)
         for chunk in iter(lambda: f.read(1 << 24), b""):
             digest.update(chunk)
     return digest.hexdigest()
