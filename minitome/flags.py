@@ -8,18 +8,28 @@ import argparse
 import os
 from pathlib import Path
 
-from sampler import check_spacing, check_steps
+from sampler import check_count, check_spacing, check_steps, start_step
 
 
-def check_steps_flag(steps: int, flag: str, sampler: str = "plms", spacing: str = "leading"):
-    """The sampler, spacing and step count (`sampler/spacing.py`), each message naming the flag at fault."""
+def check_steps_flag(steps: int, flag: str, sampler: str = "plms", spacing: str = "leading", strength: float = None,
+                     strength_flag: str = "--strength") -> int:
+    """The sampler, spacing, step count and, for a run from an image, its strength (`sampler/`), each message
+    naming the flag at fault. Returns the step a run from an image starts at (None from pure noise)."""
     try:
         check_spacing(sampler, spacing)
     except ValueError as error:
         flag_of = "--spacing" if str(error).startswith(("karras", "spacing")) else "--sampler"
         raise ValueError(f"{flag_of}: {error}") from None
+    named(flag, check_count, steps)
+    start = named(strength_flag, start_step, steps, strength) if strength is not None else None
+    named(flag, check_steps, steps, sampler, spacing, start)
+    return start
+
+
+def named(flag: str, check, *values):
+    """check(*values), its ValueError's message after the flag's name."""
     try:
-        check_steps(steps, sampler, spacing)
+        return check(*values)
     except ValueError as error:
         raise ValueError(f"{flag}: {error}") from None
 

@@ -130,11 +130,7 @@ def hires_config(args, tome, todo, deep_cache):
     if not math.isfinite(args.hires_scale) or args.hires_scale <= 1:
         raise ValueError(f"--hires-scale must be a number > 1 (the second pass's size over the first's), got {args.hires_scale}")
     steps = args.hires_steps if args.hires_steps is not None else args.steps
-    check_steps_flag(steps, "--hires-steps", args.sampler, args.spacing)
-    try:
-        start_step(steps, args.hires_strength)
-    except ValueError as error:
-        raise ValueError(f"--hires-strength: {error}") from None
+    start = check_steps_flag(steps, "--hires-steps", args.sampler, args.spacing, args.hires_strength, "--hires-strength")
     if args.hires_tome_ratio is None:
         second = tome
     elif args.hires_tome_ratio == 0:
@@ -146,7 +142,7 @@ def hires_config(args, tome, todo, deep_cache):
             raise ValueError(f"--hires-tome-ratio {args.hires_tome_ratio!r}: {error}") from None
     check_methods(second, todo, deep_cache)
     if todo is not None:
-        check_todo_calls(todo, args.sampler, steps, start_step(steps, args.hires_strength), "the hires pass, ")
+        check_todo_calls(todo, args.sampler, steps, start, "the hires pass, ")
     return HiresConfig(args.hires_scale, steps, args.hires_strength, args.hires_upscale, second)
 
 

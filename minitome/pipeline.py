@@ -75,8 +75,9 @@ def sample_latents(sd, prompt: str, negative_prompt: str = "", steps: int = 50, 
     if init_latents is not None:
         height, width = (n * sd.vae.config.scale_factor for n in init_latents.shape[-2:])
     check_image_size(sd, width, height)
-    check_sampler(sampler, spacing, steps)
-    start = start_step(steps, strength) if init_image is not None or init_latents is not None else 0
+    start = start_step(steps, strength) if init_image is not None or init_latents is not None else None
+    check_sampler(sampler, spacing, steps, start)  # from an image, only the steps it runs must lie in the table
+    start = start or 0
     if not math.isfinite(guidance):
         raise ValueError(f"guidance must be a finite number, got {guidance}")
     if callable(tome) and todo is not None:  # a ToMe schedule beside ToDo: each call's config, before any work

@@ -60,8 +60,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "else the token its file names, else the file's stem; repeat for several")
     p.add_argument("--prompt", required=not from_png)
     p.add_argument("--negative-prompt", default="")
-    p.add_argument("--steps", type=int, default=50, help="sampler steps: 1 to 1000 with trailing spacing (leading "
-                   "refuses counts that start far below t = 999, see README)")
+    p.add_argument("--steps", type=int, default=50, help="sampler steps: 1 to 1000 with trailing spacing (from pure "
+                   "noise, leading refuses counts that start far below t = 999, see README)")
     p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (≤ 1: off)")
     p.add_argument("--seed", type=int, help="0 ≤ seed < 2⁶⁴; default: random, and printed")
     p.add_argument("--width", type=int, default=512)
@@ -87,7 +87,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def check(args):
     """Every flag, before anything is read or written; a ValueError names the flag."""
-    check_steps_flag(args.steps, "--steps", args.sampler, args.spacing)
+    check_steps_flag(args.steps, "--steps", args.sampler, args.spacing,
+                     args.strength if args.init_image is not None else None)
     args.init = None
     if args.init_image is None:
         if "Init image hash" in args.png_fields:
@@ -96,10 +97,6 @@ def check(args):
         if "strength" in args.given:
             raise ValueError("--strength needs --init-image (it says how much of the image's noise is redrawn)")
     else:
-        try:
-            start_step(args.steps, args.strength)
-        except ValueError as error:
-            raise ValueError(f"--strength: {error}") from None
         args.init = read_image(args.init_image)
         args.width, args.height = run_size(args.init, args.width if "width" in args.given else None,
                                            args.height if "height" in args.given else None)

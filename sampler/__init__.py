@@ -10,19 +10,20 @@ from .ddim import ddim_sample
 from .dpm import dpmpp_2m_sample
 from .euler import euler_ancestral_sample, euler_sample
 from .plms import plms_sample
-from .spacing import SPACINGS, check_spacing, check_steps, spacing_of
+from .spacing import SPACINGS, check_count, check_spacing, check_steps, spacing_of
 
 SAMPLERS = {"plms": plms_sample, "ddim": ddim_sample, "euler": euler_sample, "euler-a": euler_ancestral_sample,
             "dpm++2m": dpmpp_2m_sample}
 A1111_NAMES = {"plms": "PLMS", "ddim": "DDIM", "euler": "Euler", "euler-a": "Euler a", "dpm++2m": "DPM++ 2M"}
 
 
-def check_sampler(sampler: str, spacing: str = "leading", steps: int = None):
-    """A sampler and spacing that run together (and, given, a step count they space well): a ValueError otherwise."""
+def check_sampler(sampler: str, spacing: str = "leading", steps: int = None, start: int = None):
+    """A sampler and spacing that run together (and, given, a step count they space well, for a run from pure
+    noise, or from an image from step `start` on): a ValueError otherwise."""
     if steps is None:
         check_spacing(sampler, spacing)
     else:
-        check_steps(steps, sampler, spacing)  # which checks the pair first
+        check_steps(steps, sampler, spacing, start)  # which checks the pair first
 
 
 def unet_calls(sampler: str, steps: int, start: int = 0) -> int:
@@ -42,6 +43,7 @@ def start_step(steps: int, strength: float) -> int:
     """Where a run from an image starts, as diffusers' img2img picks it: the last int(steps · strength) of the
     steps run (the strength is the share of the schedule's noise put back on the image). A ValueError when
     that leaves no step, or the strength is not in (0, 1]."""
+    check_count(steps)
     if not 0 < strength <= 1:
         raise ValueError(f"strength must be in (0, 1], got {strength}")
     run = min(int(steps * strength), steps)
@@ -53,6 +55,7 @@ def start_step(steps: int, strength: float) -> int:
     return steps - run
 
 
-__all__ = ["A1111_NAMES", "SAMPLERS", "SPACINGS", "call_timesteps", "check_sampler", "check_spacing", "check_steps",
+__all__ = ["A1111_NAMES", "SAMPLERS", "SPACINGS", "call_timesteps", "check_count", "check_sampler", "check_spacing",
+           "check_steps",
            "start_step", "ddim_sample",
            "dpmpp_2m_sample", "euler_ancestral_sample", "euler_sample", "plms_sample", "spacing_of", "unet_calls"]

@@ -114,7 +114,15 @@ def check_spacing(sampler: str, spacing: str):
         raise ValueError(f"karras spacing works with {' and '.join(KARRAS)}, not {sampler}: {why}")
 
 
-def check_steps(steps: int, sampler: str = "plms", spacing: str = "leading"):
+def check_count(steps: int):
+    """A whole number of steps that fits on the schedule's 1000 timesteps, or a ValueError."""
+    whole_number(steps, 1, "steps")
+    if steps > MAX_STEPS:
+        raise ValueError(f"{steps} steps do not fit on the {NUM_TRAIN_TIMESTEPS} timesteps of the schedule: "
+                         f"use at most {MAX_STEPS}")
+
+
+def check_steps(steps: int, sampler: str = "plms", spacing: str = "leading", start: int = None):
     """A step count whose schedule starts near the top, or a ValueError naming what would work.
 
     Sampling starts from pure noise, so the first step must be told a t near 999. A leading schedule starts at
@@ -122,12 +130,20 @@ def check_steps(steps: int, sampler: str = "plms", spacing: str = "leading"):
     from 1000 steps on; linspace starts at t = 0 for one step (except DPM's). Those runs would denoise pure noise
     as if it were a half-clean latent (diffusers' schedulers take them and give a poor image). Trailing spacing
     starts every count from 1 to 1000 at t = 999.
+
+    A run from an image (`start`: the step it begins at, `start_step`'s) puts on the image the noise of its first
+    timestep, whatever that is, so any count whose steps from `start` on lie in the table (t <= 999) is a good run.
     """
     check_spacing(sampler, spacing)
-    whole_number(steps, 1, "steps")
-    if steps > MAX_STEPS:
-        raise ValueError(f"{steps} steps do not fit on the {NUM_TRAIN_TIMESTEPS} timesteps of the schedule: "
-                         f"use at most {MAX_STEPS}")
+    check_count(steps)
+    if start is not None:
+        if whole_number(start, 0, "start") >= steps:
+            raise ValueError(f"start {start} leaves none of the {steps} steps to run")
+        first = spacing_of(sampler, steps, spacing).timesteps[start]
+        if first < NUM_TRAIN_TIMESTEPS:
+            return
+        raise ValueError(f"{steps} steps with {spacing} spacing begin at t = {first:g}, past the schedule's last "
+                         f"timestep {NUM_TRAIN_TIMESTEPS - 1}: use a strength below 1, or another count or spacing")
     first = first_timestep(sampler, steps, spacing)
     if MIN_FIRST_TIMESTEP <= first < NUM_TRAIN_TIMESTEPS:
         return

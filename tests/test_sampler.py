@@ -200,6 +200,27 @@ def test_leading_refuses_counts_that_start_low_and_names_trailing(sampler):
     print(f"{sampler}: leading refuses {len(refused)} of the counts 1 to 1000, from {refused[:12]} …")
 
 
+@pytest.mark.parametrize("sampler, spacing", RUNS)
+def test_a_run_from_an_image_takes_every_count_whose_steps_lie_in_the_table(sampler, spacing):
+    """From an image the first step's noise is put on the image at whatever timestep it is, so the pure-noise
+    rule does not apply: a count is refused only where diffusers' own schedule, from the start step on, leaves
+    the table (t > 999: leading at 1000 steps, DPM's at 999)."""
+    scheduler = reference_scheduler(sampler, spacing)
+    for steps in [*range(1, 1001, 37), 998, 999, 1000]:
+        scheduler.set_timesteps(steps)
+        ts = [float(t) for t in scheduler.timesteps]
+        ts = ts[:1] + ts[2:] if sampler == "plms" and len(ts) > 1 else ts  # PNDM's warm-up repeats its second
+        for start in sorted({0, 1, steps // 2, steps - 1} - {steps}):
+            past = ts[start] > 999
+            try:
+                check_steps(steps, sampler, spacing, start)
+                assert not past, (steps, start, ts[start])
+            except ValueError as error:
+                assert past and "past the schedule's last timestep 999" in str(error), (steps, start, error)
+    with pytest.raises(ValueError, match="start 5 leaves none of the 5 steps to run"):
+        check_steps(5, sampler, spacing, 5)
+
+
 def test_sampler_and_spacing_that_do_not_run_together_are_refused():
     from sampler.spacing import SAMPLER_NAMES
     assert tuple(SAMPLERS) == SAMPLER_NAMES
