@@ -119,9 +119,16 @@ def tome_settings(tome) -> str:
 FIELD = re.compile(r'\s*([\w][\w \-/]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')  # A1111's: key: value or key: "quoted"
 
 
+WHOLE_NUMBERS = ("Steps", "Seed", "Hires steps", "Batch size", "Batch pos")
+NUMBERS = ("CFG scale", "Denoising strength", "Hires denoising strength", "Hires upscale", "Token merging ratio",
+           "Token merging ratio hr")
+DECIMAL = r"[+-]?(\d{1,30}(\.\d*)?|\.\d+)([eE][+-]?\d{1,4})?"
+
+
 def read_fields(text: str) -> tuple:
-    """(prompt, negative prompt, {field: value}) from a `parameters` chunk; the settings are its last line."""
-    *lines, settings = text.split("\n")
+    """(prompt, negative prompt, {field: value}) from a `parameters` chunk; the settings are its last line (a
+    ValueError for a quoted value that is not JSON)."""
+    *lines, settings = text.replace("\r\n", "\n").rstrip("\n").split("\n")  # an editor's line endings too
     negative = [i for i, line in enumerate(lines) if line.startswith("Negative prompt: ")]
     prompt = "\n".join(lines[:negative[0]] if negative else lines)
     negative_prompt = "\n".join(lines[negative[0]:])[len("Negative prompt: "):] if negative else ""
@@ -158,7 +165,14 @@ def flags_from(path: Path) -> list:
         text = image.text.get("parameters") if hasattr(image, "text") else None
     if not text:
         raise ValueError(f"--from {path}: no 'parameters' text in it")
-    prompt, negative_prompt, f = read_fields(text)
+    try:
+        prompt, negative_prompt, f = read_fields(text)
+    except ValueError as error:
+        raise ValueError(f"--from {path}: its parameters text quotes a value that is not a JSON string ({error})") from None
+    bad = [f"{key} {f[key]!r}" for key in WHOLE_NUMBERS if key in f and not re.fullmatch(r"\d{1,30}", f[key])]
+    bad += [f"{key} {f[key]!r}" for key in NUMBERS if key in f and not re.fullmatch(DECIMAL, f[key])]
+    if bad:
+        raise ValueError(f"--from {path}: its parameters text has {', '.join(bad)}, not numbers as they are written")
     prompt, f["lora tags"] = split_loras(prompt)  # the LoRAs' <lora:name:weight>: not words of the prompt
     unread = lora_tag_in(prompt)
     if unread is not None:
@@ -173,8 +187,10 @@ def flags_from(path: Path) -> list:
         if "Hires upscale" in f:
             upscalers = {v: k for k, v in UPSCALERS.items()}
             strength = f["Hires denoising strength"] if "Init image hash" in f else f["Denoising strength"]
-            argv += ["--hires-scale", f["Hires upscale"], "--hires-steps", f["Hires steps"], "--hires-strength", strength,
+            argv += ["--hires-scale", f["Hires upscale"], "--hires-strength", strength,
                      "--hires-upscale", upscalers[f["Hires upscaler"]]]
+            if "Hires steps" in f:  # A1111 leaves it out at 0: the first pass's count
+                argv += ["--hires-steps", f["Hires steps"]]
             if "Token merging ratio hr" in f:
                 argv += ["--hires-tome-ratio", f["Token merging ratio hr"]]
         if "Denoising strength" in f and ("Hires upscale" not in f or "Init image hash" in f):

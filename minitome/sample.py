@@ -90,16 +90,27 @@ def check(args):
     check_steps_flag(args.steps, "--steps", args.sampler, args.spacing,
                      args.strength if args.init_image is not None else None)
     args.init = None
+    fields = args.png_fields
     if args.init_image is None:
-        if "Init image hash" in args.png_fields:
-            raise ValueError(f"--from {args.from_png}: its image was made from an init image (hash "
-                             f"{args.png_fields['Init image hash']}): give it with --init-image PATH")
+        if "Init image hash" in fields or ("Denoising strength" in fields and "Hires upscale" not in fields):
+            made_from = f"hash {fields['Init image hash']}" if "Init image hash" in fields else (
+                f"denoising strength {fields['Denoising strength']}")  # A1111's img2img writes no hash
+            raise ValueError(f"--from {args.from_png}: its image was made from an init image ({made_from}): give it "
+                             "with --init-image PATH")
         if "strength" in args.given:
             raise ValueError("--strength needs --init-image (it says how much of the image's noise is redrawn)")
     else:
         args.init = read_image(args.init_image)
-        args.width, args.height = run_size(args.init, args.width if "width" in args.given else None,
-                                           args.height if "height" in args.given else None)
+        width, height = (getattr(args, side) if side in args.given else None for side in ("width", "height"))
+        args.width, args.height = run_size(args.init, width, height)
+        if width is None or height is None:  # a size the image set: its own name in what refuses it
+            args.size = f"--init-image {args.init_image} ({args.width}x{args.height})"
+            if args.width <= 0 or args.height <= 0:
+                raise ValueError(f"{args.size}: smaller than 8 pixels on a side, give --width and --height")
+    if "Token merging ratio" in fields and "ToMe" not in fields:
+        print(f"minitome.sample: warning: --from {args.from_png}: its 'Token merging ratio: "
+              f"{fields['Token merging ratio']}' is A1111's ToMe, whose other settings the text does not hold: not "
+              "applied; add --tome-ratio to merge", file=sys.stderr, flush=True)
     loras = [(*lora_spec(text), split_spec(text)[1] is not None) for text in args.lora]
     check_lora_names(loras)
     embeddings = [embedding_spec(text) for text in args.embedding]
@@ -207,7 +218,7 @@ def run(args) -> int:
             check_size(args.width, args.height, vae.scale_factor, ("--width", "--height"))
             if todo is not None:
                 flag_named(todo.check_latent, (args.height // vae.scale_factor, args.width // vae.scale_factor))
-            width, height, size = args.width, args.height, None
+            width, height, size = args.width, args.height, getattr(args, "size", None)
             if hires is not None:  # the second pass's size is the run's largest
                 width, height = flag_named(hires.size, args.width, args.height, vae.scale_factor)
                 size = f"--hires-scale {args.hires_scale!r} ({width}x{height})"

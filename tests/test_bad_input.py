@@ -378,7 +378,13 @@ def test_a_limit_a_message_names_can_be_typed_back_in(single_file, tmp_path, arg
                                            ("bare", "--from .*bare.png: no 'parameters' text in it"),
                                            ("garbled", "--from .*garbled.png: its parameters text lacks or garbles a field"),
                                            ("unipc", "--from .*unipc.png: .*Sampler 'UniPC' is not one of PLMS, DDIM, Euler"),
-                                           ("vae", r"--from .*vae.png: its image was made with the VAE 'ft-mse' \(hash ")])
+                                           ("vae", r"--from .*vae.png: its image was made with the VAE 'ft-mse' \(hash "),
+                                           ("escape", r"--from .*escape.png: its parameters text quotes a value that is "
+                                                      r"not a JSON string \(Invalid \\escape"),
+                                           ("float steps", r"--from .*steps.png: its parameters text has Steps '10.0', "
+                                                           r"Seed '1e3', not numbers as they are written$"),
+                                           ("a1111 img2img", r"--from .*img2img.png: its image was made from an init "
+                                                             r"image \(denoising strength 0.75\): give it with --init-image")])
 def test_a_png_from_that_cannot_remake_its_image_is_one_line(single_file, tmp_path, monkeypatch, what, pattern):
     from PIL import Image
     from minitome.output import png_info
@@ -398,6 +404,11 @@ def test_a_png_from_that_cannot_remake_its_image_is_one_line(single_file, tmp_pa
     elif what == "unipc":
         Image.new("RGB", (8, 8)).save(png, pnginfo=png_info(
             "a cat\nSteps: 10, Sampler: UniPC, CFG scale: 7.5, Seed: 1, Size: 16x16"))
+    elif what in ("escape", "float steps", "a1111 img2img"):
+        settings = {"escape": 'Steps: 10, Sampler: PLMS, CFG scale: 7.5, Seed: 1, Size: 16x16, Model: "C:\\models\\x"',
+                    "float steps": "Steps: 10.0, Sampler: PLMS, CFG scale: 7.5, Seed: 1e3, Size: 16x16",
+                    "a1111 img2img": "Steps: 10, Sampler: PLMS, CFG scale: 7.5, Seed: 1, Size: 16x16, Denoising strength: 0.75"}
+        Image.new("RGB", (8, 8)).save(png, pnginfo=png_info("a cat\n" + settings[what]))
     elif what == "vae":
         Image.new("RGB", (8, 8)).save(png, pnginfo=png_info(
             "a cat\nSteps: 10, Sampler: PLMS, CFG scale: 7.5, Seed: 1, Size: 16x16, VAE: ft-mse, VAE hash: 0123456789"))
@@ -405,6 +416,20 @@ def test_a_png_from_that_cannot_remake_its_image_is_one_line(single_file, tmp_pa
         status, lines = run(["--weights", str(single_file), "--from", str(png), "--out", str(tmp_path / "o" / "x.png")])
     assert_one_line_error(status, lines, pattern)
     assert no_files(tmp_path / "o")
+
+
+def test_a1111s_own_tome_ratio_is_said_not_applied(single_file, tmp_path):
+    """A1111's "Token merging ratio" is its ToMe, whose other settings its text does not hold: the run goes on
+    without it, and says so in one line (not a silent fallback)."""
+    from PIL import Image
+    from minitome.output import png_info
+    png = tmp_path / "a1111.png"
+    Image.new("RGB", (8, 8)).save(png, pnginfo=png_info(
+        "a cat\nSteps: 10, Sampler: DDIM, CFG scale: 7, Seed: 1, Size: 16x16, Token merging ratio: 0.5"))
+    status, lines = run(["--weights", str(single_file), "--from", str(png), "--out", str(tmp_path / "x.png")])
+    assert status == 0 and f"minitome.sample: warning: --from {png}: its 'Token merging ratio: 0.5' is A1111's ToMe, " \
+        "whose other settings the text does not hold: not applied; add --tome-ratio to merge" in lines
+    assert "ToMe" not in Image.open(tmp_path / "x.png").text["parameters"]
 
 
 # ---- 5. large sizes fail early, in one line ----

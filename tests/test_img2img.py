@@ -147,6 +147,7 @@ def test_images_are_taken_as_their_owner_sees_them(tmp_path):
     ("text", "--init-image .*text.png: not an image Pillow reads"),
     ("truncated", "--init-image .*truncated.png: a damaged image"),
     ("float", "--init-image .*float.png: a floating-point image, whose values have no agreed range"),
+    ("tiny", r"--init-image .*tiny.png \(0x16\): smaller than 8 pixels on a side, give --width and --height"),
     ("bomb", "--init-image .*bomb.png: over 1,000 pixels, Pillow's limit against decompression bombs"),
     ("warned bomb", "--init-image .*warned bomb.png: over 1,000 pixels"),
     ("strength 0", r"--strength: strength must be in \(0, 1\], got 0.0"),
@@ -172,6 +173,8 @@ def test_bad_init_images_and_strengths_are_one_line(single_file, tmp_path, monke
         init.write_text("not a picture")
     elif what == "float":  # a 32-bit float TIFF, whatever its name: is its white 1.0 or 255?
         Image.fromarray(np.full((16, 16), 0.5, np.float32)).save(init, format="TIFF")
+    elif what == "tiny":
+        picture(7, 16).save(init)
     elif what == "truncated":
         picture().save(init)
         data = init.read_bytes()

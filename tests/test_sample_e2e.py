@@ -190,6 +190,20 @@ def test_from_reads_a1111s_sampler_names(tmp_path, written, sampler, spacing):
     assert argv[argv.index("--sampler") + 1] == sampler and argv[argv.index("--spacing") + 1] == spacing
 
 
+def test_from_reads_a1111s_texts_as_a1111_writes_them(tmp_path):
+    """A1111 leaves "Hires steps" out at 0 (the first pass's count), and an editor may add CRLF line endings and a
+    last newline: the text still reads, to the same flags."""
+    from minitome.output import png_info
+    from minitome.png_text import flags_from
+    png = tmp_path / "a1111.png"
+    text = ("a cat\r\nNegative prompt: dog\r\nSteps: 20, Sampler: DDIM, CFG scale: 7, Seed: 1, Size: 512x512, "
+            "Denoising strength: 0.5, Hires upscale: 2, Hires upscaler: Latent\r\n")
+    Image.new("RGB", (8, 8)).save(png, pnginfo=png_info(text))
+    argv, _ = flags_from(png)
+    assert argv[:2] == ["--prompt=a cat", "--negative-prompt=dog"] and "--hires-steps" not in argv
+    assert argv[argv.index("--hires-scale") + 1] == "2" and argv[argv.index("--seed") + 1] == "1"
+
+
 @pytest.mark.parametrize("tag", ["<lora:good>", "<lora:good:0.5:1>", "<lora:good:>", "<LORA:good:0.5:1>"])
 def test_from_refuses_a_lora_tag_it_cannot_read(tmp_path, tag):
     """A tag that is not <lora:name:weight> would stay in the prompt as words and the LoRA be lost: refused."""
