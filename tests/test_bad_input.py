@@ -279,7 +279,7 @@ SLOW_RUN = ["--prompt", "a cat", "--steps", "999", "--width", "64", "--height", 
 
 
 @pytest.mark.parametrize("sig, status, more", [(signal.SIGTERM, 143, []), (signal.SIGINT, 130, []),
-                                               (signal.SIGINT, 130, [signal.SIGINT] * 4 + [signal.SIGTERM])])
+                                               (signal.SIGINT, 130, [signal.SIGINT] * 5), (signal.SIGTERM, 143, [signal.SIGTERM] * 5)])
 def test_sigterm_and_ctrl_c_leave_no_file(single_file, tmp_path, sig, status, more):
     """One signal, or a burst (Ctrl-C pressed again and again): the reserved files and folders are removed, in one
     line, whatever the later signals interrupt."""
