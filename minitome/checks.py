@@ -3,6 +3,7 @@
 Each raises a one-line ValueError naming the argument; the command lines map those names to their flags
 (minitome/flags.py), so a check lives once, where the knowledge of the value lives.
 """
+import numbers
 from pathlib import Path
 
 
@@ -18,10 +19,24 @@ def regular_file(path, name: str) -> Path:
 
 
 def whole_number(value, low: int, name: str) -> int:
-    """value, when it is an int (not a bool) >= low."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    """value as an int, when it is a whole number (an int or numpy's, not a bool) >= low."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
         raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
-    return value
+    return int(value)
+
+
+def real_number(value, name: str) -> float:
+    """value as a float, when it is a real number (a float, an int or numpy's; not a bool, a string or a tensor)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    return float(value)
+
+
+def check_seed(seed, name: str = "seed") -> int:
+    """A seed torch.Generator takes: a whole number in [0, 2⁶⁴)."""
+    if whole_number(seed, 0, name) >= 2 ** 64:
+        raise ValueError(f"{name} must be below 2^64, got {seed!r}")
+    return int(seed)
 
 
 def check_size(width: int, height: int, factor: int = 8, names=("width", "height")):

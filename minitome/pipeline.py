@@ -23,7 +23,7 @@ from PIL import Image
 
 from sampler import SAMPLERS, call_timesteps, check_sampler, start_step, unet_calls
 from unet import UNetModel
-from .checks import check_size
+from .checks import check_seed, check_size, real_number, whole_number
 from .clip import CLIPTextModel
 from .deepcache import DeepCacheConfig
 from .run import Run, check_methods
@@ -78,11 +78,18 @@ def sample_latents(sd, prompt: str, negative_prompt: str = "", steps: int = 50, 
     start = start_step(steps, strength) if init_image is not None or init_latents is not None else None
     check_sampler(sampler, spacing, steps, start)  # from an image, only the steps it runs must lie in the table
     start = start or 0
-    if not math.isfinite(guidance):
+    if not math.isfinite(real_number(guidance, "guidance")):
         raise ValueError(f"guidance must be a finite number, got {guidance}")
+    check_seed(seed), whole_number(batch, 1, "batch")
+    check_methods(None if callable(tome) else tome, todo, deep_cache)
     if callable(tome) and todo is not None:  # a ToMe schedule beside ToDo: each call's config, before any work
         for t in call_timesteps(sampler, steps, spacing, start):
             check_methods(tome(t), todo, deep_cache)
+    for name, given, channels in (("init_image", init_image, 3), ("init_latents", init_latents, 4)):
+        if given is not None and (given.dim() != 4 or given.shape[1] != channels or given.shape[0] not in (1, batch)):
+            raise ValueError(f"{name} must be (1 or batch = {batch}, {channels}, height, width), got {tuple(given.shape)}")
+        if given is not None and not torch.isfinite(given).all():
+            raise ValueError(f"{name} holds values that are not finite (NaN or infinity)")
     unet = sd.unet
     device, dtype = next(unet.parameters()).device, next(unet.parameters()).dtype
     guided = guidance > 1

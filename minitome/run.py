@@ -34,7 +34,13 @@ def check_methods(tome: ToMeConfig = None, todo: ToDoConfig = None, deep_cache: 
     ToDo (factor > 1) both change self-attention's tokens, and one would undo the other's saving. ToMe
     merging only cross-attention or the MLP runs beside ToDo. DeepCache skips the deep blocks on some calls,
     which composes with anything the blocks do (the blocks that run keep their own plans).
+    A TypeError for what is not a config (`tome=0.5`: the ratio goes in `ToMeConfig(ratio=0.5)`).
     """
+    for value, kind, name, example in ((tome, ToMeConfig, "tome", "ratio"), (todo, ToDoConfig, "todo", "factor"),
+                                       (deep_cache, DeepCacheConfig, "deep_cache", "interval")):
+        if value is not None and not isinstance(value, kind):
+            raise TypeError(f"{name} must be a {kind.__name__} or None, got {value!r}: e.g. "
+                            f"{kind.__name__}({example}={value!r})")
     if tome is not None and tome.merge_attn and todo is not None and todo.factor > 1:
         raise ValueError("ToMe's self-attention merging (--tome-merge attn) and ToDo (--todo-factor) both change "
                          "self-attention's tokens: use one of them, or merge only crossattn or mlp beside ToDo")
@@ -81,15 +87,20 @@ class Run:
     kept: dict = field(default_factory=dict)          # ToMeConfig → {block place → Plan}
     tome_calls: dict = field(default_factory=dict)    # ToMeConfig → calls made with it (its planning clock)
     cache: DeepCache = None
+    shape: tuple = None                               # the latent's (B, C, H, W) that the kept state belongs to
 
     def __post_init__(self):
-        if not callable(self.tome):
-            check_methods(self.tome, self.todo, self.deep_cache)
+        check_methods(None if callable(self.tome) else self.tome, self.todo, self.deep_cache)  # a schedule: per call
         if self.deep_cache is not None:
             self.cache = DeepCache(self.deep_cache)
 
     def begin(self, t, latent: torch.Tensor) -> Call:
         """Called once at the start of each UNet call, with its timestep and latent (B, C, H, W)."""
+        if tuple(latent.shape) != self.shape:  # kept plans and deep features fit one latent shape: another starts afresh
+            self.shape = tuple(latent.shape)
+            self.kept.clear()
+            if self.cache is not None:
+                self.cache.features = None
         tome = self.tome(torch.as_tensor(t).flatten()[0].item()) if callable(self.tome) else self.tome
         if self.todo is not None:
             self.todo.check_latent(tuple(latent.shape[-2:]))

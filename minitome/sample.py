@@ -216,12 +216,20 @@ def run(args) -> int:
         def check_model(unet, vae):  # the flags that depend on the model's shape, from the headers alone
             nonlocal outputs
             check_size(args.width, args.height, vae.scale_factor, ("--width", "--height"))
+            latent = (args.height // vae.scale_factor, args.width // vae.scale_factor)
             if todo is not None:
-                flag_named(todo.check_latent, (args.height // vae.scale_factor, args.width // vae.scale_factor))
+                flag_named(todo.check_latent, latent)
+            if tome is not None:  # settings under which nothing would merge, while the PNG says ToMe
+                flag_named(tome.check_latent, latent)
             width, height, size = args.width, args.height, getattr(args, "size", None)
             if hires is not None:  # the second pass's size is the run's largest
                 width, height = flag_named(hires.size, args.width, args.height, vae.scale_factor)
                 size = f"--hires-scale {args.hires_scale!r} ({width}x{height})"
+                if hires.tome is not None and hires.tome is not tome:
+                    try:
+                        hires.tome.check_latent((height // vae.scale_factor, width // vae.scale_factor))
+                    except ValueError as error:
+                        raise ValueError(f"--hires-tome-ratio {args.hires_tome_ratio!r}: {error}") from None
                 if (width, height) == (args.width, args.height):
                     raise ValueError(f"{size}: the second pass would run at the first's size (each side is rounded "
                                      f"down to a multiple of {vae.scale_factor}): use at least "

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .checks import whole_number
+from .checks import real_number, whole_number
 from .tome import downsample_level
 
 
@@ -32,8 +32,8 @@ class ToDoConfig:
     until: float = 1.0         # share of the run's UNet calls that downsample: the first round(until · calls)
 
     def __post_init__(self):
-        whole_number(self.factor, 1, "ToDo factor")
-        if self.max_downsample not in (1, 2, 4, 8):
+        whole_number(self.factor, 1, "ToDo factor"), real_number(self.until, "ToDo until")
+        if isinstance(self.max_downsample, bool) or self.max_downsample not in (1, 2, 4, 8):
             raise ValueError(f"ToDo max_downsample must be one of 1, 2, 4, 8, got {self.max_downsample!r}")
         if not 0 < self.until <= 1:
             raise ValueError(f"ToDo until must be a share of the UNet calls in (0, 1], got {self.until!r}")

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .checks import whole_number
+from .checks import check_seed, real_number, whole_number
 
 PARTITIONS = ("cells", "random", "alternating")  # how the dst are chosen (the paper's Figure 5)
 MERGE_TARGETS = ("attn", "crossattn", "mlp")      # the sub-layers merging can wrap: ToMeConfig.merge_<target>
@@ -55,11 +55,14 @@ class ToMeConfig:
 
     def __post_init__(self):
         whole_number(self.sx, 1, "ToMe sx"), whole_number(self.sy, 1, "ToMe sy")
+        real_number(self.ratio, "ToMe ratio"), check_seed(self.seed, "ToMe seed")
+        if self.threshold is not None:
+            real_number(self.threshold, "ToMe threshold")
         if self.partition not in PARTITIONS:
             raise ValueError(f"ToMe partition must be one of {', '.join(PARTITIONS)}, got {self.partition!r}")
         if self.partition == "random" and not self.use_rand:
             raise ValueError("ToMe partition 'random' draws its dst, so it needs use_rand=True")
-        if self.max_downsample not in (1, 2, 4, 8):
+        if isinstance(self.max_downsample, bool) or self.max_downsample not in (1, 2, 4, 8):
             raise ValueError(f"ToMe max_downsample must be one of 1, 2, 4, 8, got {self.max_downsample!r}")
         if self.threshold is not None and not -1 <= self.threshold <= 1:
             raise ValueError(f"ToMe threshold must be a cosine similarity in [-1, 1], got {self.threshold!r}")
@@ -70,6 +73,22 @@ class ToMeConfig:
         if not 0 <= self.ratio <= top:
             raise ValueError(f"ToMe ratio must be in [0, {top!r}] (1 - 1/(sx·sy)) for sx={self.sx}, sy={self.sy}, "
                              f"got {self.ratio!r}")
+
+
+    def check_latent(self, latent_hw: tuple):
+        """Merging happens somewhere at a latent of (H, W): a whole sy × sx cell fits its full-resolution grid
+        and, by ratio, r = int(H·W · ratio) >= 1 there (ratio 0 is the chosen identity). A ValueError otherwise:
+        the command line's check, since `tome_plan` takes such settings as the identity, as tomesd does."""
+        h, w = latent_hw
+        if self.partition == "cells" and (self.sx > w or self.sy > h):
+            raise ValueError(f"ToMe sx {self.sx} and sy {self.sy}: no whole cell fits the {h}x{w} latent grid, so "
+                             "nothing would merge")
+        if self.threshold is None and self.ratio > 0 and int(h * w * self.ratio) == 0:
+            least = 1 / (h * w)
+            while int(h * w * least) == 0:
+                least = math.nextafter(least, 1)
+            raise ValueError(f"ToMe ratio {self.ratio!r} merges none of the {h * w} tokens of the {h}x{w} latent "
+                             f"(int({h * w} · {self.ratio!r}) = 0): use at least {least!r}, or 0 for none")
 
 
 @dataclass(frozen=True)
@@ -98,6 +117,8 @@ def partition(h: int, w: int, sx: int = 2, sy: int = 2, generator: torch.Generat
     (drawn from `generator`); "alternating", every other token in raster order (ToMe for ViTs).
     Returns None when no full cell exists (h < sy or w < sx) for "cells".
     """
+    for name, value, least in (("h", h, 1), ("w", w, 1), ("sx", sx, 1), ("sy", sy, 1)):
+        whole_number(value, least, f"partition {name}")
     cells_y, cells_x = h // sy, w // sx
     is_dst = torch.zeros(h * w, dtype=torch.bool)
     if kind == "alternating":
@@ -132,6 +153,10 @@ def match(metric: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, r: int = 0
     B, N, _ = metric.shape
     src, dst = src.to(metric.device).expand(B, -1), dst.to(metric.device).expand(B, -1)  # (B, ·) either way
     num_src, num_dst = src.shape[1], dst.shape[1]
+    if num_src + num_dst != N:
+        raise ValueError(f"match: {num_src} src and {num_dst} dst do not partition the {N} tokens of metric")
+    if threshold is None and not 0 <= whole_number(r, 0, "match r") <= num_src:
+        raise ValueError(f"match r must be at most the {num_src} src, got {r}")
     with torch.no_grad():
         metric = metric / metric.norm(dim=-1, keepdim=True)
         batch = torch.arange(B, device=metric.device)[:, None]
@@ -207,6 +232,10 @@ def tome_plan(x: torch.Tensor, hw: tuple, settings: BlockSettings = None) -> Pla
     if settings is None or settings.tome is None:
         return IDENTITY
     cfg, N = settings.tome, x.shape[1]
+    if hw[0] * hw[1] != N:
+        raise ValueError(f"ToMe: the grid {tuple(hw)} holds {hw[0] * hw[1]} tokens, x holds {N}")
+    if N == 0 or x.shape[0] == 0:
+        return IDENTITY  # nothing to merge
     if downsample_level(settings.latent_hw, N) > cfg.max_downsample:
         return IDENTITY
     r = int(N * cfg.ratio)

@@ -8,7 +8,7 @@ point with leading spacing (and with trailing when S divides 1000), a timestep o
 import torch
 
 from .schedule import alpha_next, alphas_cumprod, ddim_step, start_from
-from .spacing import check_steps, spacing_of
+from .spacing import check_run, spacing_of
 
 
 def ddim_sample(eps_model, x: torch.Tensor, steps: int, spacing: str = "leading", generator=None,
@@ -16,7 +16,7 @@ def ddim_sample(eps_model, x: torch.Tensor, steps: int, spacing: str = "leading"
     """Denoise x from t ≈ 1000 to 0 in `steps` steps. callback(i, t) runs after each step.
     From an image (img2img): the run starts at step `start`, on x = the forward process of the clean latent
     `init` with x as its noise (see `start_from`)."""
-    check_steps(steps, "ddim", spacing, start if init is not None else None)
+    check_run(steps, "ddim", spacing, start, init)
     acp = alphas_cumprod().tolist()
     ts = spacing_of("ddim", steps, spacing).timesteps[start:]
     if init is not None:

@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from .spacing import check_steps, spacing_of
+from .spacing import check_run, spacing_of
 
 
 def alpha_s(sigma: float) -> tuple:
@@ -38,7 +38,7 @@ def dpmpp_2m_sample(eps_model, x: torch.Tensor, steps: int, spacing: str = "lead
                     callback=None, start: int = 0, init: torch.Tensor = None) -> torch.Tensor:
     """Denoise the noise x (unit variance) in `steps` steps; the clean latent. callback(i, t) after each step.
     From an image: from step `start` (first order there, having no previous x̂₀), on x = α · init + s · x."""
-    check_steps(steps, "dpm++2m", spacing, start if init is not None else None)
+    check_run(steps, "dpm++2m", spacing, start, init)
     schedule = spacing_of("dpm++2m", steps, spacing)
     sigmas, timesteps = schedule.sigmas[start:], schedule.timesteps[start:]
     if init is not None:

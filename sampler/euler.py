@@ -18,7 +18,7 @@ after k-diffusion, which takes x̄ ≈ σ · ε at the top and neglects x₀; at
 """
 import torch
 
-from .spacing import check_steps, spacing_of
+from .spacing import check_run, spacing_of
 
 
 def initial_scale(sigma_max: float, spacing: str) -> float:
@@ -35,7 +35,7 @@ def euler_sample(eps_model, x: torch.Tensor, steps: int, spacing: str = "leading
                  callback=None, start: int = 0, init: torch.Tensor = None, ancestral: bool = False) -> torch.Tensor:
     """Denoise the noise x (unit variance) in `steps` Euler steps; the clean latent. callback(i, t) after each step.
     From an image: from step `start`, on x̄ = init + σ · x (the forward process in σ's variables)."""
-    check_steps(steps, "euler-a" if ancestral else "euler", spacing, start if init is not None else None)
+    check_run(steps, "euler-a" if ancestral else "euler", spacing, start, init)
     schedule = spacing_of("euler-a" if ancestral else "euler", steps, spacing)
     sigmas, timesteps = schedule.sigmas[start:], schedule.timesteps[start:]
     x = x * initial_scale(sigmas[0], spacing) if init is None else init + x * sigmas[0]

@@ -21,7 +21,7 @@ Like DDIM (sampler/ddim.py), each step lands on the ᾱ of the next timestep the
 import torch
 
 from .schedule import alpha_next, alphas_cumprod, ddim_step, start_from
-from .spacing import check_steps, spacing_of
+from .spacing import check_run, spacing_of
 
 
 def plms_eps(eps: torch.Tensor, history: list) -> torch.Tensor:
@@ -38,7 +38,7 @@ def plms_sample(eps_model, x: torch.Tensor, steps: int, spacing: str = "leading"
     """Denoise x from t ≈ 1000 to 0 in `steps` steps. callback(i, t) runs after each step.
     From an image: from step `start` on x = the forward process of `init`, with its own warm-up there (as if
     the run had begun at that timestep)."""
-    check_steps(steps, "plms", spacing, start if init is not None else None)
+    check_run(steps, "plms", spacing, start, init)
     acp = alphas_cumprod().tolist()
     ts = spacing_of("plms", steps, spacing).timesteps[start:]
     if init is not None:

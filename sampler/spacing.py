@@ -122,6 +122,15 @@ def check_count(steps: int):
                          f"use at most {MAX_STEPS}")
 
 
+def check_run(steps: int, sampler: str, spacing: str, start: int = 0, init=None):
+    """`check_steps` for a sampler's own arguments: a run from pure noise (no `init`) begins at step 0; one from
+    an image at `start`."""
+    if init is None and start != 0:
+        raise ValueError(f"start {start!r} without init: `start` is where a run from an image begins (its noised "
+                         "latent is `init`); a run from pure noise begins at step 0")
+    check_steps(steps, sampler, spacing, start if init is not None else None)
+
+
 def check_steps(steps: int, sampler: str = "plms", spacing: str = "leading", start: int = None):
     """A step count whose schedule starts near the top, or a ValueError naming what would work.
 

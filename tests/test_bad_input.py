@@ -53,6 +53,7 @@ def no_files(folder):
 
 @pytest.mark.parametrize("extra, pattern", [
     (["--guidance", "inf"], "--guidance must be a finite number, got inf"),
+    (["--tome-ratio", "0.5", "--tome-sx", "3"], "--tome-sx 3 and sy 2: no whole cell fits the 2x2 latent grid, so nothing"),
     (["--guidance", "nan"], "--guidance must be a finite number, got nan"),
     (["--steps", "1000"], "--steps: 1000 steps with leading spacing would start at t = 1000, .* --spacing trailing"),
     (["--steps", "5000"], "--steps: 5000 steps do not fit on the 1000 timesteps of the schedule: use at most 1000"),
@@ -350,13 +351,15 @@ def test_successor_flags_that_would_do_nothing_or_fail_late(single_file, tmp_pat
 
 
 @pytest.mark.parametrize("argv, flag, limit", [
-    (["--tome-sx", "3", "--tome-sy", "3", "--tome-ratio", "0.95"], "--tome-ratio", r"must be in \[0, ([\d.e-]+)\]"),
+    (["--tome-sx", "3", "--tome-sy", "3", "--tome-ratio", "0.95", "--width", "24", "--height", "24"], "--tome-ratio",
+     r"must be in \[0, ([\d.e-]+)\]"),
     (["--tome-ratio", "0.8"], "--tome-ratio", r"must be in \[0, ([\d.e-]+)\]"),
     (["--todo-factor", "2", "--todo-until", "0.01"], "--todo-until", r"use at least ([\d.e-]+)"),
     (["--todo-factor", "2", "--todo-until", "0.04", "--sampler", "ddim"], "--todo-until", r"use at least ([\d.e-]+)"),
     (["--steps", "400"], "--steps", r"the nearest leading counts that work: (\d+)"),
     (["--steps", "400"], "--steps", r"the nearest leading counts that work: \d+ or (\d+)"),
     (["--steps", "4", "--sampler", "dpm++2m"], "--steps", r"the nearest leading counts that work: (\d+)"),
+    (["--tome-ratio", "0.1"], "--tome-ratio", r"use at least ([\d.e-]+), or 0"),  # int(4 · 0.1) = 0 at 16 x 16
     (["--width", "1000", "--hires-scale", "1.001"], "--hires-scale", r"use at least ([\d.e-]+)"),
 ])
 def test_a_limit_a_message_names_can_be_typed_back_in(single_file, tmp_path, argv, flag, limit):

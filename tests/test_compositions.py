@@ -269,3 +269,45 @@ def test_tome_merging_self_attention_and_todo_are_refused_before_any_unet_call(s
     finally:
         hook.remove()
     assert calls == []
+
+
+@pytest.mark.parametrize("arguments, error, message", [
+    (dict(tome=0.5), TypeError, r"^tome must be a ToMeConfig or None, got 0.5: e.g. ToMeConfig\(ratio=0.5\)"),
+    (dict(todo=2), TypeError, r"^todo must be a ToDoConfig or None, got 2"),
+    (dict(deep_cache=3), TypeError, r"^deep_cache must be a DeepCacheConfig or None, got 3"),
+    (dict(seed=-1), ValueError, r"^seed must be a whole number >= 0, got -1"),
+    (dict(seed=2 ** 64), ValueError, r"^seed must be below 2\^64"),
+    (dict(seed=1.5), ValueError, r"^seed must be a whole number"),
+    (dict(batch=0), ValueError, r"^batch must be a whole number >= 1, got 0"),
+    (dict(init_latents=torch.zeros(2, 4, 4, 4)), ValueError, r"^init_latents must be \(1 or batch = 1, 4, height, width\)"),
+    (dict(init_latents=torch.full((1, 4, 4, 4), float("nan"))), ValueError, r"^init_latents holds values that are not finite"),
+])
+def test_what_a_library_call_cannot_run_is_refused_before_any_unet_call(sd32, arguments, error, message):
+    """A researcher's call with a number for a config, a seed torch cannot take, no image, or a latent of another
+    shape or not finite: one clear error naming the argument, before the first UNet call."""
+    calls = []
+    hook = sd32.unet.register_forward_pre_hook(lambda module, args: calls.append(1))
+    s = {**SETTINGS, "seed": 1234, "batch": 1, **{k: v for k, v in arguments.items() if k in ("seed", "batch")}}
+    methods = {k: v for k, v in arguments.items() if k not in ("seed", "batch")}
+    try:
+        with pytest.raises(error, match=message):
+            sample_latents(sd32, s["prompt"], s["negative_prompt"], s["steps"], 7.5, s["seed"], 32, 32, s["batch"],
+                           "ddim", **methods)
+    finally:
+        hook.remove()
+    assert calls == []
+
+
+def test_a_run_keeps_its_plans_and_deep_features_for_one_latent_shape(sd32):
+    """A Run handed latents of another shape (a misuse: the pipeline makes one per run) starts its kept state
+    afresh instead of applying plans made for another grid or batch: the same as a new Run."""
+    from minitome.run import Run
+    torch.manual_seed(0)
+    context, t = torch.randn(1, 77, sd32.unet.config.context_dim), torch.tensor([500])
+    a, b = torch.randn(1, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    for methods in (dict(tome=ToMeConfig(ratio=0.5, reuse=3, use_rand=False)), dict(deep_cache=DeepCacheConfig(interval=3))):
+        run = Run(**methods)
+        sd32.unet(a, t, context, run=run)
+        again = sd32.unet(b, t.expand(2), context.expand(2, -1, -1), run=run)
+        fresh = sd32.unet(b, t.expand(2), context.expand(2, -1, -1), run=Run(**methods))
+        assert torch.equal(again, fresh), methods

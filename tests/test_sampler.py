@@ -221,6 +221,13 @@ def test_a_run_from_an_image_takes_every_count_whose_steps_lie_in_the_table(samp
         check_steps(5, sampler, spacing, 5)
 
 
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_a_start_without_an_image_is_refused(sampler):
+    """`start` is where a run from an image begins: without `init` it would denoise pure noise from a lower t."""
+    with pytest.raises(ValueError, match="^start 10 without init: `start` is where a run from an image begins"):
+        SAMPLERS[sampler](FakeModel(), torch.zeros(1, 4, 2, 2), 50, "trailing", start=10)
+
+
 def test_sampler_and_spacing_that_do_not_run_together_are_refused():
     from sampler.spacing import SAMPLER_NAMES
     assert tuple(SAMPLERS) == SAMPLER_NAMES

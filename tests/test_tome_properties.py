@@ -266,6 +266,12 @@ def test_tiny_latent_misclassified_level_has_no_full_cell():
     (dict(max_downsample=3), "max_downsample must be one of 1, 2, 4, 8"),
     (dict(sx=0), "sx must be a whole number >= 1"),
     (dict(sy=-1), "sy must be a whole number >= 1"),
+    (dict(ratio=True), "ToMe ratio must be a number, got True"),
+    (dict(ratio="0.5"), "ToMe ratio must be a number, got '0.5'"),
+    (dict(threshold=True), "ToMe threshold must be a number, got True"),
+    (dict(max_downsample=True), "max_downsample must be one of 1, 2, 4, 8, got True"),
+    (dict(seed=-1), "ToMe seed must be a whole number >= 0, got -1"),
+    (dict(seed=2 ** 64), r"ToMe seed must be below 2\^64"),
 ])
 def test_config_rejects_out_of_range_values(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -276,3 +282,38 @@ def test_ratio_zero_and_none_are_identity():
     x = torch.randn(2, 64, 4)
     assert tome_plan(x, (8, 8), None) is IDENTITY
     assert tome_plan(x, (8, 8), BlockSettings((8, 8), ToMeConfig(ratio=0.0), gen(0))) is IDENTITY
+
+
+def test_a_grid_or_a_count_that_does_not_fit_the_tokens_is_an_error():
+    """The pure functions refuse arguments that do not describe the tokens they are given (they read memory no
+    step wrote, or index past the end, otherwise)."""
+    settings = BlockSettings((3, 5), ToMeConfig(ratio=0.5), gen(0))
+    with pytest.raises(ValueError, match=r"^ToMe: the grid \(3, 5\) holds 15 tokens, x holds 16$"):
+        tome_plan(torch.randn(1, 16, 8), (3, 5), settings)
+    assert tome_plan(torch.randn(0, 16, 8), (4, 4), BlockSettings((4, 4), ToMeConfig(ratio=0.5), gen(0))) is IDENTITY
+    src, dst = partition(4, 4)
+    with pytest.raises(ValueError, match="^match: 12 src and 4 dst do not partition the 15 tokens of metric$"):
+        match(torch.randn(1, 15, 8), src, dst, 2)
+    with pytest.raises(ValueError, match="^match r must be at most the 12 src, got 13$"):
+        match(torch.randn(1, 16, 8), src, dst, 13)
+    with pytest.raises(ValueError, match="^partition sx must be a whole number >= 1, got 0$"):
+        partition(4, 4, 0, 2)
+
+
+@pytest.mark.parametrize("kwargs, hw, message", [
+    (dict(ratio=0.5, sx=9), (8, 8), r"^ToMe sx 9 and sy 2: no whole cell fits the 8x8 latent grid"),
+    (dict(threshold=0.5, sx=3, sy=3), (2, 2), r"^ToMe sx 3 and sy 3: no whole cell fits the 2x2 latent grid"),
+    (dict(ratio=0.01), (8, 8), r"^ToMe ratio 0.01 merges none of the 64 tokens .* use at least 0.015625, or 0 for none$"),
+])
+def test_settings_under_which_nothing_merges_are_named(kwargs, hw, message):
+    """What the command line refuses (the library plans the identity for them, as tomesd): the plan at that
+    latent is indeed the identity, and the least ratio named merges."""
+    cfg = ToMeConfig(**kwargs)
+    x = torch.randn(1, hw[0] * hw[1], 8)
+    assert tome_plan(x, hw, BlockSettings(hw, cfg, gen(0))) is IDENTITY
+    with pytest.raises(ValueError, match=message):
+        cfg.check_latent(hw)
+    if "ratio" in kwargs and "sx" not in kwargs:
+        least = ToMeConfig(ratio=0.015625)
+        least.check_latent(hw)
+        assert tome_plan(x, hw, BlockSettings(hw, least, gen(0))).tokens_left == hw[0] * hw[1] - 1
