@@ -34,7 +34,7 @@ LORA_TAG = re.compile(r"\s*<lora:([^:<>]+):([^:<>]+)>")  # A1111 writes each LoR
 
 def number(value: float) -> str:
     """A float written to read back to itself: the shortest round-trip form, without a trailing '.0'."""
-    text = repr(float(value))
+    text = repr(float(value) + 0.0)  # + 0.0: -0.0 is written 0
     return text[:-2] if text.endswith(".0") else text
 
 

@@ -77,7 +77,9 @@ def discrete_timesteps(steps: int, spacing: str, intervals: int) -> np.ndarray:
 
 
 def spacing_of(sampler: str, steps: int, spacing: str) -> Spaced:
-    """The schedule `sampler` visits in `steps` steps with `spacing` (no checks: see `check_steps`)."""
+    """The schedule `sampler` visits in `steps` steps with `spacing` (the pair checked; the count: see
+    `check_steps`)."""
+    check_spacing(sampler, spacing)
     dpm = sampler == "dpm++2m"
     if sampler in ("plms", "ddim"):  # integer timesteps; these samplers read ᾱ_t, not σ
         return Spaced([int(t) for t in discrete_timesteps(steps, spacing, steps).round()])
@@ -160,6 +162,8 @@ def check_steps(steps: int, sampler: str = "plms", spacing: str = "leading", sta
     below = max((s for s in works if s < steps), default=None)
     above = min((s for s in works if s > steps), default=None)
     nearest = " or ".join(str(s) for s in (below, above) if s is not None)
-    raise ValueError(f"{steps} step{'s' if steps != 1 else ''} with {spacing} spacing would start at t = {first:g}, far from t = 999 where sampling "
-                     f"from pure noise must start (t >= {MIN_FIRST_TIMESTEP} here): use --spacing trailing, which starts "
-                     f"every count at 999, or the nearest {spacing} counts that work: {nearest}")
+    where = (f"past the schedule's last timestep {NUM_TRAIN_TIMESTEPS - 1}" if first >= NUM_TRAIN_TIMESTEPS else
+             f"far from t = 999 where sampling from pure noise must start (t >= {MIN_FIRST_TIMESTEP} here)")
+    raise ValueError(f"{steps} step{'s' if steps != 1 else ''} with {spacing} spacing would start at t = {first:g}, "
+                     f"{where}: use --spacing trailing, which starts every count at 999, or the nearest {spacing} "
+                     f"counts that work: {nearest}")

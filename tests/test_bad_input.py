@@ -55,7 +55,8 @@ def no_files(folder):
     (["--guidance", "inf"], "--guidance must be a finite number, got inf"),
     (["--tome-ratio", "0.5", "--tome-sx", "3"], "--tome-sx 3 and sy 2: no whole cell fits the 2x2 latent grid, so nothing"),
     (["--guidance", "nan"], "--guidance must be a finite number, got nan"),
-    (["--steps", "1000"], "--steps: 1000 steps with leading spacing would start at t = 1000, .* --spacing trailing"),
+    (["--steps", "1000"], "--steps: 1000 steps with leading spacing would start at t = 1000, past the schedule.s last "
+                          "timestep 999: use --spacing trailing"),
     (["--steps", "5000"], "--steps: 5000 steps do not fit on the 1000 timesteps of the schedule: use at most 1000"),
     (["--steps", "1001", "--spacing", "trailing"], "--steps: 1001 steps do not fit .* at most 1000"),
     (["--steps", "400"], "--steps: 400 steps with leading spacing would start at t = 799"),

@@ -190,6 +190,13 @@ def test_from_reads_a1111s_sampler_names(tmp_path, written, sampler, spacing):
     assert argv[argv.index("--sampler") + 1] == sampler and argv[argv.index("--spacing") + 1] == spacing
 
 
+def test_numbers_are_written_to_read_back_to_themselves():
+    from minitome.png_text import number
+    for value in (0.4999999, 7.123456789, 1e-7, 1 / 3, 2.0, 0.1 + 0.2, 1e300):
+        assert float(number(value)) == value and not number(value).endswith(".0")
+    assert number(-0.0) == "0" and number(2.0) == "2"  # the identity ratio is 0 however it was typed
+
+
 def test_from_reads_a1111s_texts_as_a1111_writes_them(tmp_path):
     """A1111 leaves "Hires steps" out at 0 (the first pass's count), and an editor may add CRLF line endings and a
     last newline: the text still reads, to the same flags."""

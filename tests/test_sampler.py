@@ -238,6 +238,8 @@ def test_sampler_and_spacing_that_do_not_run_together_are_refused():
             SAMPLERS[sampler](FakeModel(), torch.zeros(1, 4, 2, 2), 20, "karras")
     with pytest.raises(ValueError, match=r"^sampler must be one of plms, ddim, euler, euler-a, dpm\+\+2m, got 'heun'"):
         check_sampler("heun")
+    with pytest.raises(ValueError, match=r"^karras spacing works with euler and dpm\+\+2m, not plms"):
+        spacing_of("plms", 5, "karras")  # the schedule itself, asked directly
     with pytest.raises(ValueError, match="^spacing must be one of leading, linspace, trailing, karras, got 'even'"):
         check_sampler("euler", "even")
 
