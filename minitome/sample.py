@@ -11,15 +11,12 @@ Where this sits: the command line around `minitome/pipeline.py`. In order, each 
    written whole.
 Bad input is one line on stderr and exit status 2, never a traceback and never a file left behind;
 Ctrl-C and SIGTERM remove the reserved files too (exit 130 and 143), however often they come; a reader of stdout
-that goes away (`| head -1`) loses no image.
+that goes away (`| head -1`) loses no image (minitome/console.py: what is said on the terminal, and the signals).
 """
 import argparse
 import math
-import os
 import random
-import signal
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -30,6 +27,7 @@ from weights.download import sha256_of
 from .add_ons import (check_from_png, check_lora_names, check_no_tags, embedding_hash, embedding_spec, lora_hash,
                       lora_spec, split_spec)
 from .checks import check_size
+from .console import Progress, Terminated, fail, one_line_warnings, print_name, signals_stop_the_run
 from .device import check_fits, pick_device, pick_dtype
 from .flags import check_steps_flag, flags_given
 from .images import image_tensor, read_image, run_size
@@ -145,39 +143,6 @@ def check_from(args, short_hash: str, init_hash: str = ""):
                   f"{flag} has {given}: the image will differ", file=sys.stderr, flush=True)
 
 
-class Progress:
-    """One line per step on stderr: step, iterations per second, time left."""
-
-    def __init__(self, steps: int):
-        self.steps, self.start = steps, time.perf_counter()
-
-    def __call__(self, i: int, t: int):
-        elapsed = time.perf_counter() - self.start
-        rate = (i + 1) / elapsed
-        left = (self.steps - i - 1) / rate
-        print(f"step {i + 1}/{self.steps} (t={t:g}) · {rate:.2f} it/s · {left:.0f} s left", file=sys.stderr, flush=True)
-
-
-class Terminated(Exception):
-    """SIGTERM, raised where the program is, so that cleaning up runs as for Ctrl-C."""
-
-
-def stop(signum, frame):
-    """Ctrl-C or SIGTERM, raised where the program is. Further signals are ignored from here on: a second Ctrl-C
-    must not cut short the removal of what the run reserved (a handler that does nothing: with SIG_IGN, Python
-    would raise for a signal already on its way)."""
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: None)
-    raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
-
-
-def one_line_warnings(message, category, *rest):
-    """Warnings as one line each on stderr: what the loader says about a file (a note), a prompt cut short."""
-    from weights import WeightsNotice
-    kind = "note" if issubclass(category, WeightsNotice) else "warning"
-    print(f"minitome.sample: {kind}: {message}", file=sys.stderr, flush=True)
-
-
 def out_of_memory(error: BaseException) -> bool:
     return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or (
         isinstance(error, RuntimeError) and "can't allocate memory" in str(error))
@@ -188,16 +153,10 @@ def main(argv=None) -> int:
         args = parse_args(argv)
     except ValueError as error:  # --from: a file that is no image, or has no parameters text
         return fail(f"error: {error}", 2)
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)
-                if signal.getsignal(sig) is not signal.SIG_IGN}  # one ignored by who started us stays ignored
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("always")
-            warnings.showwarning = one_line_warnings
-            return run(args)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    with signals_stop_the_run(), warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = one_line_warnings
+        return run(args)
 
 
 def run(args) -> int:
@@ -282,25 +241,6 @@ def run(args) -> int:
     finally:
         if outputs is not None and not finished:
             outputs.abandon()  # reservations not written and temporary files: nothing half-done is left
-
-
-def print_name(path: Path):
-    """A written file's name on stdout, as the bytes of the name (it need not be UTF-8 text). A reader that stops
-    reading (`| head -1`) stops the names, not the images: stdout goes nowhere from then on."""
-    stream = getattr(sys.stdout, "buffer", None)
-    try:
-        if stream is None:  # a text stream put in its place
-            print(path, flush=True)
-        else:
-            stream.write(os.fsencode(path) + b"\n")
-            stream.flush()
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-
-
-def fail(message: str, status: int) -> int:
-    print(f"minitome.sample: {message}", file=sys.stderr)
-    return status
 
 
 if __name__ == "__main__":

@@ -1,0 +1,78 @@
+"""What `python -m minitome.sample` says on its terminal, and how it stops.
+
+Where this sits: minitome/sample.py runs a sampling run inside `signals_stop_the_run()` and says everything
+through here: one progress line per step, warnings and errors as one line each on stderr, the written files'
+names on stdout. Ctrl-C and SIGTERM become exceptions raised where the program is (KeyboardInterrupt,
+`Terminated`), so that one `finally` removes what the run reserved, however often the signal comes.
+"""
+import os
+import signal
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+
+class Progress:
+    """One line per step on stderr: step, iterations per second, time left."""
+
+    def __init__(self, steps: int):
+        self.steps, self.start = steps, time.perf_counter()
+
+    def __call__(self, i: int, t: int):
+        elapsed = time.perf_counter() - self.start
+        rate = (i + 1) / elapsed
+        left = (self.steps - i - 1) / rate
+        print(f"step {i + 1}/{self.steps} (t={t:g}) · {rate:.2f} it/s · {left:.0f} s left", file=sys.stderr, flush=True)
+
+
+class Terminated(Exception):
+    """SIGTERM, raised where the program is, so that cleaning up runs as for Ctrl-C."""
+
+
+@contextmanager
+def signals_stop_the_run():
+    """Ctrl-C and SIGTERM raise where the program is (`stop`) inside the block, the handlers before restored
+    after it; a signal ignored by whoever started the program stays ignored."""
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)
+                if signal.getsignal(sig) is not signal.SIG_IGN}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def stop(signum, frame):
+    """Ctrl-C or SIGTERM, raised where the program is. Further signals are ignored from here on: a second Ctrl-C
+    must not cut short the removal of what the run reserved (a handler that does nothing: with SIG_IGN, Python
+    would raise for a signal already on its way)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
+    raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
+
+
+def one_line_warnings(message, category, *rest):
+    """Warnings as one line each on stderr: what the loader says about a file (a note), a prompt cut short."""
+    from weights import WeightsNotice
+    kind = "note" if issubclass(category, WeightsNotice) else "warning"
+    print(f"minitome.sample: {kind}: {message}", file=sys.stderr, flush=True)
+
+
+def print_name(path: Path):
+    """A written file's name on stdout, as the bytes of the name (it need not be UTF-8 text). A reader that stops
+    reading (`| head -1`) stops the names, not the images: stdout goes nowhere from then on."""
+    stream = getattr(sys.stdout, "buffer", None)
+    try:
+        if stream is None:  # a text stream put in its place
+            print(path, flush=True)
+        else:
+            stream.write(os.fsencode(path) + b"\n")
+            stream.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def fail(message: str, status: int) -> int:
+    print(f"minitome.sample: {message}", file=sys.stderr)
+    return status
