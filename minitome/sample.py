@@ -149,13 +149,17 @@ def out_of_memory(error: BaseException) -> bool:
 
 
 def main(argv=None) -> int:
-    try:
-        args = parse_args(argv)
-    except ValueError as error:  # --from: a file that is no image, or has no parameters text
-        return fail(f"error: {error}", 2)
     with signals_stop_the_run(), warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.showwarning = one_line_warnings
+        try:
+            args = parse_args(argv)
+        except ValueError as error:  # --from: a file that is no image, or has no parameters text
+            return fail(f"error: {error}", 2)
+        except KeyboardInterrupt:  # while a --from PNG is read: nothing is reserved yet
+            return fail("interrupted", 130)
+        except Terminated:
+            return fail("terminated", 143)
         return run(args)
 
 
