@@ -96,6 +96,7 @@ def test_paired_ratio_cancels_drift():
     (["--methods", "--deepcache-interval", "-1"], "--deepcache-interval: DeepCache interval must be"),
     (["--methods", "--tome-ratio", "nan"], "--tome-ratio: ToMe ratio must be in"),
     (["--ratios", "nan"], "--ratios: ToMe ratio must be in"),
+    (["--ratios", "0", "0.3", "0.30000001"], r"--ratios 0.0 0.3 0.30000001: two print as the same row \(0, 0.3, 0.3\)"),
 ])
 def test_bench_bad_input(capsys, argv, message):
     import re

@@ -16,6 +16,7 @@ def test_pictures_are_written(tmp_path, capsys):
     assert Image.open(tmp_path / "similarity.png").width > 2 * 128  # the picture and its similarity map
     assert Image.open(tmp_path / "merges.png").width > 4 * 128    # the picture and three ratios side by side
     assert main(["--out", str(tmp_path), "--size", "100"]) == 2
+    assert main(["--out", "", "--size", "128"]) == 2 and "--out is empty" in capsys.readouterr().err  # not the cwd
 
 
 def test_block_input_catches_the_real_tokens_of_a_chosen_block_and_call(tiny_pipeline):

@@ -122,6 +122,9 @@ def check_args(args):
         raise ValueError("--batch and --repeats must be >= 1")
     for ratio in args.ratios:
         named("--ratios", lambda: ToMeConfig(ratio=ratio, max_downsample=args.max_downsample))
+    labels = [f"{ratio:g}" for ratio in args.ratios]  # a table's rows, one per ratio as it prints
+    if len(set(labels)) < len(labels):
+        raise ValueError(f"--ratios {' '.join(map(repr, args.ratios))}: two print as the same row ({', '.join(labels)})")
     if args.weights is not None and (not args.weights or not Path(args.weights).exists()):
         raise ValueError(f"--weights {args.weights!r}: no such file or folder")
     if args.quality_steps and not args.weights:
@@ -178,9 +181,12 @@ def main(argv=None) -> int:
         if args.decode:
             return decode_table(args, device, dtype, results)
         ratio_tables(args, device, dtype, name, results, rate)
-    except RuntimeError as error:
+    except (RuntimeError, ValueError) as error:  # a failed measurement, or weights that do not load (a ValueError)
         print(f"minitome.lab.bench: error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # the measuring child is stopped too (runner.run_child)
+        print("minitome.lab.bench: interrupted", file=sys.stderr)
+        return 130
     if args.json:
         print(json.dumps(results, indent=1))
     return 0

@@ -27,11 +27,16 @@ def run_child(job: Job, label: str) -> dict:
         child = subprocess.Popen([sys.executable, "-m", "minitome.lab.measure", job.to_json()], cwd=ROOT, env=env,
                                  stdout=out, stderr=subprocess.PIPE, text=True)
         last = "no output"
-        for line in child.stderr:
-            if line.startswith("progress: "):
-                print(f"{label} {line[len('progress: '):].rstrip()}", file=sys.stderr, flush=True)
-            elif line.strip():
-                last = line.strip()
+        try:
+            for line in child.stderr:
+                if line.startswith("progress: "):
+                    print(f"{label} {line[len('progress: '):].rstrip()}", file=sys.stderr, flush=True)
+                elif line.strip():
+                    last = line.strip()
+        except BaseException:  # Ctrl-C, or the parent's own failure: no measuring child is left running
+            child.kill()
+            child.wait()
+            raise
         if child.wait() != 0:
             raise RuntimeError(f"{label} failed: {last}")
         out.seek(0)

@@ -203,6 +203,8 @@ def main(argv=None) -> int:
     step = 8 if args.weights else 16
     try:
         check_size(args.size, args.size, step, ("--size", "--size"))
+        if not args.out.strip():
+            raise ValueError("--out is empty: name the folder for the pictures")
         out = writable_folder(Path(args.out), "--out")
         if args.weights:
             check_steps_flag(args.steps, "--steps")
