@@ -45,9 +45,10 @@ class DeepCache:
     def __init__(self, config: DeepCacheConfig):
         self.config, self.calls, self.features = config, 0, None
 
-    def reuse(self, batch: int) -> bool:
-        """Called once at the start of each UNet call: True when this call reuses the kept deep features."""
-        whole = self.calls % self.config.interval == 0 or self.features is None or self.features.shape[0] != batch
+    def reuse(self) -> bool:
+        """Called once at the start of each UNet call: True when this call reuses the kept deep features (the run
+        forgets them when its latent changes shape, minitome/run.py)."""
+        whole = self.calls % self.config.interval == 0 or self.features is None
         self.calls += 1
         return not whole
 

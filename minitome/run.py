@@ -118,6 +118,6 @@ class Run:
                 call.kept = self.kept.setdefault(tome, {})
                 call.planning = count in tome.replan_calls if tome.replan_calls is not None else count % tome.reuse == 0
         if self.cache is not None:
-            call.reuse_deep = self.cache.reuse(latent.shape[0])
+            call.reuse_deep = self.cache.reuse()
             call.depth = self.deep_cache.branch + 1
         return call
