@@ -10,6 +10,7 @@
 # install does not pull the multi-GB CUDA build; with a GPU, pip's configured index. When TORCH_INDEX
 # cannot be reached (machines that see only their configured registries), pip's configured index is
 # used instead. Override either: make test TORCH_INDEX=https://download.pytorch.org/whl/cu128
+# The venv also gets minitome itself, editable (pyproject.toml), so `.venv/bin/minitome` is the command line.
 PYTHON  ?= python3
 VENV    ?= .venv
 TORCH   ?= torch==2.13.0
@@ -32,7 +33,7 @@ NO_DEPS_TEST := ca-tome==0.1.3
 
 .PHONY: test tutorial weights sample bench bench-compare
 
-$(RUNTIME): requirements.txt
+$(RUNTIME): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	@if [ -n "$(TORCH_INDEX)" ] && $(BIN)/python -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)" \
@@ -44,6 +45,8 @@ $(RUNTIME): requirements.txt
 		$(BIN)/python -m pip install -q "$(TORCH)"; \
 	fi
 	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip install -q "setuptools>=64" wheel
+	$(BIN)/python -m pip install -q --no-build-isolation -e .
 	touch $@
 
 $(TESTING): $(RUNTIME) requirements-test.txt

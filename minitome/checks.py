@@ -1,10 +1,21 @@
-"""Value checks the library's configs and entry points share: one spelling of each rule.
+"""Value checks the library's doors share (its configs, the pipeline's public functions, a run's start,
+`UNetModel.forward`'s entry), and `Refusal`, the kind of error they raise.
 
-Each raises a one-line ValueError naming the argument; the command lines map those names to their flags
-(minitome/flags.py), so a check lives once, where the knowledge of the value lives.
+A refusal is bad input said in one line naming the argument, raised only where the input enters; nothing past
+a door checks again. The command line turns refusals (and I/O errors) into its one-line messages; any other
+exception is a bug.
 """
+import math
 import numbers
 from pathlib import Path
+
+from sampler import SAMPLERS, SPACINGS, spacing_of, start_step
+from sampler.spacing import discrete_timesteps, dpm_schedule, t_schedule
+
+
+class Refusal(ValueError):
+    """Bad input, refused at the door where it entered: a one-line message naming the argument (a ValueError,
+    so `except ValueError` still catches it)."""
 
 
 def regular_file(path, name: str) -> Path:
@@ -12,30 +23,30 @@ def regular_file(path, name: str) -> Path:
     folder, FIFO or device (a FIFO would wait for a writer forever)."""
     p = Path(path)
     if not p.exists():
-        raise ValueError(f"{name} {path}: {'a link to nothing (broken, or a loop)' if p.is_symlink() else 'no such file'}")
+        raise Refusal(f"{name} {path}: {'a link to nothing (broken, or a loop)' if p.is_symlink() else 'no such file'}")
     if not p.is_file():
-        raise ValueError(f"{name} {path}: not a regular file (a folder, a FIFO or a device)")
+        raise Refusal(f"{name} {path}: not a regular file (a folder, a FIFO or a device)")
     return p
 
 
 def whole_number(value, low: int, name: str) -> int:
     """value as an int, when it is a whole number (an int or numpy's, not a bool) >= low."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
+        raise Refusal(f"{name} must be a whole number >= {low}, got {value!r}")
     return int(value)
 
 
 def real_number(value, name: str) -> float:
     """value as a float, when it is a real number (a float, an int or numpy's; not a bool, a string or a tensor)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a number, got {value!r}")
+        raise Refusal(f"{name} must be a number, got {value!r}")
     return float(value)
 
 
 def check_seed(seed, name: str = "seed") -> int:
     """A seed torch.Generator takes: a whole number in [0, 2⁶⁴)."""
     if whole_number(seed, 0, name) >= 2 ** 64:
-        raise ValueError(f"{name} must be below 2^64, got {seed!r}")
+        raise Refusal(f"{name} must be below 2^64, got {seed!r}")
     return int(seed)
 
 
@@ -43,4 +54,78 @@ def check_size(width: int, height: int, factor: int = 8, names=("width", "height
     """Both positive multiples of `factor` (the VAE's 8 pixels per latent cell, or what a tool needs)."""
     for name, value in zip(names, (width, height)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % factor:
-            raise ValueError(f"{name} must be a positive multiple of {factor}, got {value!r}")
+            raise Refusal(f"{name} must be a positive multiple of {factor}, got {value!r}")
+
+
+MIN_FIRST_TIMESTEP = 900  # sampling starts from pure noise, so its first step must be near the top (t ≈ 999)
+
+
+def check_spacing(sampler: str, spacing: str):
+    """A sampler of the table (sampler/__init__.py) and a spacing it takes."""
+    if sampler not in SAMPLERS:
+        raise Refusal(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    if spacing not in SPACINGS:
+        raise Refusal(f"spacing must be one of {', '.join(SPACINGS)}, got {spacing!r}")
+    row = SAMPLERS[sampler]
+    if spacing not in row.spacings:
+        takers = [name for name, r in SAMPLERS.items() if spacing in r.spacings]
+        why = (f"{sampler.upper()} steps in t, on ᾱ_t, not in σ" if row.schedule is t_schedule else
+               f"diffusers' {row.diffusers} has no Karras σ's to match")
+        raise Refusal(f"{spacing} spacing works with {' and '.join(takers)}, not {sampler}: {why}")
+
+
+def check_count(steps: int):
+    """A whole number of steps that fits on the schedule's 1000 timesteps."""
+    whole_number(steps, 1, "steps")
+    if steps > 1000:
+        raise Refusal(f"{steps} steps do not fit on the 1000 timesteps of the schedule: use at most 1000")
+
+
+def check_strength(steps: int, strength: float) -> int:
+    """A strength in (0, 1] that leaves a step to run from an image; the step the run starts at (`start_step`)."""
+    check_count(steps)
+    if not 0 < real_number(strength, "strength") <= 1:
+        raise Refusal(f"strength must be in (0, 1], got {strength}")
+    if start_step(steps, strength) == steps:
+        least = 1 / steps
+        least = least if int(steps * least) >= 1 else math.nextafter(least, 2)  # 49 · (1/49) rounds below 1
+        raise Refusal(f"strength {strength!r} of {steps} steps leaves no step to run (int({steps} · {strength!r}) "
+                      f"= 0): raise the strength to at least {least!r}, or the steps")
+    return start_step(steps, strength)
+
+
+def first_timestep(sampler: str, steps: int, spacing: str, start: int = 0) -> float:
+    """Where a schedule starts, or its step `start` (cheaply, and past the table too: Karras' stays in it)."""
+    if spacing == "karras":
+        return spacing_of(sampler, steps, spacing).timesteps[start]
+    dpm = SAMPLERS[sampler].schedule is dpm_schedule  # S + 1 intervals
+    return float(discrete_timesteps(steps, spacing, steps + 1 if dpm else steps)[start])
+
+
+def check_steps(steps: int, sampler: str = "plms", spacing: str = "leading", start: int = None):
+    """A step count whose schedule starts near the top.
+
+    Sampling starts from pure noise, so the first step must be told a t near 999. A leading schedule starts at
+    (1000 // S)(S − 1) + 1: 981 for 50 steps, but 751 for 4, 799 for 400, 1 for 1 step, and past the table's end
+    from 1000 steps on; linspace starts at t = 0 for one step (except DPM's). Those runs would denoise pure noise
+    as if it were a half-clean latent (diffusers' schedulers take them and give a poor image). Trailing spacing
+    starts every count from 1 to 1000 at t = 999.
+
+    A run from an image (`start`: the step it begins at, `start_step`'s) puts on the image the noise of its first
+    timestep, whatever that is, so any count whose steps from `start` on lie in the table (t <= 999) is a good run.
+    """
+    check_spacing(sampler, spacing)
+    check_count(steps)
+    if start is not None:
+        if whole_number(start, 0, "start") >= steps:
+            raise Refusal(f"start {start} leaves none of the {steps} steps to run")
+        first = first_timestep(sampler, steps, spacing, start)
+        if first >= 1000:
+            raise Refusal(f"{steps} steps with {spacing} spacing begin at t = {first:g}, past the schedule's last "
+                          f"timestep 999: use a strength below 1, or another count or spacing")
+        return
+    first = first_timestep(sampler, steps, spacing)
+    if not MIN_FIRST_TIMESTEP <= first < 1000:
+        raise Refusal(f"{steps} step{'s' if steps != 1 else ''} with {spacing} spacing would start at t = {first:g}, "
+                      f"not near t = 999 where sampling from pure noise starts ({MIN_FIRST_TIMESTEP} to 999): use "
+                      "trailing spacing, which starts every count at 999, or another count")

@@ -1,7 +1,7 @@
 """DeepCache: reuse the UNet's deep features between calls, recompute only its shallow branch.
 
-Where this sits: a sampling run (minitome/run.py) holds one `DeepCache`; each UNet call asks it whether to
-reuse the deep features, and `UNetModel.forward` (unet/model.py) runs the whole UNet or only its shallow
+Where this sits: a sampling run (minitome/run.py) keeps the deep features and counts the calls; it tells each
+UNet call whether to reuse them, and `UNetModel.predict` (unet/model.py) runs the whole UNet or only its shallow
 branch accordingly; nothing is kept inside the model. Paper: Ma et al., "DeepCache: Accelerating Diffusion Models for Free", CVPR 2024, arXiv
 2312.00858; behaviour follows the `DeepCache` package's `DeepCacheSDHelper` (uniform schedule).
 
@@ -19,9 +19,7 @@ Calls are counted, not steps: PLMS's first step makes two calls.
 """
 from dataclasses import dataclass
 
-import torch
-
-from .checks import whole_number
+from .checks import Refusal, whole_number
 
 
 @dataclass(frozen=True)
@@ -36,21 +34,4 @@ class DeepCacheConfig:
         """The branch against a UNet's layout: it must end above the deepest input block."""
         deepest = len(unet_config.layout()["input_blocks"]) - 2
         if self.branch > deepest:
-            raise ValueError(f"DeepCache branch must be at most {deepest} for this UNet, got {self.branch}")
-
-
-class DeepCache:
-    """One sampling run's cache: the deep features of the last whole call, and how many calls have run."""
-
-    def __init__(self, config: DeepCacheConfig):
-        self.config, self.calls, self.features = config, 0, None
-
-    def reuse(self) -> bool:
-        """Called once at the start of each UNet call: True when this call reuses the kept deep features (the run
-        forgets them when its latent changes shape, minitome/run.py)."""
-        whole = self.calls % self.config.interval == 0 or self.features is None
-        self.calls += 1
-        return not whole
-
-    def keep(self, features: torch.Tensor):
-        self.features = features
+            raise Refusal(f"DeepCache branch must be at most {deepest} for this UNet, got {self.branch}")

@@ -13,6 +13,7 @@ choices as diffusers' StableDiffusionPipeline, so a seed gives the same image:
 ToMe's partitions come from their own generator (seeded with tome.seed), so turning ToMe on never
 changes the noise. What a run keeps from one UNet call to the next (that generator, CA-ToMe's kept plans,
 DeepCache's deep features) lives in one `Run` (minitome/run.py) that `noise_estimate` makes for each run.
+The public functions are doors: they check their arguments once, before any model work; nothing below checks.
 """
 import math
 from dataclasses import dataclass
@@ -21,32 +22,50 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sampler import SAMPLERS, call_timesteps, check_sampler, start_step, unet_calls
-from unet import UNetModel
-from .checks import check_seed, check_size, real_number, whole_number
-from .clip import CLIPTextModel
+from sampler import call_timesteps, sample, start_step, unet_calls
+from unet.call import check_methods
+from .checks import Refusal, check_seed, check_size, check_steps, check_strength, real_number, whole_number
 from .deepcache import DeepCacheConfig
-from .run import Run, check_methods
-from .tokenizer import Tokenizer
+from .run import Run
 from .todo import ToDoConfig
-from .tome import ToMeConfig
-from .vae import SCALE, VAEDecoder, VAEEncoder
+from .vae import SCALE
 
 
-@dataclass
-class StableDiffusion:
-    """The four parts, as `weights.load` returns them: plain modules (and the tokenizer); `vae_encoder` only when
-    asked for (`weights.load(..., encoder=True)`), for a run that starts from an image."""
-    unet: UNetModel
-    text_encoder: CLIPTextModel
-    tokenizer: Tokenizer
-    vae: VAEDecoder
-    vae_encoder: VAEEncoder = None
-
-
-def check_image_size(sd, width: int, height: int):
-    """Width and height positive multiples of the VAE's pixels per latent cell (8 for SD)."""
-    check_size(width, height, sd.vae.config.scale_factor)
+def checked(sd, steps, guidance, seed, width, height, batch, sampler, tome, todo, deep_cache, spacing, init_image,
+            strength, init_latents) -> tuple:
+    """The door of `sample_latents`: every argument checked once, before any model work (a Refusal names the
+    first one wrong). Returns the run's (width, height), an init's own, and the step a run from an image starts
+    at (0 from pure noise)."""
+    if init_image is not None and sd.vae_encoder is None:
+        raise Refusal("a run from an image needs the VAE encoder: load the weights with encoder=True")
+    factor = sd.vae.config.scale_factor
+    for given, size in ((init_image, 1), (init_latents, factor)):
+        if given is not None:
+            height, width = (n * size for n in given.shape[-2:])
+    check_size(width, height, factor)
+    from_image = init_image is not None or init_latents is not None
+    start = check_strength(steps, strength) if from_image else 0
+    check_steps(steps, sampler, spacing, start if from_image else None)  # from an image, only the steps it runs
+    if not math.isfinite(real_number(guidance, "guidance")):
+        raise Refusal(f"guidance must be a finite number, got {guidance}")
+    check_seed(seed), whole_number(batch, 1, "batch")
+    check_methods(None if callable(tome) else tome, todo, deep_cache)
+    if callable(tome) and todo is not None:  # a ToMe schedule beside ToDo: each call's config, before any work
+        for t in call_timesteps(sampler, steps, spacing, start):
+            check_methods(tome(t), todo, deep_cache)
+    if sd.unet.config.fewest_normalized((height // factor, width // factor), batch * (1 + (guidance > 1))) < 2:
+        raise Refusal(f"{width}x{height} is too small for this UNet at {batch * (1 + (guidance > 1))} latent per call: "
+                      "a GroupNorm of its deepest levels would normalise a single value")
+    if todo is not None:
+        todo.check_latent((height // factor, width // factor))
+    if deep_cache is not None:
+        deep_cache.check_layout(sd.unet.config)
+    for name, given, channels in (("init_image", init_image, 3), ("init_latents", init_latents, 4)):
+        if given is not None and (given.dim() != 4 or given.shape[1] != channels or given.shape[0] not in (1, batch)):
+            raise Refusal(f"{name} must be (1 or batch = {batch}, {channels}, height, width), got {tuple(given.shape)}")
+        if given is not None and not torch.isfinite(given).all():
+            raise Refusal(f"{name} holds values that are not finite (NaN or infinity)")
+    return width, height, start
 
 
 @torch.no_grad()
@@ -58,7 +77,7 @@ def sample_latents(sd, prompt: str, negative_prompt: str = "", steps: int = 50, 
     """Stages 1–4: the final latents (B, 4, H/8, W/8) for `batch` images of one prompt.
     callback(i, t) runs after each sampler step.
 
-    init_image: a run from an image (img2img), (1, 3, height, width) in [-1, 1] (minitome/images.py reads one):
+    init_image: a run from an image (img2img), (1, 3, height, width) in [-1, 1] (`image_tensor` makes one):
     its latent is drawn from the VAE encoder's Gaussian (sd.vae_encoder), noise is put back on it by the forward
     process to where the last int(steps · strength) steps begin, and those steps run, as diffusers' img2img.
     init_latents: the same from latents (B, 4, height/8, width/8) instead of an image (the hires pass's).
@@ -68,28 +87,8 @@ def sample_latents(sd, prompt: str, negative_prompt: str = "", steps: int = 50, 
     for Euler) returning a ToMeConfig or None for that call, e.g. `lambda t: cfg if t > 500 else None`.
     todo: a ToDoConfig (Token Downsampling), deep_cache: a DeepCacheConfig; see `noise_estimate`.
     """
-    if init_image is not None:
-        if sd.vae_encoder is None:
-            raise ValueError("a run from an image needs the VAE encoder: load the weights with encoder=True")
-        height, width = init_image.shape[-2:]
-    if init_latents is not None:
-        height, width = (n * sd.vae.config.scale_factor for n in init_latents.shape[-2:])
-    check_image_size(sd, width, height)
-    start = start_step(steps, strength) if init_image is not None or init_latents is not None else None
-    check_sampler(sampler, spacing, steps, start)  # from an image, only the steps it runs must lie in the table
-    start = start or 0
-    if not math.isfinite(real_number(guidance, "guidance")):
-        raise ValueError(f"guidance must be a finite number, got {guidance}")
-    check_seed(seed), whole_number(batch, 1, "batch")
-    check_methods(None if callable(tome) else tome, todo, deep_cache)
-    if callable(tome) and todo is not None:  # a ToMe schedule beside ToDo: each call's config, before any work
-        for t in call_timesteps(sampler, steps, spacing, start):
-            check_methods(tome(t), todo, deep_cache)
-    for name, given, channels in (("init_image", init_image, 3), ("init_latents", init_latents, 4)):
-        if given is not None and (given.dim() != 4 or given.shape[1] != channels or given.shape[0] not in (1, batch)):
-            raise ValueError(f"{name} must be (1 or batch = {batch}, {channels}, height, width), got {tuple(given.shape)}")
-        if given is not None and not torch.isfinite(given).all():
-            raise ValueError(f"{name} holds values that are not finite (NaN or infinity)")
+    width, height, start = checked(sd, steps, guidance, seed, width, height, batch, sampler, tome, todo, deep_cache,
+                                   spacing, init_image, strength, init_latents)
     unet = sd.unet
     device, dtype = next(unet.parameters()).device, next(unet.parameters()).dtype
     guided = guidance > 1
@@ -106,16 +105,15 @@ def sample_latents(sd, prompt: str, negative_prompt: str = "", steps: int = 50, 
     init = None if init_latents is None else init_latents.to(device, dtype).expand(shape).contiguous()
     if init_image is not None:
         init = sd.vae_encoder.sample(init_image.to(device, dtype), generator).expand(shape).contiguous()
-    latents = torch.randn(shape, generator=generator, dtype=dtype).to(device)
+    noise = torch.randn(shape, generator=generator, dtype=dtype).to(device)
 
     # 3. the guided noise estimate the sampler calls; ToMe's partitions draw from their own generator
     eps_model = noise_estimate(unet, context, guidance, tome, todo, deep_cache, unet_calls(sampler, steps, start))
 
-    # 4. denoise
-    latents = SAMPLERS[sampler](eps_model, latents, steps, spacing, generator=generator, callback=callback,
-                                start=start, init=init)
+    # 4. denoise: the sampler's schedule from `start` on, its starting variable from the noise (and the image's)
+    latents = sample(sampler, eps_model, noise, steps, spacing, generator, callback, start, init)
     if not torch.isfinite(latents).all():  # would decode to a black or noise image
-        raise ValueError(f"the sampled latents are not finite (NaN or infinity): guidance {guidance:g} may be too "
+        raise Refusal(f"the sampled latents are not finite (NaN or infinity): guidance {guidance:g} may be too "
                          f"large, or the weights overflow in {str(dtype).replace('torch.', '')}")
     return latents
 
@@ -135,7 +133,7 @@ def noise_estimate(unet, context: torch.Tensor, guidance: float, tome=None, todo
     def eps_model(x, t):
         x_in = torch.cat([x, x]) if guided else x
         t_in = torch.full((x_in.shape[0],), t, device=x.device)
-        eps = unet(x_in, t_in, context, run=run)
+        eps = run.call(unet, x_in, t_in, context)  # the run hands the UNet this call's record
         if not guided:
             return eps
         eps_uncond, eps_cond = eps.chunk(2)
@@ -163,16 +161,6 @@ class HiresConfig:
             raise ValueError(f"hires scale {self.scale!r} makes {width}x{height} larger than a number can say") from None
         return w - w % multiple, h - h % multiple
 
-    @staticmethod
-    def least_scale(width: int, height: int, multiple: int = 8) -> float:
-        """The smallest scale that grows the longer side by one `multiple`: below it, `size` gives the first
-        pass's size back. A number to type back in (the division's rounding is walked up past)."""
-        side = max(width, height)
-        scale = (side + multiple) / side
-        while int(side * scale) < side + multiple:
-            scale = math.nextafter(scale, 2 * scale)
-        return scale
-
 
 UPSCALES = ("latent", "latent-nearest", "lanczos")
 
@@ -183,14 +171,16 @@ def upscaled(sd, latents: torch.Tensor, hires: HiresConfig, width: int, height: 
     if hires.upscale in ("latent", "latent-nearest"):
         mode = "bilinear" if hires.upscale == "latent" else "nearest"  # bilinear: no antialias, as A1111 and torch
         return {"init_latents": torch.nn.functional.interpolate(latents, size=(height // factor, width // factor), mode=mode)}
-    from .images import image_tensor
-    images = [image_tensor(image, width, height) for image in to_pil(decode(sd, latents))]  # Lanczos, as Pillow
+    images = [image_tensor(image, width, height) for image in to_pil(decode(sd, latents))]
     return {"init_image": torch.cat(images)}
 
 
-def linear_schedule(start: float, end: float, **config):
-    """A ToMe schedule for `generate`: the ratio going from `start` at t = 1000 to `end` at t = 0."""
-    return lambda t: ToMeConfig(ratio=round(end + (start - end) * t / 1000, 4), **config)
+def image_tensor(image: Image.Image, width: int, height: int) -> torch.Tensor:
+    """(1, 3, height, width) in [-1, 1]: Lanczos-resized (Pillow's) to the size when it differs, as diffusers
+    preprocesses an init image."""
+    if image.size != (width, height):
+        image = image.resize((width, height), resample=Image.Resampling.LANCZOS)
+    return torch.from_numpy(np.asarray(image).astype(np.float32) / 255.0).permute(2, 0, 1)[None] * 2.0 - 1.0
 
 
 @torch.no_grad()

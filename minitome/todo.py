@@ -15,13 +15,12 @@ Odd grids are sized down: an h × w grid becomes ⌊h / factor⌋ × ⌊w / fact
 ImprovedTokenMerge sizes them at the full-resolution level. `until` keeps ToDo on for that share of
 a run's UNet calls (the first ones, the noisiest); the sampler loop applies it (minitome/pipeline.py).
 """
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from .checks import real_number, whole_number
+from .checks import Refusal, real_number, whole_number
 from .tome import downsample_level
 
 
@@ -34,30 +33,20 @@ class ToDoConfig:
     def __post_init__(self):
         whole_number(self.factor, 1, "ToDo factor"), real_number(self.until, "ToDo until")
         if isinstance(self.max_downsample, bool) or self.max_downsample not in (1, 2, 4, 8):
-            raise ValueError(f"ToDo max_downsample must be one of 1, 2, 4, 8, got {self.max_downsample!r}")
+            raise Refusal(f"ToDo max_downsample must be one of 1, 2, 4, 8, got {self.max_downsample!r}")
         if not 0 < self.until <= 1:
-            raise ValueError(f"ToDo until must be a share of the UNet calls in (0, 1], got {self.until!r}")
+            raise Refusal(f"ToDo until must be a share of the UNet calls in (0, 1], got {self.until!r}")
 
     def check_latent(self, latent_hw: tuple):
         """The factor against a latent (H, W): no coarser than its shorter side (the full-resolution grid)."""
         shorter = min(latent_hw)
         if self.factor > shorter:
-            raise ValueError(f"ToDo factor {self.factor} is coarser than the latent grid itself ({shorter} cells on its "
+            raise Refusal(f"ToDo factor {self.factor} is coarser than the latent grid itself ({shorter} cells on its "
                              f"shorter side at this size): at most {shorter}")
 
     def calls_on(self, calls: int) -> int:
         """How many of a run's `calls` UNet calls, from the first, downsample."""
         return round(self.until * calls)
-
-    @staticmethod
-    def least_until(calls: int) -> float:
-        """The smallest `until` of three significant digits that keeps ToDo on for at least one of `calls` calls
-        (round() halves to even: until · calls must pass 0.5, not reach it). A number to type back in."""
-        digits = -math.floor(math.log10(0.5 / calls)) + 2  # decimals for three significant digits
-        until = math.ceil(0.5 / calls * 10 ** digits) / 10 ** digits
-        while round(until * calls) == 0:
-            until = round(until + 10 ** -digits, digits)
-        return until
 
 
 def downsample_kv(tokens: torch.Tensor, hw: tuple, settings) -> torch.Tensor:

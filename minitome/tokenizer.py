@@ -16,14 +16,10 @@ Byte-level BPE in five steps:
    (48,894) and the two specials `<|startoftext|>` (49406) and `<|endoftext|>` (49407): 49,408 ids.
 A prompt becomes BOS + its first 75 ids + EOS, padded with EOS to 77.
 """
-import gzip
 import heapq
-import json
 import unicodedata
 import warnings
-import zlib
 from functools import lru_cache
-from pathlib import Path
 
 import regex
 import torch
@@ -51,53 +47,21 @@ def clean(text: str) -> str:
     return regex.sub(r"\s+", " ", unicodedata.normalize("NFC", text)).lower()
 
 
-class TokenizerError(ValueError):
-    """Tokenizer files that cannot be used; the message is one line naming the file and the problem."""
-
-
-def read_text(path: Path) -> str:
-    """A tokenizer file's text (gzip-compressed for .gz), every failure a TokenizerError naming the file."""
-    try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rt", encoding="utf-8") as f:
-                return f.read()
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise TokenizerError(f"{path}: not UTF-8 text") from None
-    except (OSError, EOFError, zlib.error) as error:  # gzip.BadGzipFile is an OSError; a truncated .gz an EOFError
-        raise TokenizerError(f"{path}: cannot be read ({error})") from None
-
-
-def read_json(path: Path):
-    try:
-        return json.loads(read_text(path))
-    except json.JSONDecodeError as error:
-        raise TokenizerError(f"{path}: not valid JSON ({error})") from None
-    except RecursionError:
-        raise TokenizerError(f"{path}: not valid JSON (nested too deep)") from None
-
-
-def merge_pairs(lines: list, source) -> list:
-    """The merge list: CLIP's first 48,894 "a b" lines after the version header."""
-    merges = [tuple(line.split()) for line in lines[1:NUM_MERGES + 1]]
-    if len(merges) < NUM_MERGES or any(len(pair) != 2 for pair in merges):
-        bad = next((i for i, pair in enumerate(merges) if len(pair) != 2), len(merges))
-        raise TokenizerError(f"{source}: expected a version line and {NUM_MERGES:,} merges of two symbols each, "
-                             f"line {bad + 2} is not one")
-    return merges
+def clip_vocab(merges: list) -> dict:
+    """CLIP's vocabulary from its merges: the 256 byte symbols, the same with </w>, one symbol per merge, the two
+    specials."""
+    base = list(bytes_to_unicode().values())
+    symbols = base + [b + "</w>" for b in base] + ["".join(pair) for pair in merges] + [BOS, EOS]
+    return {symbol: i for i, symbol in enumerate(symbols)}
 
 
 class Tokenizer:
-    def __init__(self, merges: list, vocab: dict = None, source: str = "tokenizer"):
+    def __init__(self, merges: list, vocab: dict = None):
         """merges: pairs ("a", "b") in rank order. vocab: symbol → id; built from the merges when None,
-        as CLIP's own `bpe_simple_vocab_16e6.txt.gz` leaves it implicit. Either way the table must have
-        CLIP's layout (`check_layout`); source names the files in its errors."""
-        base = list(bytes_to_unicode().values())
-        if vocab is None:
-            symbols = base + [b + "</w>" for b in base] + ["".join(pair) for pair in merges] + [BOS, EOS]
-            vocab = {symbol: i for i, symbol in enumerate(symbols)}
+        as CLIP's own `bpe_simple_vocab_16e6.txt.gz` leaves it implicit. Either way the table has CLIP's
+        layout (weights/tokenizer.py reads the files and checks it)."""
+        vocab = clip_vocab(merges) if vocab is None else vocab
         self.vocab, self.ranks = vocab, {pair: rank for rank, pair in enumerate(merges)}
-        self.check_layout(merges, source)
         self.bos_id, self.eos_id = vocab[BOS], vocab[EOS]
         self.byte_chars = bytes_to_unicode()
         self.cache = {}
@@ -118,52 +82,6 @@ class Tokenizer:
         found in the lower-cased prompt: "Fox" would take every "fox"), or already added."""
         return name in self.vocab or clean(name) in self.vocab or clean(name) in self.added
 
-    def check_layout(self, merges: list, source):
-        """CLIP's vocabulary layout, which every id the BPE can produce relies on: ids 0–255 are the byte
-        symbols, 256–511 the same with </w>, the merge of rank k is id 512 + k and is made of symbols
-        that exist before it, then the two specials. A shuffled or foreign merges.txt breaks it."""
-        if not isinstance(self.vocab, dict) or not all(isinstance(i, int) for i in self.vocab.values()):
-            raise TokenizerError(f"{source}: the vocabulary must map symbols to integer ids")
-        base = list(bytes_to_unicode().values())
-        expected = [(b, i) for i, b in enumerate(base)] + [(b + "</w>", 256 + i) for i, b in enumerate(base)]
-        expected += [(BOS, 512 + len(merges)), (EOS, 513 + len(merges))]
-        for symbol, i in expected:
-            if self.vocab.get(symbol) != i:
-                raise TokenizerError(f"{source}: {symbol!r} should be id {i} in CLIP's vocabulary, "
-                                     f"found {self.vocab.get(symbol)}")
-        for rank, (a, b) in enumerate(merges):
-            made, limit = self.vocab.get(a + b), 512 + rank
-            if made != limit or not self.vocab.get(a, limit) < limit or not self.vocab.get(b, limit) < limit:
-                raise TokenizerError(f"{source}: merge {rank + 1} ({a} {b}) does not match the vocabulary "
-                                     f"(CLIP's merge of rank k is id 512 + k, made of earlier symbols); "
-                                     "are vocab.json and merges.txt from the same tokenizer?")
-
-    @classmethod
-    def from_files(cls, path) -> "Tokenizer":
-        """A folder with vocab.json + merges.txt (the SD 1.5 repository's `tokenizer/`) or tokenizer.json
-        (what newer transformers save), or CLIP's own `bpe_simple_vocab_16e6.txt.gz`."""
-        path = Path(path)
-        if path.is_dir():
-            vocab_file, merges_file, single = path / "vocab.json", path / "merges.txt", path / "tokenizer.json"
-            if not (vocab_file.is_file() and merges_file.is_file()) and single.is_file():
-                model = read_json(single)
-                model = model.get("model") if isinstance(model, dict) else None
-                if not isinstance(model, dict) or not isinstance(model.get("merges"), list):
-                    raise TokenizerError(f"{single}: no BPE model (\"model\" with \"vocab\" and \"merges\")")
-                lines = ["#version"] + [m if isinstance(m, str) else " ".join(map(str, m)) for m in model["merges"]]
-                return cls(merge_pairs(lines, single), model.get("vocab"), str(single))
-            missing = [f.name for f in (vocab_file, merges_file) if not f.is_file()]
-            if missing:
-                raise TokenizerError(f"{path}: tokenizer files missing: {', '.join(missing)} (or tokenizer.json)")
-            merges, vocab = merge_pairs(read_text(merges_file).split("\n"), merges_file), read_json(vocab_file)
-            source = f"{path} (vocab.json + merges.txt)"
-        elif path.name.endswith(".txt.gz") and path.is_file():
-            merges, vocab, source = merge_pairs(read_text(path).split("\n"), path), None, path
-        else:
-            raise TokenizerError(f"{path}: no tokenizer here (need a folder with vocab.json + merges.txt, "
-                                 "or bpe_simple_vocab_16e6.txt.gz)")
-        return cls(merges, vocab, str(source))
-
     def bpe(self, piece: str) -> list:
         """Step 4 on one piece (already spelled in byte characters): its list of vocabulary symbols.
 
@@ -172,7 +90,7 @@ class Tokenizer:
         of n symbols. Here the candidate pairs wait in a heap ordered by (rank, position), the symbols sit
         in a linked list, and each merge only adds the two pairs it creates: n log n, the same symbols.
         This order is the rule's because a pair that contains a merged symbol always ranks after the merge
-        that made it (checked by `check_layout`), and position breaks ties left to right.
+        that made it (weights/tokenizer.py checks it), and position breaks ties left to right.
         """
         if piece in self.cache:
             return self.cache[piece]

@@ -10,9 +10,8 @@ The algorithm, for one block whose N = h·w tokens x (B, N, C) come from an h ×
 
 1. partition: cut the grid into sy × sx cells; in each full cell one token is a destination (dst),
    at a random position (top-left with use_rand off). Every other token is a source (src), the
-   leftover bottom rows and right columns included. One partition for the whole batch (as tomesd),
-   or one per image with rand_per_image (the paper's "randomness fixed across the batch or not").
-   partition="random" or "alternating" swaps the cells for the paper's contrasts (its Figure 5).
+   leftover bottom rows and right columns included. One partition for the whole batch, as tomesd.
+   (The paper's other partitions and per-image randomness, its ablations, are minitome/lab/partitions.py's.)
 2. similarity: cosine similarity of every src to every dst, on the block input x.
 3. matching (bipartite soft matching): each src picks its most similar dst; the r = int(N · ratio)
    src with the highest similarity merge (r at most the number of src).
@@ -29,9 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .checks import check_seed, real_number, whole_number
+from .checks import Refusal, check_seed, real_number, whole_number
 
-PARTITIONS = ("cells", "random", "alternating")  # how the dst are chosen (the paper's Figure 5)
 MERGE_TARGETS = ("attn", "crossattn", "mlp")      # the sub-layers merging can wrap: ToMeConfig.merge_<target>
 
 
@@ -45,8 +43,6 @@ class ToMeConfig:
     merge_attn: bool = True       # merge around self-attention
     merge_crossattn: bool = False  # merge around cross-attention
     merge_mlp: bool = False       # merge around the feed-forward
-    rand_per_image: bool = False  # one random partition per image of the batch (tomesd: one for all)
-    partition: str = "cells"      # "cells" (one dst per sx × sy cell); the paper's contrasts: "random", "alternating"
     seed: int = 0                 # seeds the partition's own generator, apart from the image noise
     # CA-ToMe (arXiv 2501.00946): merge by similarity instead of by count, and plan less often
     threshold: float = None       # merge the src whose best cosine similarity is >= this (instead of ratio)
@@ -56,46 +52,31 @@ class ToMeConfig:
     def __post_init__(self):
         whole_number(self.sx, 1, "ToMe sx"), whole_number(self.sy, 1, "ToMe sy")
         real_number(self.ratio, "ToMe ratio"), check_seed(self.seed, "ToMe seed")
-        if self.threshold is not None:
-            real_number(self.threshold, "ToMe threshold")
-        if self.partition not in PARTITIONS:
-            raise ValueError(f"ToMe partition must be one of {', '.join(PARTITIONS)}, got {self.partition!r}")
-        if self.partition == "random" and not self.use_rand:
-            raise ValueError("ToMe partition 'random' draws its dst, so it needs use_rand=True")
-        if isinstance(self.max_downsample, bool) or self.max_downsample not in (1, 2, 4, 8):
-            raise ValueError(f"ToMe max_downsample must be one of 1, 2, 4, 8, got {self.max_downsample!r}")
-        if self.threshold is not None and not -1 <= self.threshold <= 1:
-            raise ValueError(f"ToMe threshold must be a cosine similarity in [-1, 1], got {self.threshold!r}")
-        whole_number(self.reuse, 1, "ToMe reuse")  # plan every `reuse` UNet calls
-        if self.replan_calls is not None and (not isinstance(self.replan_calls, tuple) or 0 not in self.replan_calls):
-            raise ValueError(f"ToMe replan_calls must be a tuple of UNet calls that includes 0, got {self.replan_calls!r}")
+        whole_number(self.reuse, 1, "ToMe reuse")
         top = 1 - 1 / (self.sx * self.sy)
-        if not 0 <= self.ratio <= top:
-            raise ValueError(f"ToMe ratio must be in [0, {top!r}] (1 - 1/(sx·sy)) for sx={self.sx}, sy={self.sy}, "
-                             f"got {self.ratio!r}")
+        for wrong, message in (
+                (isinstance(self.max_downsample, bool) or self.max_downsample not in (1, 2, 4, 8),
+                 f"max_downsample must be one of 1, 2, 4, 8, got {self.max_downsample!r}"),
+                (self.threshold is not None and not -1 <= real_number(self.threshold, "ToMe threshold") <= 1,
+                 f"threshold must be a cosine similarity in [-1, 1], got {self.threshold!r}"),
+                (self.replan_calls is not None and (not isinstance(self.replan_calls, tuple) or 0 not in self.replan_calls),
+                 f"replan_calls must be a tuple of UNet calls that includes 0, got {self.replan_calls!r}"),
+                (not 0 <= self.ratio <= top,
+                 f"ratio must be in [0, {top!r}] (1 - 1/(sx·sy)) for sx={self.sx}, sy={self.sy}, got {self.ratio!r}")):
+            if wrong:
+                raise Refusal(f"ToMe {message}")
 
-
-    def check_latent(self, latent_hw: tuple):
-        """Merging happens somewhere at a latent of (H, W): a whole sy × sx cell fits its full-resolution grid
-        and, by ratio, r = int(H·W · ratio) >= 1 there (ratio 0 is the chosen identity). A ValueError otherwise:
-        the command line's check, since `tome_plan` takes such settings as the identity, as tomesd does."""
-        h, w = latent_hw
-        if self.partition == "cells" and (self.sx > w or self.sy > h):
-            raise ValueError(f"ToMe sx {self.sx} and sy {self.sy}: no whole cell fits the {h}x{w} latent grid, so "
-                             "nothing would merge")
-        if self.threshold is None and self.ratio > 0 and int(h * w * self.ratio) == 0:
-            least = 1 / (h * w)
-            while int(h * w * least) == 0:
-                least = math.nextafter(least, 1)
-            raise ValueError(f"ToMe ratio {self.ratio!r} merges none of the {h * w} tokens of the {h}x{w} latent "
-                             f"(int({h * w} · {self.ratio!r}) = 0): use at least {least!r}, or 0 for none")
+    def partitions(self, h: int, w: int, generator: torch.Generator, batch: int):
+        """(src, dst) for a block on an h × w grid, each (1, ·): one partition for the whole batch, so that the
+        guidance pair [uncond, cond] sees one; None when no full cell exists. (The lab's ablations override it.)"""
+        part = partition(h, w, self.sx, self.sy, generator if self.use_rand else None)
+        return None if part is None else (part[0][None], part[1][None])
 
 
 @dataclass(frozen=True)
 class BlockSettings:
     """What every transformer block reads for one UNet call: the latent's (H, W); ToMe's settings and the
-    generator its random partitions are drawn from; ToDo's settings (minitome/todo.py). Plain data: the
-    run that made it (minitome/run.py) keeps whatever lives longer than a call."""
+    generator its random partitions are drawn from; ToDo's settings (minitome/todo.py). Plain data."""
     latent_hw: tuple
     tome: ToMeConfig = None
     generator: torch.Generator = None
@@ -107,37 +88,25 @@ def downsample_level(latent_hw: tuple, num_tokens: int) -> int:
     return math.ceil(math.sqrt(latent_hw[0] * latent_hw[1] // num_tokens))
 
 
-def partition(h: int, w: int, sx: int = 2, sy: int = 2, generator: torch.Generator = None, kind: str = "cells"):
+def partition(h: int, w: int, sx: int = 2, sy: int = 2, generator: torch.Generator = None):
     """Split the raster-ordered tokens of an h × w grid into (src, dst) index tensors, both ascending.
 
-    "cells" (ToMe-SD): one dst per full sy × sx cell, at offset k ∈ [0, sy·sx) inside it (row k // sx,
-    column k % sx); k is drawn from `generator` per cell, or 0 (top-left) when generator is None. The draw
-    is `randint(sy·sx, (h // sy, w // sx))`, the same numbers tomesd draws from the same generator.
-    The paper's contrasts (its Figure 5): "random", as many dst as there are full cells but anywhere
-    (drawn from `generator`); "alternating", every other token in raster order (ToMe for ViTs).
-    Returns None when no full cell exists (h < sy or w < sx) for "cells".
+    One dst per full sy × sx cell, at offset k ∈ [0, sy·sx) inside it (row k // sx, column k % sx); k is drawn
+    from `generator` per cell, or 0 (top-left) when generator is None. The draw is
+    `randint(sy·sx, (h // sy, w // sx))`, the same numbers tomesd draws from the same generator.
+    Returns None when no full cell exists (h < sy or w < sx).
     """
-    for name, value, least in (("h", h, 1), ("w", w, 1), ("sx", sx, 1), ("sy", sy, 1)):
-        whole_number(value, least, f"partition {name}")
     cells_y, cells_x = h // sy, w // sx
-    is_dst = torch.zeros(h * w, dtype=torch.bool)
-    if kind == "alternating":
-        is_dst[::2] = True
-    elif kind == "random":
-        device = "cpu" if generator is None else generator.device
-        is_dst[torch.randperm(h * w, generator=generator, device=device).cpu()[:max(1, cells_y * cells_x)]] = True
-    elif kind == "cells":
-        if cells_y == 0 or cells_x == 0:
-            return None
-        if generator is None:
-            offset = torch.zeros(cells_y, cells_x, dtype=torch.long)
-        else:
-            offset = torch.randint(sy * sx, (cells_y, cells_x), generator=generator, device=generator.device).cpu()
-        rows = torch.arange(cells_y)[:, None] * sy + offset // sx  # (cells_y, cells_x)
-        cols = torch.arange(cells_x)[None, :] * sx + offset % sx
-        is_dst[(rows * w + cols).flatten()] = True
+    if cells_y == 0 or cells_x == 0:
+        return None
+    if generator is None:
+        offset = torch.zeros(cells_y, cells_x, dtype=torch.long)
     else:
-        raise ValueError(f"partition must be one of {', '.join(PARTITIONS)}, got {kind!r}")
+        offset = torch.randint(sy * sx, (cells_y, cells_x), generator=generator, device=generator.device).cpu()
+    rows = torch.arange(cells_y)[:, None] * sy + offset // sx  # (cells_y, cells_x)
+    cols = torch.arange(cells_x)[None, :] * sx + offset % sx
+    is_dst = torch.zeros(h * w, dtype=torch.bool)
+    is_dst[(rows * w + cols).flatten()] = True
     return (~is_dst).nonzero().squeeze(1), is_dst.nonzero().squeeze(1)
 
 
@@ -153,10 +122,6 @@ def match(metric: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, r: int = 0
     B, N, _ = metric.shape
     src, dst = src.to(metric.device).expand(B, -1), dst.to(metric.device).expand(B, -1)  # (B, ·) either way
     num_src, num_dst = src.shape[1], dst.shape[1]
-    if num_src + num_dst != N:
-        raise ValueError(f"match: {num_src} src and {num_dst} dst do not partition the {N} tokens of metric")
-    if threshold is None and not 0 <= whole_number(r, 0, "match r") <= num_src:
-        raise ValueError(f"match r must be at most the {num_src} src, got {r}")
     with torch.no_grad():
         metric = metric / metric.norm(dim=-1, keepdim=True)
         batch = torch.arange(B, device=metric.device)[:, None]
@@ -226,26 +191,17 @@ def tome_plan(x: torch.Tensor, hw: tuple, settings: BlockSettings = None) -> Pla
     The identity when there are no ToMe settings, when the block is downsampled more than max_downsample,
     when r = int(N · ratio) is 0 (or the threshold is 1 or more), or when the grid has no full sy × sx
     cell. With use_rand the partition is drawn from settings.generator (its only side effect: the generator
-    advances); without it, or without a generator, the top-left of each cell. With rand_per_image image b of
-    the batch gets the b-th partition drawn. Keeping plans between calls is the run's (minitome/run.py).
+    advances); without it, or without a generator, the top-left of each cell. Keeping plans between calls is
+    the run's (minitome/run.py).
     """
-    if settings is None or settings.tome is None:
+    cfg = settings.tome if settings is not None else None
+    if cfg is None or x.numel() == 0 or downsample_level(settings.latent_hw, x.shape[1]) > cfg.max_downsample:
         return IDENTITY
-    cfg, N = settings.tome, x.shape[1]
-    if hw[0] * hw[1] != N:
-        raise ValueError(f"ToMe: the grid {tuple(hw)} holds {hw[0] * hw[1]} tokens, x holds {N}")
-    if N == 0 or x.shape[0] == 0:
-        return IDENTITY  # nothing to merge
-    if downsample_level(settings.latent_hw, N) > cfg.max_downsample:
-        return IDENTITY
-    r = int(N * cfg.ratio)
+    r = int(x.shape[1] * cfg.ratio)
     if (r <= 0 and cfg.threshold is None) or (cfg.threshold is not None and cfg.threshold >= 1):
         return IDENTITY  # checked before the draw, as tomesd and ca-tome do, so the generator advances identically
-    generator = settings.generator if cfg.use_rand else None
-    draws = x.shape[0] if cfg.rand_per_image and generator is not None else 1  # partitions to draw
-    parts = [partition(hw[0], hw[1], cfg.sx, cfg.sy, generator, cfg.partition) for _ in range(draws)]
-    if parts[0] is None or parts[0][0].numel() == 0:  # no full cell, or no src (a 1-token "alternating" grid)
+    parts = cfg.partitions(hw[0], hw[1], settings.generator, x.shape[0])
+    if parts is None or parts[0].shape[1] == 0:  # no full cell, or no src (cells of one token)
         return IDENTITY
-    src, dst = torch.stack([s for s, _ in parts]), torch.stack([d for _, d in parts])  # (draws, ·)
-    slot = match(x, src, dst, min(r, src.shape[1]), cfg.threshold)
+    slot = match(x, *parts, min(r, parts[0].shape[1]), cfg.threshold)
     return Plan(slot, int(slot.max()) + 1, cfg)

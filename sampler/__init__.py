@@ -1,61 +1,76 @@
-"""Samplers: the noise schedule (schedule.py), the timesteps each visits (spacing.py), PLMS (plms.py, the SD 1.5
-default), DDIM (ddim.py), Euler and Euler ancestral (euler.py), DPM-Solver++(2M) (dpm.py).
+"""Samplers: the noise schedule (schedule.py), the steps each visits (spacing.py), PLMS (plms.py, the SD 1.5
+default), DDIM (ddim.py), Euler and Euler ancestral (euler.py), DPM-Solver++(2M) (dpm.py), and their table.
 
-Every sampler is called the same way: sample(eps_model, x, steps, spacing, generator, callback), with x the
-initial noise (unit variance) and eps_model(x, t) the guided noise estimate; it returns the clean latent.
+Every sampler is called the same way, as k-diffusion's: sample(eps_model, x, schedule, generator, callback), with
+eps_model(x, t) the guided noise estimate, `schedule` the steps it takes (spacing.py) and x its starting variable
+(what its row's `start` makes of the initial noise, or of the noise and an image); it returns the clean latent.
+A sampler is one file and one row of `SAMPLERS`.
 """
-import math
+from dataclasses import dataclass
+from typing import Callable
 
 from .ddim import ddim_sample
-from .dpm import dpmpp_2m_sample
-from .euler import euler_ancestral_sample, euler_sample
+from .dpm import dpmpp_2m_sample, start_in_dpm
+from .euler import euler_ancestral_sample, euler_sample, start_in_x_bar
 from .plms import plms_sample
-from .spacing import SPACINGS, check_count, check_spacing, check_steps, spacing_of
-
-SAMPLERS = {"plms": plms_sample, "ddim": ddim_sample, "euler": euler_sample, "euler-a": euler_ancestral_sample,
-            "dpm++2m": dpmpp_2m_sample}
-A1111_NAMES = {"plms": "PLMS", "ddim": "DDIM", "euler": "Euler", "euler-a": "Euler a", "dpm++2m": "DPM++ 2M"}
+from .schedule import start_in_x
+from .spacing import SPACINGS, Schedule, dpm_schedule, sigma_schedule, t_schedule
 
 
-def check_sampler(sampler: str, spacing: str = "leading", steps: int = None, start: int = None):
-    """A sampler and spacing that run together (and, given, a step count they space well, for a run from pure
-    noise, or from an image from step `start` on): a ValueError otherwise."""
-    if steps is None:
-        check_spacing(sampler, spacing)
-    else:
-        check_steps(steps, sampler, spacing, start)  # which checks the pair first
+@dataclass(frozen=True)
+class Sampler:
+    """One row of the table: the sampler, and what the pipeline and the PNG's text need to know of it."""
+    sample: Callable              # sample(eps_model, x, schedule, generator, callback) → the clean latent
+    a1111: str                    # its name in A1111's text ("Euler a")
+    diffusers: str                # the diffusers scheduler it matches
+    schedule: Callable            # (steps, spacing) → Schedule: the steps it takes (spacing.py)
+    start: Callable               # (noise, schedule, init=None) → its starting variable
+    spacings: tuple = ("leading", "linspace", "trailing")  # the spacings it takes (karras: σ-based only)
+    twice_first: bool = False     # its first step calls the UNet twice (PLMS's warm-up)
+
+
+SAMPLERS = {
+    "plms": Sampler(plms_sample, "PLMS", "PNDMScheduler", t_schedule, start_in_x, twice_first=True),
+    "ddim": Sampler(ddim_sample, "DDIM", "DDIMScheduler", t_schedule, start_in_x),
+    "euler": Sampler(euler_sample, "Euler", "EulerDiscreteScheduler", sigma_schedule, start_in_x_bar, SPACINGS),
+    "euler-a": Sampler(euler_ancestral_sample, "Euler a", "EulerAncestralDiscreteScheduler", sigma_schedule,
+                       start_in_x_bar),
+    "dpm++2m": Sampler(dpmpp_2m_sample, "DPM++ 2M", "DPMSolverMultistepScheduler", dpm_schedule, start_in_dpm, SPACINGS),
+}
+
+
+def spacing_of(sampler: str, steps: int, spacing: str) -> Schedule:
+    """The steps `sampler` takes in a run of `steps` with `spacing`, from pure noise."""
+    return SAMPLERS[sampler].schedule(steps, spacing)
+
+
+def sample(name: str, eps_model, noise, steps: int, spacing: str = "leading", generator=None, callback=None,
+           start: int = 0, init=None):
+    """A run of the sampler `name`: its schedule computed once (the steps from `start` on, for a run from the
+    image latent `init`), its starting variable made from the noise (and init), then its steps."""
+    row = SAMPLERS[name]
+    schedule = row.schedule(steps, spacing).from_step(start)
+    return row.sample(eps_model, row.start(noise, schedule, init), schedule, generator, callback)
+
+
+def start_step(steps: int, strength: float) -> int:
+    """Where a run from an image starts, as diffusers' img2img picks it: the last int(steps · strength) of the
+    steps run (the strength is the share of the schedule's noise put back on the image)."""
+    return steps - min(int(steps * strength), steps)
 
 
 def unet_calls(sampler: str, steps: int, start: int = 0) -> int:
     """How many times a run calls the UNet: PLMS's first step calls it twice (one more, unless one step is left).
     A run from an image takes only the steps from `start` on."""
     left = steps - start
-    return left + 1 if sampler == "plms" and left > 1 else left
+    return left + 1 if SAMPLERS[sampler].twice_first and left > 1 else left
 
 
 def call_timesteps(sampler: str, steps: int, spacing: str = "leading", start: int = 0) -> list:
     """The timestep of every UNet call of a run, in order (PLMS's warm-up calls at the second timestep twice)."""
     ts = spacing_of(sampler, steps, spacing).timesteps[start:]
-    return [ts[0], *ts[1:2], *ts[1:]] if sampler == "plms" and len(ts) > 1 else ts
+    return [ts[0], *ts[1:2], *ts[1:]] if SAMPLERS[sampler].twice_first and len(ts) > 1 else ts
 
 
-def start_step(steps: int, strength: float) -> int:
-    """Where a run from an image starts, as diffusers' img2img picks it: the last int(steps · strength) of the
-    steps run (the strength is the share of the schedule's noise put back on the image). A ValueError when
-    that leaves no step, or the strength is not in (0, 1]."""
-    check_count(steps)
-    if not 0 < strength <= 1:
-        raise ValueError(f"strength must be in (0, 1], got {strength}")
-    run = min(int(steps * strength), steps)
-    if run == 0:
-        least = 1 / steps
-        least = least if int(steps * least) >= 1 else math.nextafter(least, 2)  # 49 · (1/49) rounds below 1
-        raise ValueError(f"strength {strength!r} of {steps} steps leaves no step to run (int({steps} · {strength!r}) "
-                         f"= 0): raise the strength to at least {least!r}, or the steps")
-    return steps - run
-
-
-__all__ = ["A1111_NAMES", "SAMPLERS", "SPACINGS", "call_timesteps", "check_count", "check_sampler", "check_spacing",
-           "check_steps",
-           "start_step", "ddim_sample",
-           "dpmpp_2m_sample", "euler_ancestral_sample", "euler_sample", "plms_sample", "spacing_of", "unet_calls"]
+__all__ = ["SAMPLERS", "SPACINGS", "Sampler", "Schedule", "call_timesteps", "ddim_sample", "dpmpp_2m_sample",
+           "euler_ancestral_sample", "euler_sample", "plms_sample", "sample", "spacing_of", "start_step", "unet_calls"]

@@ -1,6 +1,6 @@
 """DPM-Solver++(2M) (Lu et al. 2022, arXiv 2211.01095): a second-order multistep solver, one model call per step.
 
-Where this sits: `minitome/pipeline.py` calls `dpmpp_2m_sample(eps_model, latents, steps, spacing)`. Mirrors
+Where this sits: `minitome/pipeline.py` calls `dpmpp_2m_sample(eps_model, x, schedule)`, x from `start_in_dpm`. Mirrors
 diffusers' `DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2)` made from SD 1.5's config
 (its first and last steps first order, `final_sigmas_type="zero"`).
 
@@ -25,8 +25,6 @@ import math
 
 import torch
 
-from .spacing import check_run, spacing_of
-
 
 def alpha_s(sigma: float) -> tuple:
     """(α, s) = (1/√(σ² + 1), σ/√(σ² + 1)): the signal's and the noise's scale at noise level σ."""
@@ -34,16 +32,18 @@ def alpha_s(sigma: float) -> tuple:
     return alpha, sigma * alpha
 
 
-def dpmpp_2m_sample(eps_model, x: torch.Tensor, steps: int, spacing: str = "leading", generator=None,
-                    callback=None, start: int = 0, init: torch.Tensor = None) -> torch.Tensor:
-    """Denoise the noise x (unit variance) in `steps` steps; the clean latent. callback(i, t) after each step.
-    From an image: from step `start` (first order there, having no previous x̂₀), on x = α · init + s · x."""
-    check_run(steps, "dpm++2m", spacing, start, init)
-    schedule = spacing_of("dpm++2m", steps, spacing)
-    sigmas, timesteps = schedule.sigmas[start:], schedule.timesteps[start:]
-    if init is not None:
-        alpha, s = alpha_s(sigmas[0])
-        x = alpha * init + s * x
+def start_in_dpm(noise: torch.Tensor, schedule, init: torch.Tensor = None) -> torch.Tensor:
+    """Where DPM++ starts: the noise itself, or from an image x = α · init + s · noise at the first step's σ."""
+    if init is None:
+        return noise
+    alpha, s = alpha_s(schedule.sigmas[0])
+    return alpha * init + s * noise
+
+
+def dpmpp_2m_sample(eps_model, x: torch.Tensor, schedule, generator=None, callback=None) -> torch.Tensor:
+    """Denoise x along `schedule` (sampler/spacing.py: its σ's and timesteps); the clean latent. callback(i, t)
+    after each step. A run from an image starts first order too, having no previous x̂₀."""
+    sigmas, timesteps = schedule.sigmas, schedule.timesteps
     x0_prev, h_prev = None, None
     for i, t in enumerate(timesteps):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]

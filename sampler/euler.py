@@ -1,7 +1,7 @@
 """Euler and Euler ancestral (Karras et al. 2022): steps along the noise level σ, one model call per step.
 
-Where this sits: `minitome/pipeline.py` calls `euler_sample(eps_model, latents, steps, spacing)` or
-`euler_ancestral_sample(…, generator=…)`. Mirrors diffusers' `EulerDiscreteScheduler` and
+Where this sits: `minitome/pipeline.py` calls `euler_sample(eps_model, x̄, schedule)` or
+`euler_ancestral_sample(…, generator=…)`, x̄ from `start_in_x_bar`. Mirrors diffusers' `EulerDiscreteScheduler` and
 `EulerAncestralDiscreteScheduler` made from SD 1.5's scheduler config.
 
 The language is chapter 6's: write the latent as x̄ = x / √ᾱ = x₀ + σ · ε. Along that line the noise estimate
@@ -18,8 +18,6 @@ after k-diffusion, which takes x̄ ≈ σ · ε at the top and neglects x₀; at
 """
 import torch
 
-from .spacing import check_run, spacing_of
-
 
 def initial_scale(sigma_max: float, spacing: str) -> float:
     """x̄ = x_T · this: diffusers' `init_noise_sigma` (see the module's docstring)."""
@@ -31,15 +29,19 @@ def model_input(x_bar: torch.Tensor, sigma: float) -> torch.Tensor:
     return x_bar / (sigma ** 2 + 1) ** 0.5
 
 
-def euler_sample(eps_model, x: torch.Tensor, steps: int, spacing: str = "leading", generator=None,
-                 callback=None, start: int = 0, init: torch.Tensor = None, ancestral: bool = False) -> torch.Tensor:
-    """Denoise the noise x (unit variance) in `steps` Euler steps; the clean latent. callback(i, t) after each step.
-    From an image: from step `start`, on x̄ = init + σ · x (the forward process in σ's variables)."""
-    check_run(steps, "euler-a" if ancestral else "euler", spacing, start, init)
-    schedule = spacing_of("euler-a" if ancestral else "euler", steps, spacing)
-    sigmas, timesteps = schedule.sigmas[start:], schedule.timesteps[start:]
-    x = x * initial_scale(sigmas[0], spacing) if init is None else init + x * sigmas[0]
-    for i, t in enumerate(timesteps):
+def start_in_x_bar(noise: torch.Tensor, schedule, init: torch.Tensor = None) -> torch.Tensor:
+    """Where Euler starts, x̄: the noise scaled by diffusers' `init_noise_sigma`, or from an image
+    x̄ = init + σ · noise (the forward process in σ's variables)."""
+    sigma = schedule.sigmas[0]
+    return noise * initial_scale(sigma, schedule.spacing) if init is None else init + noise * sigma
+
+
+def euler_sample(eps_model, x: torch.Tensor, schedule, generator=None, callback=None,
+                 ancestral: bool = False) -> torch.Tensor:
+    """Denoise x̄ along `schedule` (sampler/spacing.py: its σ's and timesteps); the clean latent.
+    callback(i, t) after each step."""
+    sigmas = schedule.sigmas
+    for i, t in enumerate(schedule.timesteps):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         eps = eps_model(model_input(x, sigma), t)
         if not ancestral:
@@ -54,8 +56,7 @@ def euler_sample(eps_model, x: torch.Tensor, steps: int, spacing: str = "leading
     return x
 
 
-def euler_ancestral_sample(eps_model, x: torch.Tensor, steps: int, spacing: str = "leading", generator=None,
-                           callback=None, start: int = 0, init: torch.Tensor = None) -> torch.Tensor:
+def euler_ancestral_sample(eps_model, x: torch.Tensor, schedule, generator=None, callback=None) -> torch.Tensor:
     """Euler ancestral: `euler_sample` with fresh noise at each step, drawn from `generator` (the one that drew
     x, so that a seed means one image)."""
-    return euler_sample(eps_model, x, steps, spacing, generator, callback, start, init, ancestral=True)
+    return euler_sample(eps_model, x, schedule, generator, callback, ancestral=True)

@@ -1,6 +1,6 @@
 """PLMS, the SD 1.5 default sampler (pseudo linear multistep, Liu et al. 2022, "PNDM").
 
-Where this sits: `minitome/pipeline.py` calls `plms_sample(eps_model, latents, steps, spacing)`. Mirrors
+Where this sits: `minitome/pipeline.py` calls `plms_sample(eps_model, x, schedule)`. Mirrors
 CompVis `ldm/models/diffusion/plms.py`, and diffusers' `PNDMScheduler(skip_prk_steps=True)`.
 
 Each step is a DDIM step (`schedule.ddim_step`) taken with a better ε′: a weighted sum of the
@@ -20,8 +20,7 @@ Like DDIM (sampler/ddim.py), each step lands on the ᾱ of the next timestep the
 """
 import torch
 
-from .schedule import alpha_next, alphas_cumprod, ddim_step, start_from
-from .spacing import check_run, spacing_of
+from .schedule import ddim_step
 
 
 def plms_eps(eps: torch.Tensor, history: list) -> torch.Tensor:
@@ -33,19 +32,13 @@ def plms_eps(eps: torch.Tensor, history: list) -> torch.Tensor:
     return (55 * eps - 59 * history[-1] + 37 * history[-2] - 9 * history[-3]) / 24
 
 
-def plms_sample(eps_model, x: torch.Tensor, steps: int, spacing: str = "leading", generator=None,
-                callback=None, start: int = 0, init: torch.Tensor = None) -> torch.Tensor:
-    """Denoise x from t ≈ 1000 to 0 in `steps` steps. callback(i, t) runs after each step.
-    From an image: from step `start` on x = the forward process of `init`, with its own warm-up there (as if
-    the run had begun at that timestep)."""
-    check_run(steps, "plms", spacing, start, init)
-    acp = alphas_cumprod().tolist()
-    ts = spacing_of("plms", steps, spacing).timesteps[start:]
-    if init is not None:
-        x = start_from(init, x, acp[ts[0]])
+def plms_sample(eps_model, x: torch.Tensor, schedule, generator=None, callback=None) -> torch.Tensor:
+    """Denoise x along `schedule` (sampler/spacing.py: its timesteps and ᾱ's). callback(i, t) runs after each step.
+    A run from an image starts partway, with its own warm-up there (as if the run had begun at that timestep)."""
+    ts, alphas = schedule.timesteps, schedule.alphas
     history = []  # raw ε of the previous steps
     for i, t in enumerate(ts):
-        a_t, a_prev = acp[t], alpha_next(acp, ts, i)
+        a_t, a_prev = alphas[i], alphas[i + 1]
         eps = eps_model(x, t)
         if history:
             eps_prime = plms_eps(eps, history)

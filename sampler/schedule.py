@@ -1,7 +1,7 @@
 """The noise schedule of SD 1.5, and which timesteps a sampler visits.
 
-Where this sits: the samplers in `sampler/` read ᾱ_t from here (and σ_t, through `sampler/spacing.py`, which
-also says which timesteps each visits); the pipeline never touches it directly. Mirrors diffusers' schedulers
+Where this sits: `sampler/spacing.py` reads ᾱ_t from here for the schedules it makes; PLMS and DDIM take their
+steps with `ddim_step`, and start from an image with `start_in_x`. Mirrors diffusers' schedulers
 with SD 1.5's scheduler config (scaled_linear betas, 1000 training steps, set_alpha_to_one false), computed
 in float32 as they are.
 
@@ -20,15 +20,13 @@ def alphas_cumprod(beta_start: float = 0.00085, beta_end: float = 0.012) -> torc
     return torch.cumprod(1.0 - betas, dim=0)
 
 
-def alpha_next(acp, timesteps: list, i: int):
-    """ᾱ where step i lands: at the next timestep the sampler visits, or ᾱ[0] = 0.99915 past the last one
-    (not 1: SD 1.5's set_alpha_to_one false)."""
-    return acp[timesteps[i + 1]] if i + 1 < len(timesteps) else acp[0]
-
-
-def start_from(x0: torch.Tensor, noise: torch.Tensor, a_t) -> torch.Tensor:
-    """The forward process at ᾱ_t: x_t = √ᾱ_t · x₀ + √(1 − ᾱ_t) · ε (a run that starts from an image)."""
-    return a_t ** 0.5 * x0 + (1 - a_t) ** 0.5 * noise
+def start_in_x(noise: torch.Tensor, schedule, init: torch.Tensor = None) -> torch.Tensor:
+    """Where PLMS and DDIM start: the noise itself, or from an image the forward process at the first step's ᾱ_t,
+    x_t = √ᾱ_t · x₀ + √(1 − ᾱ_t) · ε (x₀ = init, ε = noise)."""
+    if init is None:
+        return noise
+    a_t = schedule.alphas[0]
+    return a_t ** 0.5 * init + (1 - a_t) ** 0.5 * noise
 
 
 def ddim_step(x: torch.Tensor, eps: torch.Tensor, a_t, a_prev) -> torch.Tensor:

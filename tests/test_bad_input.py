@@ -391,7 +391,7 @@ def test_a_limit_a_message_names_can_be_typed_back_in(single_file, tmp_path, arg
                                                              r"image \(denoising strength 0.75\): give it with --init-image")])
 def test_a_png_from_that_cannot_remake_its_image_is_one_line(single_file, tmp_path, monkeypatch, what, pattern):
     from PIL import Image
-    from minitome.output import png_info
+    from minitome.cli.output import png_info
     png = tmp_path / f"{what}.png"
     if what == "fifo":
         os.mkfifo(png)
@@ -426,7 +426,7 @@ def test_a1111s_own_tome_ratio_is_said_not_applied(single_file, tmp_path):
     """A1111's "Token merging ratio" is its ToMe, whose other settings its text does not hold: the run goes on
     without it, and says so in one line (not a silent fallback)."""
     from PIL import Image
-    from minitome.output import png_info
+    from minitome.cli.output import png_info
     png = tmp_path / "a1111.png"
     Image.new("RGB", (8, 8)).save(png, pnginfo=png_info(
         "a cat\nSteps: 10, Sampler: DDIM, CFG scale: 7, Seed: 1, Size: 16x16, Token merging ratio: 0.5"))
@@ -457,12 +457,12 @@ def test_sizes_that_cannot_fit_are_refused_before_sampling(single_file, tmp_path
 def test_reserving_a_batch_of_names_takes_one_pass(tmp_path, monkeypatch):
     """Each reservation goes on from the last one's number: N names past M taken ones cost N + M attempts to
     create a file (starting each from out.png again cost about N²/2: 5·10⁹ for a batch of 100,000)."""
-    import minitome.output
-    from minitome.output import Outputs
+    import minitome.cli.output
+    from minitome.cli.output import Outputs
     for name in ("x.png", "x-1.png", "x-3.png"):
         (tmp_path / name).write_bytes(b"")
     attempts, real_open = [], os.open
-    monkeypatch.setattr(minitome.output.os, "open", lambda path, *rest: attempts.append(path) or real_open(path, *rest))
+    monkeypatch.setattr(minitome.cli.output.os, "open", lambda path, *rest: attempts.append(path) or real_open(path, *rest))
     outputs = Outputs(tmp_path / "x.png", 2000)
     assert [p.name for p in outputs.paths[:3]] == ["x-2.png", "x-4.png", "x-5.png"]
     assert len(set(outputs.paths)) == 2000 and len(attempts) == 2000 + 3
@@ -504,7 +504,7 @@ def test_a_30000_letter_word_is_encoded_in_n_log_n(clip_vocab_gz, monkeypatch):
     log n). Counted, not timed."""
     import heapq
     import minitome.tokenizer
-    from minitome.tokenizer import Tokenizer
+    from weights.tokenizer import read_tokenizer
     counts = {"lookups": 0, "push": 0, "pop": 0}
 
     class CountingRanks(dict):
@@ -523,7 +523,7 @@ def test_a_30000_letter_word_is_encoded_in_n_log_n(clip_vocab_gz, monkeypatch):
             counts["pop"] += 1
             return heapq.heappop(heap)
 
-    tok = Tokenizer.from_files(clip_vocab_gz)
+    tok = read_tokenizer(clip_vocab_gz)
     tok.ranks = CountingRanks(tok.ranks)
     monkeypatch.setattr(minitome.tokenizer, "heapq", CountingHeap)
     n = 30_000

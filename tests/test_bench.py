@@ -110,9 +110,10 @@ def test_flop_count_sees_packed_convolutions_and_fused_attention():
     import torch
     from minitome.lab.measure import flop_counter
     from unet import UNetConfig, UNetModel
+    from unet.packed_conv import packed as pack
     torch.manual_seed(0)
     plain = UNetModel(UNetConfig.tiny(attention="plain")).eval().requires_grad_(False).channels_last()
-    packed = UNetModel(UNetConfig.tiny()).eval().requires_grad_(False).channels_last().pack_convolutions()
+    packed = pack(UNetModel(UNetConfig.tiny()).eval().requires_grad_(False).channels_last())
     x, context = torch.randn(2, 4, 16, 16), torch.randn(2, 77, 32)
     counts = []
     for unet in (plain, packed):

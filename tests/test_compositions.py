@@ -18,13 +18,13 @@ import dataclasses
 import pytest
 import torch
 
-import minitome.run
+import unet.call as unet_call
 import weights
 from conftest import F64_BOUND, float64_pipeline, relative_error
 from minitome import ToMeConfig
 from minitome.deepcache import DeepCacheConfig
 from minitome.pipeline import decode, sample_latents
-from minitome.run import Call
+from unet.call import Call
 from minitome.todo import ToDoConfig
 from unet.attention import BasicTransformerBlock
 
@@ -177,18 +177,19 @@ def check_plan_ownership(sd32, monkeypatch, methods, sampler, spacing, batch, gu
     for place, block in unet.named_modules():
         if isinstance(block, BasicTransformerBlock):
             hooks.append(block.register_forward_pre_hook(lambda m, args, place=place: now.update(place=place)))
-    tome_plan, plan = minitome.run.tome_plan, Call.plan
+    tome_plan, plan = unet_call.tome_plan, Call.plan
+    places = {block: place for place, block in unet.named_modules()}
 
     def recording_tome_plan(*args):
         made.append((now["call"], now["place"], result := tome_plan(*args)))
         return result
 
-    def recording_plan(self, place, x, hw):
-        assert place == now["place"], (place, now["place"])  # the block names its own place
-        used.append((now["call"], place, result := plan(self, place, x, hw)))
+    def recording_plan(self, block, x, hw):
+        assert places[block] == now["place"], (places[block], now["place"])  # the block asks for its own plan
+        used.append((now["call"], places[block], result := plan(self, block, x, hw)))
         return result
 
-    monkeypatch.setattr(minitome.run, "tome_plan", recording_tome_plan)
+    monkeypatch.setattr(unet_call, "tome_plan", recording_tome_plan)
     monkeypatch.setattr(Call, "plan", recording_plan)
     try:
         latents = ours(sd32, sampler, batch, guidance, spacing, steps, **methods)
@@ -307,7 +308,7 @@ def test_a_run_keeps_its_plans_and_deep_features_for_one_latent_shape(sd32):
     a, b = torch.randn(1, 4, 8, 8), torch.randn(2, 4, 8, 8)
     for methods in (dict(tome=ToMeConfig(ratio=0.5, reuse=3, use_rand=False)), dict(deep_cache=DeepCacheConfig(interval=3))):
         run = Run(**methods)
-        sd32.unet(a, t, context, run=run)
-        again = sd32.unet(b, t.expand(2), context.expand(2, -1, -1), run=run)
-        fresh = sd32.unet(b, t.expand(2), context.expand(2, -1, -1), run=Run(**methods))
+        run.call(sd32.unet, a, t, context)
+        again = run.call(sd32.unet, b, t.expand(2), context.expand(2, -1, -1))
+        fresh = Run(**methods).call(sd32.unet, b, t.expand(2), context.expand(2, -1, -1))
         assert torch.equal(again, fresh), methods

@@ -13,7 +13,8 @@ from PIL import Image
 
 import weights
 from conftest import F64_BOUND, float64_pipeline, reference_scheduler, relative_error
-from minitome.images import image_tensor, read_image
+from minitome.cli.images import read_image
+from minitome.pipeline import image_tensor
 from minitome.sample import main
 from test_bad_input import assert_one_line_error, no_files, run
 

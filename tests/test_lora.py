@@ -377,10 +377,10 @@ def test_a_lora_or_an_embedding_given_as_the_weights_is_named(single_file, tiny_
 def test_from_warns_when_a_lora_file_differs_from_the_pngs(tmp_path, capsys):
     """--from with a LoRA of the PNG's name but other bytes: the image will differ, said in one line; the PNG's
     weight is taken unless the flag gives one."""
-    from minitome.add_ons import check_from_png
+    from minitome.cli.add_ons import check_from_png
     save_file({"lora_unet_x.lora_down.weight": torch.ones(2, 3), "lora_unet_x.lora_up.weight": torch.ones(3, 2)},
               str(tmp_path / "style.safetensors"))
-    fields = {"Lora hashes": "style: 0123456789ab"}
+    fields = {"lora_hashes": (("style", "0123456789ab"),)}  # the PNG's settings
     loras, _ = check_from_png(fields, [("style", "0.8")], [(tmp_path / "style.safetensors", 1.0, False)], [], "a.png")
     assert loras == [(tmp_path / "style.safetensors", 0.8)]
     assert "was made with the LoRA 'style' of hash 0123456789ab" in capsys.readouterr().err
@@ -390,8 +390,8 @@ def test_from_warns_when_a_lora_file_differs_from_the_pngs(tmp_path, capsys):
         with pytest.raises(ValueError, match=rf"--from a.png: its tag <lora:style:{weight}> gives the weight '{weight}', not a"):
             check_from_png(fields, [("style", weight)], [(tmp_path / "style.safetensors", 1.0, False)], [], "a.png")
     save_file({"emb_params": torch.ones(1, 8)}, str(tmp_path / "zzqx.safetensors"))
-    from minitome.add_ons import embedding_hash  # an embedding given without a token takes the PNG's
-    fields = {"TI hashes": f"mytok: {embedding_hash(tmp_path / 'zzqx.safetensors')}"}
+    from minitome.cli.hashes import embedding_hash  # an embedding given without a token takes the PNG's
+    fields = {"embedding_hashes": (("mytok", embedding_hash(tmp_path / "zzqx.safetensors")),)}
     assert check_from_png(fields, [], [], [(tmp_path / "zzqx.safetensors", None)], "a.png")[1] == [
         (tmp_path / "zzqx.safetensors", "mytok")]
 

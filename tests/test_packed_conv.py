@@ -8,7 +8,7 @@ import torch.nn as nn
 from hypothesis import given, settings, strategies as st
 
 from unet import UNetConfig, UNetModel
-from unet.packed_conv import PackedConv2d, available, pack_convolutions
+from unet.packed_conv import PackedConv2d, available, pack_convolutions, packed as pack
 
 
 def test_the_operators_exist_in_this_torch():
@@ -47,7 +47,7 @@ def test_packed_tiny_unet_gives_the_same_output_and_state_dict():
     torch.manual_seed(0)
     plain = UNetModel(config).eval().requires_grad_(False).channels_last()
     torch.manual_seed(0)
-    packed = UNetModel(config).eval().requires_grad_(False).channels_last().pack_convolutions()
+    packed = pack(UNetModel(config).eval().requires_grad_(False).channels_last())
     convs = sum(type(m) is nn.Conv2d for m in plain.modules())
     assert sum(type(m) is PackedConv2d for m in packed.modules()) == convs and convs > 0
     assert not any(type(m) is nn.Conv2d for m in packed.modules())

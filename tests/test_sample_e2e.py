@@ -182,16 +182,16 @@ def test_a_png_remakes_its_image_with_from(single_file, tmp_path, extra, written
                                                        ("Sampler: DDIM", "ddim", "leading")])
 def test_from_reads_a1111s_sampler_names(tmp_path, written, sampler, spacing):
     """A1111 wrote "DPM++ 2M Karras" as one name before it had a "Schedule type" field; both read back."""
-    from minitome.output import png_info
-    from minitome.png_text import flags_from
+    from minitome.cli.output import png_info
+    from minitome.cli.png_text import read_png
     png = tmp_path / "a1111.png"
     Image.new("RGB", (8, 8)).save(png, pnginfo=png_info(f"a cat\nSteps: 20, {written}, CFG scale: 7, Seed: 1, Size: 512x512"))
-    argv, _ = flags_from(png)
-    assert argv[argv.index("--sampler") + 1] == sampler and argv[argv.index("--spacing") + 1] == spacing
+    values = read_png(png).values
+    assert values["sampler"] == sampler and values.get("spacing", "leading") == spacing
 
 
 def test_numbers_are_written_to_read_back_to_themselves():
-    from minitome.png_text import number
+    from minitome.cli.png_text import number
     for value in (0.4999999, 7.123456789, 1e-7, 1 / 3, 2.0, 0.1 + 0.2, 1e300):
         assert float(number(value)) == value and not number(value).endswith(".0")
     assert number(-0.0) == "0" and number(2.0) == "2"  # the identity ratio is 0 however it was typed
@@ -200,27 +200,27 @@ def test_numbers_are_written_to_read_back_to_themselves():
 def test_from_reads_a1111s_texts_as_a1111_writes_them(tmp_path):
     """A1111 leaves "Hires steps" out at 0 (the first pass's count), and an editor may add CRLF line endings and a
     last newline: the text still reads, to the same flags."""
-    from minitome.output import png_info
-    from minitome.png_text import flags_from
+    from minitome.cli.output import png_info
+    from minitome.cli.png_text import read_png
     png = tmp_path / "a1111.png"
     text = ("a cat\r\nNegative prompt: dog\r\nSteps: 20, Sampler: DDIM, CFG scale: 7, Seed: 1, Size: 512x512, "
             "Denoising strength: 0.5, Hires upscale: 2, Hires upscaler: Latent\r\n")
     Image.new("RGB", (8, 8)).save(png, pnginfo=png_info(text))
-    argv, _ = flags_from(png)
-    assert argv[:2] == ["--prompt=a cat", "--negative-prompt=dog"] and "--hires-steps" not in argv
-    assert argv[argv.index("--hires-scale") + 1] == "2" and argv[argv.index("--seed") + 1] == "1"
+    values = read_png(png).values
+    assert (values["prompt"], values["negative_prompt"]) == ("a cat", "dog") and "hires_steps" not in values
+    assert values["hires_scale"] == 2 and values["seed"] == 1 and values["hires_strength"] == 0.5
 
 
 @pytest.mark.parametrize("tag", ["<lora:good>", "<lora:good:0.5:1>", "<lora:good:>", "<LORA:good:0.5:1>"])
 def test_from_refuses_a_lora_tag_it_cannot_read(tmp_path, tag):
     """A tag that is not <lora:name:weight> would stay in the prompt as words and the LoRA be lost: refused."""
-    from minitome.output import png_info
-    from minitome.png_text import flags_from
+    from minitome.cli.output import png_info
+    from minitome.cli.png_text import read_png
     png = tmp_path / "tagged.png"
     Image.new("RGB", (8, 8)).save(png, pnginfo=png_info(f"a cat {tag}\nSteps: 20, Sampler: DDIM, CFG scale: 7, Seed: 1, "
                                                         "Size: 512x512"))
     with pytest.raises(ValueError, match=rf"--from .*tagged.png: its prompt holds '{re.escape(tag)}', not a <lora:"):
-        flags_from(png)
+        read_png(png)
 
 
 def test_later_flags_override_from(single_file, tmp_path):

@@ -69,13 +69,13 @@ def test_todo_until_covers_the_first_calls(tiny_pipeline, monkeypatch):
     """until = 0.5 over a 10-step PLMS run (11 UNet calls): ToDo on the first round(5.5) = 6 calls."""
     from minitome.pipeline import generate
     sd = weights.load(tiny_pipeline[1])
-    seen, begin = [], Run.begin
+    seen, begin = [], Run.open
 
-    def recording_begin(self, t, latent):
+    def recording_open(self, t, latent):
         call = begin(self, t, latent)
         seen.append(call.settings.todo)
         return call
-    monkeypatch.setattr(Run, "begin", recording_begin)
+    monkeypatch.setattr(Run, "open", recording_open)
     generate(sd, "a cat", steps=10, width=32, height=32, todo=ToDoConfig(until=0.5))
     assert [todo is not None for todo in seen] == [True] * 6 + [False] * 5
 
@@ -108,12 +108,12 @@ def test_threshold_above_every_similarity_changes_nothing(unet):
                                               (ToMeConfig(replan_calls=(0, 2, 7)), [0, 2, 7])])
 def test_plans_are_made_on_the_planning_calls_and_reused_between(config, planning):
     run, x = Run(tome=config), torch.randn(2, 64, 8, generator=torch.Generator().manual_seed(0))
-    latent = torch.zeros(2, 4, 8, 8)
+    latent, block = torch.zeros(2, 4, 8, 8), object()  # plans are kept by block
     made, states = [], []
     for i in range(8):
-        call = run.begin(500, latent)
+        call = run.open(500, latent)
         before = call.settings.generator.get_state()
-        made.append(call.plan("input_blocks.1.1.transformer_blocks.0", x + i, (8, 8)))
+        made.append(call.plan(block, x + i, (8, 8)))
         states.append(not torch.equal(before, call.settings.generator.get_state()))  # did this call draw a partition?
     assert [i for i, drew in enumerate(states) if drew] == planning
     for i in range(8):
@@ -144,8 +144,8 @@ def test_deepcache_interval_1_is_exactly_sd(unet):
     x, t, context = inputs()
     run = Run(deep_cache=DeepCacheConfig(interval=1))
     with torch.no_grad():
-        assert torch.equal(unet(x, t, context, run=run), unet(x, t, context))
-        assert torch.equal(unet(x, t, context, run=run), unet(x, t, context))
+        assert torch.equal(run.call(unet, x, t, context), unet(x, t, context))
+        assert torch.equal(run.call(unet, x, t, context), unet(x, t, context))
 
 
 @pytest.mark.parametrize("interval, branch", [(3, 0), (2, 4), (4, 10)])
@@ -157,7 +157,7 @@ def test_deepcache_recomputes_the_deep_part_every_interval_calls_and_the_shallow
     with torch.no_grad():
         for call in range(7):
             before = dict(runs)
-            unet(x + 0.01 * call, t, context, run=run)
+            run.call(unet, x + 0.01 * call, t, context)
             ran = [runs[k] - before[k] for k in runs]
             whole.append(ran[len(unet.input_blocks)] == 1)  # the middle block ran
             shallow_in, shallow_out = ran[:branch + 1], ran[-(branch + 1):]
@@ -170,9 +170,9 @@ def test_deepcache_recomputes_the_deep_part_every_interval_calls_and_the_shallow
 def test_deepcache_starts_whole_when_the_batch_changes(unet):
     run = Run(deep_cache=DeepCacheConfig(interval=5))
     with torch.no_grad():
-        unet(*inputs(batch=2), run=run)
+        run.call(unet, *inputs(batch=2))
         x, t, context = inputs(batch=1)
-        assert torch.equal(unet(x, t, context, run=run), unet(x, t, context))
+        assert torch.equal(run.call(unet, x, t, context), unet(x, t, context))
 
 
 @pytest.mark.parametrize("kwargs, message", [(dict(interval=0), "interval must be a whole number >= 1"),

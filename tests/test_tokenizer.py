@@ -5,7 +5,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 import torch
 
-from minitome.tokenizer import Tokenizer, TokenizerError, bytes_to_unicode
+from minitome.tokenizer import bytes_to_unicode
+from weights.tokenizer import TokenizerError, read_tokenizer
 
 HAND_WRITTEN = [
     "a photo of a cat", "A PHOTO OF A CAT", "", " ", "astronaut riding a horse, 8k, trending on artstation",
@@ -40,12 +41,12 @@ def reference(clip_tokenizer_folder):
 
 @pytest.fixture(scope="module")
 def ours(clip_vocab_gz):
-    return Tokenizer.from_files(clip_vocab_gz)
+    return read_tokenizer(clip_vocab_gz)
 
 
 @pytest.fixture(scope="module")
 def ours_from_folder(clip_tokenizer_folder):
-    return Tokenizer.from_files(clip_tokenizer_folder)
+    return read_tokenizer(clip_tokenizer_folder)
 
 
 def test_published_facts_of_the_sd15_vocabulary(ours, ours_from_folder):
@@ -85,7 +86,7 @@ def test_bpe_and_byte_order_match_open_clip(ours, ours_from_folder, open_clip_to
 def test_tokenizer_json_as_newer_transformers_save_it(reference, ours, tmp_path):
     reference.save_pretrained(tmp_path)
     assert (tmp_path / "tokenizer.json").exists() and not (tmp_path / "vocab.json").exists()
-    from_json = Tokenizer.from_files(tmp_path)
+    from_json = read_tokenizer(tmp_path)
     assert from_json.vocab == ours.vocab and from_json.ranks == ours.ranks
 
 
@@ -129,9 +130,9 @@ def test_show_work_explains_each_step(ours):
 
 def test_missing_tokenizer_files_are_a_clear_error(tmp_path):
     with pytest.raises(TokenizerError, match=r"tokenizer files missing: vocab.json, merges.txt \(or tokenizer.json\)"):
-        Tokenizer.from_files(tmp_path)
+        read_tokenizer(tmp_path)
     with pytest.raises(TokenizerError, match="no tokenizer here"):
-        Tokenizer.from_files(tmp_path / "nothing.txt.gz")
+        read_tokenizer(tmp_path / "nothing.txt.gz")
 
 
 @settings(max_examples=300, deadline=None)

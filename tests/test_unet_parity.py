@@ -19,7 +19,7 @@ import weights
 from conftest import F64_BOUND, ROOT, child_env, relative_error
 from minitome.tome import merge, partition, unmerge, match
 from unet import UNetConfig, UNetModel
-from unet.packed_conv import PackedConv2d
+from unet.packed_conv import PackedConv2d, packed as pack
 
 # float32: the largest error measured across CPU kernels (tests/float32_spread.py, 2026-12-06) times a margin of ~4.5
 F32_BOUND = 8e-6       # the tiny UNet: 1.23e-6 (oneDNN AVX) – 1.79e-6 (scalar ATen kernels)
@@ -169,7 +169,7 @@ def test_full_size_unet_matches_diffusers_at_512(tmp_path_factory, float32_bound
     reference = randomize_(UNet2DConditionModel(cross_attention_dim=768), seed=2).eval().requires_grad_(False)
     folder = tmp_path_factory.mktemp("full")
     reference.save_pretrained(folder / "unet")
-    ours = weights.load_unet(folder).pack_convolutions()
+    ours = pack(weights.load_unet(folder))
     assert ours.config == UNetConfig()
     x, t, context = inputs((64, 64), seed=4, context_dim=768, dtype=torch.float32)
     # each packed convolution must give what nn.Conv2d's own call gives on the same input, up to float32 rounding

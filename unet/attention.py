@@ -10,16 +10,15 @@ turns them back. Mirrors CompVis `ldm/modules/attention.py`; names equal the che
 Token Merging (`minitome/tome.py`) happens in BasicTransformerBlock.forward, in plain sight: one
 plan from the block's input, then merge before and unmerge after each sub-layer it applies to. Token
 Downsampling (`minitome/todo.py`) happens there too: self-attention's keys and values from a coarser grid.
-Both read the call's settings from `call` (minitome/run.py), which the UNet's forward hands every block;
-the block names itself to it by `place`, its module name in the UNet, so that a plan kept between calls
-is always the block's own.
+Both read the call's settings from `call` (unet/call.py), which the UNet's forward hands every block; a
+plan kept between calls is kept under the block itself, so it is always the block's own.
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minitome.run import PLAIN, Call
 from minitome.todo import downsample_kv
+from .call import PLAIN, Call
 
 
 class CrossAttention(nn.Module):
@@ -80,11 +79,10 @@ class BasicTransformerBlock(nn.Module):
         self.ff = FeedForward(dim)
         self.attn2 = CrossAttention(dim, context_dim, heads, attention)  # cross-attention to the text
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.place = ""  # its name in the UNet, e.g. "input_blocks.1.1.transformer_blocks.0" (set by UNetModel)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, hw: tuple, call: Call = PLAIN) -> torch.Tensor:
         """x (B, N, C) with N = h·w; context (B, T, context_dim). call=PLAIN: plain SD 1.5."""
-        plan = call.plan(self.place, x, hw)  # ToMe: identity when off, or when the block is too small
+        plan = call.plan(self, x, hw)  # ToMe: identity when off, or when the block is too small
         h = plan.merge_attn(self.norm1(x))
         x = x + plan.unmerge_attn(self.attn1(h, downsample_kv(h, hw, call.settings)))      # self-attention; ToDo: its keys, values
         x = x + plan.unmerge_cross(self.attn2(plan.merge_cross(self.norm2(x)), context))  # cross-attention

@@ -11,6 +11,8 @@ loads with the same shape inference as the real one (`weights/unet.py`).
 """
 from dataclasses import dataclass
 
+from minitome.checks import Refusal
+
 
 @dataclass(frozen=True)
 class Layer:
@@ -36,7 +38,7 @@ class UNetConfig:
 
     def __post_init__(self):
         if self.attention not in ("sdpa", "plain"):
-            raise ValueError(f"attention must be 'sdpa' or 'plain', got {self.attention!r}")
+            raise Refusal(f"attention must be 'sdpa' or 'plain', got {self.attention!r}")
 
     @property
     def time_embed_dim(self) -> int:
@@ -86,6 +88,16 @@ class UNetConfig:
                     h, w = (h + 1) // 2, (w + 1) // 2
                 grids.append((h, w, layer.channels))
         return grids
+
+    def fewest_normalized(self, latent_hw: tuple, batch: int) -> int:
+        """The fewest values any GroupNorm of a call normalises together: batch · channels per group · h · w.
+        At 1 GroupNorm has no variance to divide by (a narrow level at a 1 × 1 grid, one latent per call)."""
+        layout = self.layout()
+        widths = [(c, layer.level) for block in layout["input_blocks"] + [layout["middle_block"]] + layout["output_blocks"]
+                  for layer in block if layer.kind in ("res", "attn") for c in (layer.in_channels, layer.channels)]
+        h, w = latent_hw
+        grids = [(h, w)] + [(h := (h + 1) // 2, w := (w + 1) // 2) for _ in self.channel_mult[1:]]
+        return min(batch * (c // self.norm_groups) * grids[level][0] * grids[level][1] for c, level in widths)
 
     @classmethod
     def tiny(cls, **overrides) -> "UNetConfig":

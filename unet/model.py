@@ -18,21 +18,22 @@ Shape of the SD 1.5 network (widths 320, 640, 1280, 1280; levels at H, H/2, H/4,
     out           GroupNorm, SiLU, conv_out
 
 Every output block first concatenates the skip saved by the matching input block.
-ToMe, ToDo and DeepCache: `forward(..., run=run)` takes the sampling run (minitome/run.py), which gives each
-call its `Call`: the settings every transformer block reads (and the plans it keeps, by block place).
+ToMe, ToDo and DeepCache: `forward(..., call=call)` takes the record of this call (unet/call.py), which a
+sampling run (minitome/run.py) opens: the settings every transformer block reads, the plans it keeps.
 DeepCache acts here, in forward: a call may skip the deep part and reuse its features. `tome=` and `todo=`
-are shorthands for a run of one call. With none of them, forward is exactly SD 1.5.
+are shorthands for a record of one call. With none of them, forward is exactly SD 1.5.
+`forward` is the model's door: it checks its inputs once, on entry; nothing below it checks.
 """
 import torch
 import torch.nn as nn
 
-from minitome.run import Call, Run
+from minitome.checks import Refusal
 from minitome.todo import ToDoConfig
 from minitome.tome import ToMeConfig
-from .attention import BasicTransformerBlock, SpatialTransformer
+from .attention import SpatialTransformer
 from .blocks import Downsample, ResBlock, Upsample, timestep_embedding
+from .call import Call, check_methods
 from .config import UNetConfig
-from .packed_conv import pack_convolutions
 
 
 class Sequence(nn.ModuleList):
@@ -73,27 +74,29 @@ class UNetModel(nn.Module):
         self.output_blocks = nn.ModuleList(Sequence(map(make, block)) for block in layout["output_blocks"])
         self.out = nn.Sequential(
             nn.GroupNorm(c.norm_groups, c.model_channels), nn.SiLU(), nn.Conv2d(c.model_channels, c.out_channels, 3, padding=1))
-        for name, module in self.named_modules():  # each transformer block knows its place: what a run keys its plans by
-            if isinstance(module, BasicTransformerBlock):
-                module.place = name
 
     def forward(self, x: torch.Tensor, t, context: torch.Tensor, tome: ToMeConfig = None, todo: ToDoConfig = None,
-                run: Run = None) -> torch.Tensor:
+                call: Call = None) -> torch.Tensor:
         """x (B, 4, H, W), t (B,) or a scalar, context (B, T, context_dim) → ε (B, 4, H, W).
 
-        run: the sampling run this call belongs to (minitome/run.py): its methods (ToMe, ToDo, DeepCache) and
-        what they keep from call to call. tome= and todo= are shorthands for a run of this one call (ToMe's
-        partitions then drawn from a generator seeded with tome.seed). All None: exactly SD 1.5.
+        call: this call's record (unet/call.py), opened by the sampling run it belongs to (minitome/run.py):
+        which methods act (ToMe, ToDo, DeepCache) and what they keep from call to call. tome= and todo= are
+        shorthands for a record of this one call (ToMe's partitions then drawn from a generator seeded with
+        tome.seed). All None: exactly SD 1.5.
         """
         if x.ndim != 4 or x.shape[1] != self.config.in_channels:
-            raise ValueError(f"the UNet takes latents (B, {self.config.in_channels}, H, W), got {tuple(x.shape)}")
-        if run is None:
-            run = Run(tome=tome, todo=todo)
-        elif tome is not None or todo is not None:
-            raise ValueError("give the methods to the run (Run(tome=..., todo=...)) or to the call, not both")
-        if run.deep_cache is not None:
-            run.deep_cache.check_layout(self.config)
-        call = run.begin(t, x)
+            raise Refusal(f"the UNet takes latents (B, {self.config.in_channels}, H, W), got {tuple(x.shape)}")
+        if call is not None and (tome is not None or todo is not None):
+            raise Refusal("give the methods to the run (Run(tome=..., todo=...)) or to the call, not both")
+        if call is None:
+            check_methods(tome, todo)
+            if todo is not None:
+                todo.check_latent(tuple(x.shape[-2:]))
+            call = Call.once(tuple(x.shape[-2:]), tome, todo)
+        return self.predict(x, t, context, call)
+
+    def predict(self, x: torch.Tensor, t, context: torch.Tensor, call: Call) -> torch.Tensor:
+        """The network itself, past the door: ε for x (B, 4, H, W) at t with the text context, as `call` says."""
         t = torch.as_tensor(t, device=x.device)
         t = t.expand(x.shape[0]) if t.ndim == 0 else t
         emb = self.time_embed(timestep_embedding(t, self.config.model_channels).to(x.dtype))
@@ -112,13 +115,13 @@ class UNetModel(nn.Module):
                 x = run_layer(layer, x, emb, context, call)
             skips.append(x)
         if call.reuse_deep:
-            x = run.cache.features
+            x = call.deep_features
         else:
             for layer in self.middle_block:
                 x = run_layer(layer, x, emb, context, call)
             x = self.up(self.output_blocks[:deep], x, skips, emb, context, call)
-            if run.cache is not None:
-                run.cache.keep(x)
+            if call.depth:  # DeepCache: the run keeps them
+                call.deep_features = x
         x = self.up(self.output_blocks[deep:], x, skips, emb, context, call)
         return self.out(x).contiguous()
 
@@ -139,11 +142,3 @@ class UNetModel(nn.Module):
         """Store the convolution weights channels-last, the layout forward() runs its activations in."""
         return self.to(memory_format=torch.channels_last)
 
-    def pack_convolutions(self) -> "UNetModel":
-        """For inference on the CPU in float32, opt-in: each convolution's weight laid out once for oneDNN
-        (unet/packed_conv.py); elsewhere nothing changes. A packed model is for sampling only: its
-        convolution weights leave `parameters()` and no longer follow `.to`, `.half()` or autograd
-        (`state_dict()` still reads them back). Call it last, after `.to(...)` and `channels_last()`.
-        """
-        pack_convolutions(self)
-        return self

@@ -1,6 +1,6 @@
 """Convolutions on the CPU with their weights laid out once for oneDNN, instead of at every call.
 
-Where this sits: an optional last step after loading (`UNetModel.pack_convolutions()`, which
+Where this sits: an optional last step after loading (`packed(unet)`, which
 `python -m minitome.sample` and the benchmark call for float32 on the CPU; `weights.load` never does,
 so the modules it returns keep every nn.Module promise). Nothing else in the UNet changes.
 
@@ -72,3 +72,12 @@ def pack_convolutions(module: nn.Module) -> int:
     for parent, name, conv in convs:
         setattr(parent, name, PackedConv2d(conv))
     return len(convs)
+
+
+def packed(unet: nn.Module) -> nn.Module:
+    """The model, for inference on the CPU in float32, opt-in: each convolution's weight laid out once for oneDNN;
+    elsewhere nothing changes. A packed model is for sampling only: its convolution weights leave `parameters()`
+    and no longer follow `.to`, `.half()` or autograd (`state_dict()` still reads them back). Call it last,
+    after `.to(...)` and `channels_last()`."""
+    pack_convolutions(unet)
+    return unet

@@ -18,8 +18,10 @@ import torch
 import torch.nn as nn
 from safetensors import SafetensorError, safe_open
 
+from minitome.checks import Refusal
 
-class WeightsError(ValueError):
+
+class WeightsError(Refusal):
     """A checkpoint that cannot be loaded; the message is one line that names the file and the problem."""
 
 
@@ -41,18 +43,18 @@ def existing_file(path) -> Path:
         raise WeightsError(f"{path}: no such file") from None
     except OSError as error:
         raise WeightsError(f"{path}: cannot be read ({error.strerror})") from None
-    if stat.S_ISDIR(mode):
-        raise WeightsError(f"{path}: a folder, not a .safetensors file")
-    if not stat.S_ISREG(mode):
-        raise WeightsError(f"{path}: not a regular file (a FIFO, device or socket)")
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        raise WeightsError(f"{path}: pickle checkpoints are refused (loading one can run arbitrary code); "
-                           "convert it to .safetensors first, e.g. with safetensors.torch.save_file")
+    for refused, why in ((stat.S_ISDIR(mode), "a folder, not a .safetensors file"),
+                         (not stat.S_ISREG(mode), "not a regular file (a FIFO, device or socket)"),
+                         (path.suffix.lower() in PICKLE_SUFFIXES, "pickle checkpoints are refused (loading one can run "
+                          "arbitrary code); convert it to .safetensors first, e.g. with safetensors.torch.save_file")):
+        if refused:
+            raise WeightsError(f"{path}: {why}")
     return path
 
 
 class Checkpoint:
-    """The tensors of one .safetensors file: names, shapes and dtypes from its header, data read on demand.
+    """The tensors of one .safetensors file: names, shapes, dtypes and the text metadata from its header, data
+    read on demand.
 
     Each tensor is read on its own (the file opened, one tensor copied out of its memory map into fresh,
     aligned memory of the wanted dtype and device, the map closed), so loading needs the weights'
@@ -66,6 +68,7 @@ class Checkpoint:
                 slices = {name: f.get_slice(name) for name in f.keys()}
                 self.shapes = {name: tuple(s.get_shape()) for name, s in slices.items()}
                 self.dtypes = {name: s.get_dtype() for name, s in slices.items()}
+                self.metadata = f.metadata() or {}
         except SafetensorError as error:
             raise WeightsError(f"{self.path}: not a readable safetensors file ({error})") from None
         except OSError as error:
@@ -115,14 +118,13 @@ class Part:
 
     make_module: builds the part (on the meta device here: shapes only). names: our parameter name →
     the checkpoint's, for the part's tensors in the file. name_of: what the file would call a parameter
-    it lacks (for the error; our own name when not given). reshape: our names whose tensor is stored as
-    a Linear (C, C) where we have a 1×1 convolution (C, C, 1, 1). Everything is checked on construction,
+    it lacks (for the error; our own name when not given). linear: a pattern of our names for 1×1 convolutions
+    (C, C, 1, 1) that a file may store as a Linear (C, C). Everything is checked on construction,
     from the header alone, so a bad file fails before any tensor is read; `load` then reads the tensors.
     """
 
-    def __init__(self, make_module, checkpoint: Checkpoint, names: dict, what: str, reshape=frozenset(),
-                 name_of=None):
-        self.make_module, self.checkpoint, self.names, self.reshape = make_module, checkpoint, names, reshape
+    def __init__(self, make_module, checkpoint: Checkpoint, names: dict, what: str, linear=None, name_of=None):
+        self.make_module, self.checkpoint, self.names = make_module, checkpoint, names
         source = f"{checkpoint.path} ({what})"
         try:
             with torch.device("meta"):
@@ -138,9 +140,10 @@ class Part:
         if unexpected:
             raise WeightsError(f"{source}: {len(unexpected)} unexpected tensor(s) in the checkpoint, first {unexpected[0]!r}")
         for ours, theirs in names.items():
-            shape = checkpoint.shapes[theirs] + ((1, 1) if ours in reshape else ())
-            if shape != expected[ours]:
-                raise WeightsError(f"{source}: tensor {theirs!r} has shape {list(checkpoint.shapes[theirs])}, "
+            shape = checkpoint.shapes[theirs]
+            as_linear = linear is not None and linear.fullmatch(ours) and len(shape) == 2
+            if shape + ((1, 1) if as_linear else ()) != expected[ours]:
+                raise WeightsError(f"{source}: tensor {theirs!r} has shape {list(shape)}, "
                                    f"expected {list(expected[ours])}")
             if checkpoint.dtypes[theirs] not in FLOAT_DTYPES:
                 raise WeightsError(f"{source}: tensor {theirs!r} is {checkpoint.dtypes[theirs]}, "

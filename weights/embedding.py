@@ -64,8 +64,7 @@ def read_vectors(path) -> tuple:
     if "emb_params" in tensors:
         return None, tensors["emb_params"]
     if len(tensors) == 1:
-        token, vectors = next(iter(tensors.items()))
-        return token, vectors
+        return next(iter(tensors.items()))  # (its key as the token, its vectors)
     raise WeightsError(f"{path}: not a textual-inversion embedding (it holds {', '.join(sorted(tensors)[:4]) or 'no tensor'}; "
                        "expected emb_params, string_to_param, or one {token: vector})")
 

@@ -6,19 +6,34 @@ Where this sits: the entry point of `weights/`; `minitome/pipeline.py` and the c
 tokenizer/). Everything is checked before the first tensor is read: every header, every name and
 shape, the tokenizer files; a bad input costs milliseconds, not a 4 GB read.
 """
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from minitome.pipeline import StableDiffusion
-from minitome.tokenizer import Tokenizer, TokenizerError
+from minitome.clip import CLIPTextModel
+from minitome.tokenizer import Tokenizer
+from minitome.vae import VAEDecoder, VAEEncoder
+from unet import UNetModel
 from .checkpoint import Checkpoint, WeightsError
 from .clip import text_encoder_part, text_encoder_part_diffusers
 from .embedding import add_embedding, read_embedding
 from .lora import LoraFile, is_lora
+from .tokenizer import read_tokenizer
 from .single_file import split, unet_name_of
 from .unet import unet_part, unet_part_diffusers
 from .vae import encoder_part, vae_part, vae_part_diffusers, vae_part_from
+
+
+@dataclass
+class StableDiffusion:
+    """The four parts, as `load` returns them: plain modules (and the tokenizer); `vae_encoder` only when asked for
+    (`load(..., encoder=True)`), for a run that starts from an image."""
+    unet: UNetModel
+    text_encoder: CLIPTextModel
+    tokenizer: Tokenizer
+    vae: VAEDecoder
+    vae_encoder: VAEEncoder = None
 
 
 def find_tokenizer(path: Path, tokenizer) -> Tokenizer:
@@ -29,10 +44,7 @@ def find_tokenizer(path: Path, tokenizer) -> Tokenizer:
         if tokenizer is None:
             raise WeightsError(f"{base}: no tokenizer found (tokenizer/ with vocab.json + merges.txt, or "
                                "bpe_simple_vocab_16e6.txt.gz); pass tokenizer=PATH (--tokenizer)")
-    try:
-        return Tokenizer.from_files(tokenizer)
-    except TokenizerError as error:
-        raise WeightsError(str(error)) from None
+    return read_tokenizer(tokenizer)
 
 
 def load(path, tokenizer=None, device="cpu", dtype=torch.float32, vae=None, ema: bool = False,
@@ -52,26 +64,8 @@ def load(path, tokenizer=None, device="cpu", dtype=torch.float32, vae=None, ema:
     (weights/embedding.py). Both are checked with the headers, before any tensor of the model is read.
     """
     path = Path(path)
-    if not path.exists():
-        raise WeightsError(f"{path}: no such file or folder")
-    if path.is_dir():
-        if ema:
-            raise WeightsError(f"{path}: ema=True / --ema picks a UNet copy inside a single file; a diffusers "
-                               "folder has one UNet")
-        unet, text_encoder = unet_part_diffusers(path, attention), text_encoder_part_diffusers(path)
-        decoder = vae_part_from(vae) if vae is not None else vae_part_diffusers(path)
-    else:
-        checkpoint = Checkpoint(path)
-        refuse_add_ons(checkpoint)
-        names = split(checkpoint, ema)
-        unet = unet_part(checkpoint, names["unet"], attention, unet_name_of(ema))
-        text_encoder = text_encoder_part(checkpoint, names["text_encoder"])
-        if vae is not None:
-            decoder = vae_part_from(vae)
-        elif names["vae"]:
-            decoder = vae_part(checkpoint, names["vae"])
-        else:
-            raise WeightsError(f"{path}: no VAE in this file (first_stage_model.*); pass one with vae=PATH (--vae)")
+    # parse and check: every header (the model's, the tokenizer, each add-on's) before any tensor is read
+    unet, text_encoder, decoder = parts(path, vae, ema, attention)
     if unet.config.context_dim != text_encoder.config.width:
         raise WeightsError(f"{path}: the UNet attends to {unet.config.context_dim}-wide text but the text encoder "
                            f"gives {text_encoder.config.width}")
@@ -89,6 +83,7 @@ def load(path, tokenizer=None, device="cpu", dtype=torch.float32, vae=None, ema:
         added.append((token, vectors))
     if check is not None:
         check(unet.config, decoder.config)
+    # load: the tensors, then the add-ons into them
     sd = StableDiffusion(unet.load(device, dtype).channels_last(), text_encoder.load(device, dtype), tokens,
                          decoder.load(device, dtype), vae_encoder.load(device, dtype) if encoder else None)
     for lora, weight in lora_files:
@@ -98,13 +93,32 @@ def load(path, tokenizer=None, device="cpu", dtype=torch.float32, vae=None, ema:
     return sd
 
 
+def parts(path: Path, vae, ema: bool, attention: str) -> tuple:
+    """The (UNet, text encoder, VAE decoder) parts of a single file or a diffusers folder, checked from the headers."""
+    if not path.exists():
+        raise WeightsError(f"{path}: no such file or folder")
+    if path.is_dir():
+        if ema:
+            raise WeightsError(f"{path}: ema=True / --ema picks a UNet copy inside a single file; a diffusers "
+                               "folder has one UNet")
+        return (unet_part_diffusers(path, attention), text_encoder_part_diffusers(path),
+                vae_part_from(vae) if vae is not None else vae_part_diffusers(path))
+    checkpoint = Checkpoint(path)
+    refuse_add_ons(checkpoint)
+    names = split(checkpoint, ema)
+    unet = unet_part(checkpoint, names["unet"], attention, unet_name_of(ema))
+    text_encoder = text_encoder_part(checkpoint, names["text_encoder"])
+    if vae is None and not names["vae"]:
+        raise WeightsError(f"{path}: no VAE in this file (first_stage_model.*); pass one with vae=PATH (--vae)")
+    return unet, text_encoder, vae_part_from(vae) if vae is not None else vae_part(checkpoint, names["vae"])
+
+
 def refuse_add_ons(checkpoint: Checkpoint):
     """A LoRA or an embedding given as the weights is named, with the flag that takes it."""
-    names, shapes = checkpoint.names, checkpoint.shapes
-    if is_lora(names):
-        raise WeightsError(f"{checkpoint.path}: a LoRA, not a checkpoint: give it with --lora {checkpoint.path}[:WEIGHT] "
-                           "beside --weights")
-    if names and len(names) <= 8 and all(1 <= len(shapes[n]) <= 2 and shapes[n][-1] in (768, 1024, 1280) for n in names):
-        raise WeightsError(f"{checkpoint.path}: a textual-inversion embedding, not a checkpoint: give it with "
-                           f"--embedding {checkpoint.path}[:TOKEN] beside --weights")
-
+    names, shapes, path = checkpoint.names, checkpoint.shapes, checkpoint.path
+    embedding = bool(names) and len(names) <= 8 and all(1 <= len(shapes[n]) <= 2 and shapes[n][-1] in (768, 1024, 1280)
+                                                        for n in names)
+    for found, what, flag in ((is_lora(names), "a LoRA", f"--lora {path}[:WEIGHT]"),
+                              (embedding, "a textual-inversion embedding", f"--embedding {path}[:TOKEN]")):
+        if found:
+            raise WeightsError(f"{path}: {what}, not a checkpoint: give it with {flag} beside --weights")

@@ -1,8 +1,9 @@
 """LoRA: a low-rank update people put on top of a checkpoint, added into its weights once, before sampling.
 
-Where this sits: `weights.load(path, loras=[(file, weight), …])` reads each file's header beside the checkpoint's
-(every check below runs before any tensor is read), then `fuse` adds its updates into the loaded modules, before
-the CPU's convolution packing takes the weights out of `parameters()`.
+Where this sits: `weights.load(path, loras=[(file, weight), …])` reads each file's header beside the checkpoint's:
+`parse` groups its tensor names into layers, `LoraFile` checks each layer against the model (every check runs
+before any tensor is read), then `fuse` adds the updates into the loaded modules, before the CPU's convolution
+packing takes the weights out of `parameters()`.
 
 A LoRA for a layer of weight W (out × in, or out × in × kh × kw for a convolution) holds two thin matrices, down
 (r × in…) and up (out × r), and a number α. The layer becomes
@@ -26,45 +27,73 @@ Two file formats:
 import json
 import math
 import re
+import sys
 from dataclasses import dataclass
 
 import torch
-from safetensors import safe_open
 
-from .checkpoint import FLOAT_DTYPES, Checkpoint, WeightsError, existing_file
+from .checkpoint import FLOAT_DTYPES, Checkpoint, WeightsError
+from .unet import diffusers_names, to_diffusers_name
 
-KOHYA = (".lora_down.weight", ".lora_up.weight", ".alpha")
+KOHYA = (".lora_down.weight", ".lora_up.weight")  # and an optional ".alpha"
 PEFT = (".lora_A.weight", ".lora_B.weight")
-# what other adapter kinds leave in a file's names: named when refused
-OTHER_KINDS = {"hada_w": "a LyCORIS LoHa", "lokr_w": "a LyCORIS LoKr", "lora_mid": "a LyCORIS LoCon with a Tucker "
-               "middle (lora_mid)", "dora_scale": "a DoRA", "lora_magnitude_vector": "a DoRA", ".diff": "a LyCORIS "
-               "full difference (.diff)", "oft_": "an OFT", "ia3": "an IA³", ".lora.down.": "an old diffusers "
-               "attention-processor LoRA", "_lora.down.": "an old diffusers attention-processor LoRA"}
-NEWER_MODELS = {"lora_te1_": "SDXL", "lora_te2_": "SDXL", "text_encoder_2.": "SDXL", "clip_g": "SDXL",
-                "conditioner.": "SDXL"}
+SUFFIXES = KOHYA + PEFT + (".alpha",)
+# refused by what they leave in a file's names, marker → what the file is: other models' LoRAs (a name starting
+# with the marker, or holding it after a dot), then other kinds of adapter (a name holding the marker)
+OTHER_MODELS = {marker: "SDXL" for marker in ("lora_te1_", "lora_te2_", "text_encoder_2.", "clip_g", "conditioner.")}
+OTHER_KINDS = {"hada_w": "a LyCORIS LoHa", "lokr_w": "a LyCORIS LoKr",
+               "lora_mid": "a LyCORIS LoCon with a Tucker middle (lora_mid)",
+               "dora_scale": "a DoRA", "lora_magnitude_vector": "a DoRA",
+               ".diff": "a LyCORIS full difference (.diff)", "oft_": "an OFT", "ia3": "an IA³",
+               ".lora.down.": "an old diffusers attention-processor LoRA",
+               "_lora.down.": "an old diffusers attention-processor LoRA"}
 CONTEXT_OF = {1024: "SD 2.x", 2048: "SDXL"}  # the text context width each family's cross-attention reads
 
 
 @dataclass(frozen=True)
 class Layer:
-    """One layer's update in a file: the part and our parameter it adds to, its two tensors' names, α and r."""
-    part: str      # "unet" or "text_encoder"
-    weight: str    # our parameter name, "….weight"
-    down: str      # the file's tensor names
+    """One layer of a LoRA file, as its tensor names give it."""
+    name: str          # the file's: lora_unet_down_blocks_0_…_to_k (kohya) or unet.down_blocks.0.….to_k (PEFT)
+    down: str          # its tensors' names: down (r, in…), up (out, r[, 1, 1])
     up: str
-    alpha: float
-    rank: int
-    rslora: bool = False
+    alpha: str = None  # kohya's α, one number, when the file has it
 
-    @property
-    def factor(self) -> float:
-        """α / r (α / √r for rank-stabilised LoRA)."""
-        return self.alpha / (math.sqrt(self.rank) if self.rslora else self.rank)
+
+def parse(names: list, path) -> list:
+    """The file's layers, from its tensor names alone. Another model's or another adapter's names, a name of no LoRA
+    format, or a layer with one matrix of two are a WeightsError."""
+    for marker, model in OTHER_MODELS.items():
+        if any(n.startswith(marker) or f".{marker}" in n for n in names):
+            raise WeightsError(f"{path}: a LoRA for {model} ({marker!r} in its names); minitome runs SD 1.x")
+    for marker, kind in OTHER_KINDS.items():
+        if any(marker in n for n in names):
+            raise WeightsError(f"{path}: {kind} file ({marker!r} in its names); minitome takes LoRA and "
+                               "LoCon (kohya/A1111 lora_down/lora_up, diffusers/PEFT lora_A/lora_B)")
+    unknown = [n for n in names if not n.endswith(SUFFIXES)]
+    if unknown:
+        raise WeightsError(f"{path}: {len(unknown)} tensor(s) no LoRA format names, first "
+                           f"{', '.join(map(repr, unknown[:3]))} (minitome takes kohya/A1111 lora_down/lora_up/"
+                           "alpha and diffusers/PEFT lora_A/lora_B files)")
+    if not names:
+        raise WeightsError(f"{path}: holds no tensors, so no LoRA")
+    tensors = {}  # layer name → {suffix: tensor name}
+    for n in names:
+        suffix = next(s for s in SUFFIXES if n.endswith(s))
+        tensors.setdefault(n[:-len(suffix)], {})[suffix] = n
+    layers = []
+    for name, found in sorted(tensors.items()):
+        down, up = KOHYA if name.startswith("lora_") else PEFT
+        missing = [name + s for s in (down, up) if s not in found]
+        if missing:
+            raise WeightsError(f"{path}: layer {name!r} lacks {missing[0]!r}, one of its two matrices")
+        if ".alpha" in found and down == PEFT[0]:
+            raise WeightsError(f"{path}: {name}.alpha: PEFT files carry α in their metadata, not as a tensor")
+        layers.append(Layer(name, found[down], found[up], found.get(".alpha")))
+    return layers
 
 
 def layer_names(unet_shapes: dict, text_shapes: dict, unet_config) -> dict:
     """Every name a file may give a layer → (part, our weight name, the name PEFT matches patterns against)."""
-    from .unet import diffusers_names, to_diffusers_name
     table, names = diffusers_names(unet_config), {}
     for weight, shape in unet_shapes.items():
         if weight.endswith(".weight") and len(shape) in (2, 4):
@@ -77,8 +106,7 @@ def layer_names(unet_shapes: dict, text_shapes: dict, unet_config) -> dict:
             ours = "text_model." + weight[:-len(".weight")]
             for form in (ours, ours[len("text_model."):]):
                 names["lora_te_" + form.replace(".", "_")] = ("text_encoder", weight, ours)
-            names["text_encoder." + ours] = names["text_encoder." + ours[len("text_model."):]] = (
-                "text_encoder", weight, ours)
+                names["text_encoder." + form] = ("text_encoder", weight, ours)
     return names
 
 
@@ -86,32 +114,15 @@ PATTERN = re.compile(r"[\w.]+")  # a module name: PEFT's files write α's per-la
 # expressions have no quantifier, so matching one takes time linear in the name; any other pattern is refused
 
 
-def pattern_value(patterns: dict, name: str):
-    """PEFT's per-layer override: the value of the first pattern that matches the end of the layer's name."""
-    for key, value in patterns.items():
-        if re.match(rf"(.*\.)?({key})$", name):
-            return value
-    return None
-
-
 def finite_number(value) -> bool:
-    """A JSON number that is a finite float (not a boolean, not an integer too large for a float)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    try:
-        return math.isfinite(float(value))
-    except OverflowError:
-        return False
+    """A JSON number that is a finite float (not a boolean, not NaN, not an integer too large for a float)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) <= sys.float_info.max
 
 
 def adapter_metadata(checkpoint: Checkpoint) -> dict:
     """The `lora_adapter_metadata` of the header (PEFT's LoraConfig per part, keys `unet.lora_alpha`, …), or {}."""
-    with safe_open(checkpoint.path, framework="pt") as f:
-        raw = (f.metadata() or {}).get("lora_adapter_metadata")
-    if not raw:
-        return {}
     try:
-        metadata = json.loads(raw)
+        metadata = json.loads(checkpoint.metadata.get("lora_adapter_metadata") or "{}")
     except json.JSONDecodeError as error:
         raise WeightsError(f"{checkpoint.path}: lora_adapter_metadata in its header is not JSON ({error})") from None
     if not isinstance(metadata, dict):
@@ -121,94 +132,67 @@ def adapter_metadata(checkpoint: Checkpoint) -> dict:
 
 class LoraFile:
     """A LoRA file's layers, checked against the model from the headers: `LoraFile(path, unet_shapes,
-    text_shapes, unet_config)`, then `fuse(sd, weight)`. Every problem is a WeightsError naming the file."""
+    text_shapes, unet_config)`, then `fuse(modules, weight)`. Every problem is a WeightsError naming the file."""
 
     def __init__(self, path, unet_shapes: dict, text_shapes: dict, unet_config):
-        self.path = existing_file(path)
-        self.checkpoint = c = Checkpoint(self.path)
-        self.refuse_other_kinds(c.names)
-        suffix = {n: next((s for s in KOHYA + PEFT if n.endswith(s)), None) for n in c.names}
-        unknown = [n for n, s in suffix.items() if s is None]
-        if unknown:
-            raise WeightsError(f"{self.path}: {len(unknown)} tensor(s) no LoRA format names, first "
-                               f"{', '.join(map(repr, unknown[:3]))} (minitome takes kohya/A1111 lora_down/lora_up/"
-                               "alpha and diffusers/PEFT lora_A/lora_B files)")
-        bases = {}
-        for n, s in suffix.items():
-            bases.setdefault(n[:-len(s)], {})[s] = n
-        names = layer_names(unet_shapes, text_shapes, unet_config)
-        if not bases:
-            raise WeightsError(f"{self.path}: holds no tensors, so no LoRA")
-        strangers = sorted(b for b in bases if b not in names)
-        if len(strangers) == len(bases):
-            raise WeightsError(f"{self.path}: none of its {len(bases)} layer(s) is a layer of this SD 1.x model's UNet "
+        self.checkpoint = c = Checkpoint(path)
+        self.path = c.path
+        layers = parse(c.names, self.path)
+        targets = layer_names(unet_shapes, text_shapes, unet_config)
+        strangers = [layer.name for layer in layers if layer.name not in targets]
+        if len(strangers) == len(layers):
+            raise WeightsError(f"{self.path}: none of its {len(layers)} layer(s) is a layer of this SD 1.x model's UNet "
                                f"or text encoder (first {strangers[0]!r}): a LoRA for another model?")
         if strangers:
-            raise WeightsError(f"{self.path}: {len(strangers)} of its {len(bases)} layer(s) name no layer of this "
+            raise WeightsError(f"{self.path}: {len(strangers)} of its {len(layers)} layer(s) name no layer of this "
                                f"model, first {', '.join(map(repr, strangers[:3]))}")
         c.check_floating(f"floating point ({', '.join(FLOAT_DTYPES)})")
         metadata = adapter_metadata(c)
         shapes = {"unet": unet_shapes, "text_encoder": text_shapes}
-        self.layers, named = [], {}
-        for base, tensors in sorted(bases.items()):
-            part, weight, peft_name = names[base]
+        self.updates, named = [], {}  # updates: (layer, part, our weight name, α / r)
+        for layer in layers:
+            part, weight, peft_name = targets[layer.name]
             if (part, weight) in named:
-                raise WeightsError(f"{self.path}: layers {named[part, weight]!r} and {base!r} are one layer of the "
-                                   "model, named twice")
-            named[part, weight] = base
-            kohya = base.startswith("lora_")
-            down, up = (tensors.get(".lora_down.weight"), tensors.get(".lora_up.weight")) if kohya else (
-                tensors.get(".lora_A.weight"), tensors.get(".lora_B.weight"))
-            if down is None or up is None:
-                raise WeightsError(f"{self.path}: layer {base!r} has only one of its two matrices "
-                                   f"({'lora_down/lora_up' if kohya else 'lora_A/lora_B'})")
-            if not kohya and ".alpha" in tensors:
-                raise WeightsError(f"{self.path}: {base}.alpha: PEFT files carry α in their metadata, not as a tensor")
-            rank = self.check_shapes(base, c.shapes[down], c.shapes[up], shapes[part][weight])
-            alpha, rslora = self.alpha_of(base, tensors, rank, metadata, part, peft_name)
-            self.layers.append(Layer(part, weight, down, up, alpha, rank, rslora))
+                raise WeightsError(f"{self.path}: layers {named[part, weight]!r} and {layer.name!r} are one layer of "
+                                   "the model, named twice")
+            named[part, weight] = layer.name
+            rank = self.check_shapes(layer.name, c.shapes[layer.down], c.shapes[layer.up], shapes[part][weight])
+            self.updates.append((layer, part, weight, self.factor(layer, rank, metadata, part, peft_name)))
 
-    def refuse_other_kinds(self, names: list):
-        for marker, model in NEWER_MODELS.items():
-            if any(n.startswith(marker) or f".{marker}" in n for n in names):
-                raise WeightsError(f"{self.path}: a LoRA for {model} ({marker!r} in its names); minitome runs SD 1.x")
-        for marker, kind in OTHER_KINDS.items():
-            if any(marker in n for n in names):
-                raise WeightsError(f"{self.path}: {kind} file ({marker!r} in its names); minitome takes LoRA and "
-                                   "LoCon (kohya/A1111 lora_down/lora_up, diffusers/PEFT lora_A/lora_B)")
-
-    def check_shapes(self, base: str, down: tuple, up: tuple, weight: tuple) -> int:
+    def check_shapes(self, name: str, down: tuple, up: tuple, weight: tuple) -> int:
         """The rank r, once down (r, in…) and up (out, r[, 1, 1]) are checked to make an update of W's shape."""
         if len(down) < 2 or len(up) < 2 or math.prod(up[2:]) != 1:
-            raise WeightsError(f"{self.path}: layer {base!r}: down {list(down)} and up {list(up)} are not the two "
+            raise WeightsError(f"{self.path}: layer {name!r}: down {list(down)} and up {list(up)} are not the two "
                                "matrices of a LoRA (up must be out × r, or out × r × 1 × 1)")
         if down[0] == 0:
-            raise WeightsError(f"{self.path}: layer {base!r} has rank 0")
+            raise WeightsError(f"{self.path}: layer {name!r} has rank 0")
         if down[0] != up[1]:
-            raise WeightsError(f"{self.path}: layer {base!r}: down has rank {down[0]}, up rank {up[1]}; they must match")
+            raise WeightsError(f"{self.path}: layer {name!r}: down has rank {down[0]}, up rank {up[1]}; they must match")
         inputs = math.prod(down[1:])
         if up[0] != weight[0] or inputs != math.prod(weight[1:]):
-            family = CONTEXT_OF.get(down[1]) if base.replace("_", ".").endswith(("attn2.to.k", "attn2.to.v")) else None
+            family = CONTEXT_OF.get(down[1]) if name.replace("_", ".").endswith(("attn2.to.k", "attn2.to.v")) else None
             if family:
-                raise WeightsError(f"{self.path}: a LoRA for {family} ({down[1]}-wide text context in {base!r}); "
+                raise WeightsError(f"{self.path}: a LoRA for {family} ({down[1]}-wide text context in {name!r}); "
                                    "minitome runs SD 1.x (768)")
-            raise WeightsError(f"{self.path}: layer {base!r} updates a {up[0]} × {inputs} weight, the model's is "
+            raise WeightsError(f"{self.path}: layer {name!r} updates a {up[0]} × {inputs} weight, the model's is "
                                f"{weight[0]} × {math.prod(weight[1:])} ({list(weight)})")
         return down[0]
 
-    def alpha_of(self, base: str, tensors: dict, rank: int, metadata: dict, part: str, peft_name: str) -> tuple:
-        """(α, rank-stabilised?) of one layer: the kohya `.alpha` tensor (r when absent), or PEFT's metadata."""
-        if ".alpha" in tensors:
-            name = tensors[".alpha"]
-            if math.prod(self.checkpoint.shapes[name]) != 1:
-                raise WeightsError(f"{self.path}: {name!r} has shape {list(self.checkpoint.shapes[name])}; α is one number")
-            return float(self.checkpoint.tensor(name, dtype=torch.float64).item()), False
+    def factor(self, layer: Layer, rank: int, metadata: dict, part: str, peft_name: str) -> float:
+        """α / r of one layer (α / √r for rank-stabilised LoRA): α is the kohya `.alpha` tensor, or PEFT's metadata
+        (a pattern matching the layer's name, else the part's lora_alpha), else r."""
+        if layer.alpha is not None:
+            shape = self.checkpoint.shapes[layer.alpha]
+            if math.prod(shape) != 1:
+                raise WeightsError(f"{self.path}: {layer.alpha!r} has shape {list(shape)}; α is one number")
+            return float(self.checkpoint.tensor(layer.alpha, dtype=torch.float64).item()) / rank
         config = {k[len(part) + 1:]: v for k, v in metadata.items() if k.startswith(part + ".")}
         patterns = config.get("alpha_pattern") or {}
         if not isinstance(patterns, dict) or not all(isinstance(k, str) and PATTERN.fullmatch(k) for k in patterns):
             raise WeightsError(f"{self.path}: lora_adapter_metadata's {part}.alpha_pattern is not a map from module "
                                "names (letters, digits, _ and .) to numbers")
-        alpha = pattern_value(patterns, peft_name)
+        # PEFT's per-layer override: the first pattern that matches the end of the layer's name
+        alpha = next((v for k, v in patterns.items() if re.match(rf"(.*\.)?({k})$", peft_name)), None)
         alpha = alpha if alpha is not None else config.get("lora_alpha", rank)
         if not finite_number(alpha):
             raise WeightsError(f"{self.path}: lora_adapter_metadata gives {part} layer {peft_name!r} the alpha "
@@ -218,24 +202,24 @@ class LoraFile:
         rslora = config.get("use_rslora", False)
         if not isinstance(rslora, bool):
             raise WeightsError(f"{self.path}: lora_adapter_metadata's {part}.use_rslora is {rslora!r}, not true or false")
-        return float(alpha), rslora
+        return float(alpha) / (math.sqrt(rank) if rslora else rank)
 
     @torch.no_grad()
     def fuse(self, modules: dict, weight: float = 1.0):
         """W += weight · (α / r) · up · down for each layer, in place, one layer at a time (modules: part → module).
         The product is formed in float32 (float64 for a float64 model) and rounded once into W's dtype."""
         parameters = {part: dict(module.named_parameters()) for part, module in modules.items()}
-        for layer in self.layers:
-            w = parameters[layer.part][layer.weight]
+        for layer, part, name, factor in self.updates:
+            w = parameters[part][name]
             dtype = torch.float64 if w.dtype == torch.float64 else torch.float32
             down = self.checkpoint.tensor(layer.down, w.device, dtype).flatten(1)  # (r, in · kh · kw)
             up = self.checkpoint.tensor(layer.up, w.device, dtype).flatten(1)      # (out, r)
-            w.add_(((weight * layer.factor) * (up @ down)).reshape(w.shape).to(w.dtype))
+            w.add_(((weight * factor) * (up @ down)).reshape(w.shape).to(w.dtype))
             if not torch.isfinite(w).all():
-                raise WeightsError(f"{self.path}: at weight {weight:g}, layer {layer.down.rsplit('.', 2)[0]!r} makes "
-                                   f"the model's {layer.weight} overflow {str(w.dtype).replace('torch.', '')}")
+                raise WeightsError(f"{self.path}: at weight {weight:g}, layer {layer.name!r} makes the model's {name} "
+                                   f"overflow {str(w.dtype).replace('torch.', '')}")
 
 
 def is_lora(names: list) -> bool:
     """Whether a file's tensor names are a LoRA's (for the error when one is given as the weights)."""
-    return bool(names) and all(n.endswith(KOHYA + PEFT) for n in names)
+    return bool(names) and all(n.endswith(SUFFIXES) for n in names)

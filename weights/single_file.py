@@ -17,6 +17,7 @@ the text encoder without `text_model.` (weights/clip.py), bake VAEs in diffusers
 refused by name, and so is any tensor this file does not know: strictness is what catches a wrong file.
 """
 import warnings
+from collections import Counter
 
 from .checkpoint import Checkpoint, WeightsError, WeightsNotice
 from . import clip, vae
@@ -90,10 +91,7 @@ def split(checkpoint: Checkpoint, ema: bool = False) -> dict:
     unknown = [name for name in rest if not name.startswith(tuple(EXTRAS))]
     if unknown:
         raise WeightsError(f"{checkpoint.path}: {len(unknown)} tensor(s) of no SD 1.x part, first {unknown[0]!r}")
-    extras = {}
-    for name in rest:
-        prefix = next(p for p in EXTRAS if name.startswith(p))
-        extras[prefix] = extras.get(prefix, 0) + 1
+    extras = Counter(next(p for p in EXTRAS if name.startswith(p)) for name in rest)
     if extras:
         listed = ", ".join(f"{prefix}* ({EXTRAS[prefix]}, {count})" for prefix, count in extras.items())
         warnings.warn(f"{checkpoint.path}: ignored {sum(extras.values())} tensor(s) that no SD 1.x part uses: {listed}",

@@ -24,6 +24,8 @@ ENCODER = ("encoder.", "quant_conv.")           # the encoding half: never used 
 PREFIXES = ("first_stage_model.", "vae.")       # how a VAE file extracted from a full checkpoint may name it
 ATTENTION = {"group_norm": "norm", "to_q": "q", "query": "q", "to_k": "k", "key": "k", "to_v": "v", "value": "v",
              "to_out.0": "proj_out", "proj_attn": "proj_out"}  # diffusers' names (new, old) → LDM's
+# the mid-block attention's 1×1 convolutions, which diffusers files store as Linear (C, C)
+LINEAR = re.compile(r"(de|en)coder\.mid\.attn_1\.(q|k|v|proj_out)\.weight")
 
 
 def ldm_name(name: str, levels: int) -> str:
@@ -78,9 +80,7 @@ def vae_part(checkpoint: Checkpoint, names: dict, groups: int = 32) -> Part:
     """names: the decoder's tensors, our parameter name → the file's (see `our_names`)."""
     source = f"{checkpoint.path} (vae)"
     config = config_from_shapes({ours: checkpoint.shapes[theirs] for ours, theirs in names.items()}, source, groups)
-    reshape = {ours for ours, theirs in names.items()  # Linear (C, C) weights where we have 1×1 convolutions
-               if re.fullmatch(r"decoder\.mid\.attn_1\.(q|k|v|proj_out)\.weight", ours) and len(checkpoint.shapes[theirs]) == 2}
-    return Part(lambda: VAEDecoder(config), checkpoint, names, "vae", reshape)
+    return Part(lambda: VAEDecoder(config), checkpoint, names, "vae", LINEAR)
 
 
 def encoder_part(decoder: Part) -> Part:
@@ -91,10 +91,8 @@ def encoder_part(decoder: Part) -> Part:
     if not names:
         raise WeightsError(f"{checkpoint.path}: no VAE encoder in it ({prefix}encoder.*, {prefix}quant_conv), and a run "
                            "from an image needs one: pass a whole VAE with --vae")
-    reshape = {ours for ours, theirs in names.items()
-               if re.fullmatch(r"encoder\.mid\.attn_1\.(q|k|v|proj_out)\.weight", ours) and len(checkpoint.shapes[prefix + theirs]) == 2}
-    return Part(lambda: VAEEncoder(decoder.config), checkpoint, {ours: prefix + theirs for ours, theirs in names.items()},
-                "vae encoder", reshape)
+    names = {ours: prefix + theirs for ours, theirs in names.items()}
+    return Part(lambda: VAEEncoder(decoder.config), checkpoint, names, "vae encoder", LINEAR)
 
 
 def vae_part_from_file(path) -> Part:

@@ -17,8 +17,8 @@ Experiments:
    (constant, 60% → 40%, only on the noisy steps t > τ, only on the clean ones; --tau, default 500):
    seconds per run, how far the final latent moves, ‖z − z₀‖ / ‖z₀‖, and PSNR / SSIM with --weights;
 6. randomness across the batch: one random partition shared by the guidance pair [uncond, cond] (as
-   tomesd) or one per image (`rand_per_image`), measured like 5;
-7. the partitions of 1, in the UNet (`ToMeConfig.partition`, `use_rand`), measured like 3.
+   tomesd) or one per image (`AblationToMe.rand_per_image`), measured like 5;
+7. the partitions of 1, in the UNet (`AblationToMe.partition`, `use_rand`, minitome/lab/partitions.py), measured like 3.
 Experiments 1–2 run on tokens: the 8 × 8 patches of a drawn picture (`visualize.py`), 64 × 64 of them
 as in a 512² latent's first blocks, or with --weights the real input of the first transformer block at
 the last UNet call of a --steps run of --prompt (`common.block_input`).
@@ -29,12 +29,13 @@ import sys
 import torch
 
 from minitome.checks import check_size
-from minitome.flags import check_steps_flag
-from minitome.pipeline import linear_schedule, noise_estimate
+from minitome.cli.flags import check_steps_flag
+from minitome.pipeline import noise_estimate
 from minitome.tome import ToMeConfig
-from sampler import plms_sample
+from sampler import sample
 from .ablate_tokens import kmeans_rows, partition_rows, tokens
-from .common import PAPER_PARTITIONS, ImageComparison, markdown_table, random_unet, stopwatch
+from .common import ImageComparison, markdown_table, random_unet, stopwatch
+from .partitions import PAPER_PARTITIONS, AblationToMe, linear_schedule
 
 
 def load_model(args):
@@ -87,7 +88,7 @@ def when_rows(args, model, schedules: list) -> list:
         eps_model = noise_estimate(unet, context, 7.5, schedule)
         with torch.no_grad():
             eps_model(noise, 999)  # warm-up
-            z, seconds = stopwatch(lambda: plms_sample(eps_model, noise, args.when_steps), repeats=1, warmup=False)
+            z, seconds = stopwatch(lambda: sample("plms", eps_model, noise, args.when_steps), repeats=1, warmup=False)
         base, z0 = base or seconds, z if z0 is None else z0
         rows.append([label, f"{seconds:.1f}", f"{base / seconds:.2f}×", change(z, z0)] +
                     (images.cells(schedule) if images else []))
@@ -159,9 +160,9 @@ def unet_sections(args, model, show: set):
             (f"{r} only while t ≤ {tau} (clean)", lambda t: cfg if t <= tau else None)]),
         6: (f"Randomness: one partition for the guidance pair or one per image, ratio {r} ({run})", run_head,
             when_rows, [("no merging", lambda t: None), ("shared by uncond and cond (tomesd)", lambda t: cfg),
-                        ("one per image", lambda t: ToMeConfig(ratio=r, rand_per_image=True))]),
+                        ("one per image", lambda t: AblationToMe(ratio=r, rand_per_image=True))]),
         7: (f"Partition, in the UNet, ratio {r}, attn ({call})", head, unet_rows, [("no merging", None)] + [
-            (name, ToMeConfig(ratio=r, partition=kind, use_rand=use_rand)) for name, (kind, use_rand) in PAPER_PARTITIONS.items()]),
+            (name, AblationToMe(ratio=r, partition=kind, use_rand=use_rand)) for name, (kind, use_rand) in PAPER_PARTITIONS.items()]),
     }
     for number, (title, columns, rows, settings) in sections.items():
         if number in show:

@@ -9,7 +9,8 @@ against ToMe's one-shot bipartite matching.
 import torch
 
 from minitome.tome import match, merge, partition, unmerge
-from .common import PAPER_PARTITIONS, block_input, stopwatch
+from .common import block_input, stopwatch
+from .partitions import PAPER_PARTITIONS, paper_partition
 from .visualize import landscape, patch_tokens
 
 
@@ -34,7 +35,7 @@ def partition_rows(x: torch.Tensor, hw, ratio: float) -> list:
     rows = []
     for name, (kind, use_rand) in PAPER_PARTITIONS.items():
         def run():
-            src, dst = partition(*hw, 2, 2, torch.Generator().manual_seed(0) if use_rand else None, kind)
+            src, dst = paper_partition(*hw, 2, 2, torch.Generator().manual_seed(0) if use_rand else None, kind)
             r = min(int(x.shape[1] * ratio), src.numel())
             slot = match(x, src, dst, r)
             return unmerge(merge(x, slot, x.shape[1] - r), slot), slot, r

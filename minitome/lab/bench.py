@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 
 from minitome.checks import check_size
-from minitome.flags import check_steps_flag, flags_given
+from minitome.cli.flags import check_steps_flag, flags_given
 from minitome.deepcache import DeepCacheConfig
-from minitome.device import pick_device, pick_dtype
+from minitome.cli.device import pick_device, pick_dtype
 from minitome.todo import ToDoConfig
 from minitome.tome import ToMeConfig
 from .common import stopwatch

@@ -25,9 +25,6 @@ FONT = ImageFont.load_default(size=13)
 
 PROMPTS = ["a photograph of an astronaut riding a horse", "a watercolor painting of a fox in the snow"]  # image quality's
 
-# the paper's names for the partitions (its Figure 5), as (ToMeConfig.partition, use_rand)
-PAPER_PARTITIONS = {"random 2×2 (ToMe-SD)": ("cells", True), "2-stride grid": ("cells", False),
-                    "random": ("random", True), "alternating": ("alternating", True)}
 
 
 def markdown_table(head: list, rows: list) -> str:
@@ -90,8 +87,9 @@ def image_quality(weights_path, device, dtype, size: tuple, steps: int, runs: di
     """label → (PSNR, SSIM) of the images each run's settings make (runs: label → `generate` keyword arguments,
     the first the reference) against the first's, from the weights at weights_path, same prompts and seeds."""
     import weights
+    from unet.packed_conv import packed
     sd = weights.load(weights_path, device=device, dtype=dtype)
-    sd.unet.channels_last().pack_convolutions()
+    packed(sd.unet.channels_last())
     images, scores = ImageComparison(sd, PROMPTS, size, steps), {}
     for label, settings in runs.items():
         scores[label] = images.scores(**settings)

@@ -21,7 +21,7 @@ import sys
 
 import torch
 
-from sampler import SAMPLERS, call_timesteps, start_step, unet_calls
+from sampler import call_timesteps, sample, start_step, unet_calls
 from .common import markdown_table, stopwatch
 from .jobs import CallKind, Job
 from .methods import Method
@@ -79,7 +79,7 @@ def loop_seconds(latent: list, start: int, repeats: int) -> tuple:
     noise, init = torch.randn(1, 4, *latent, generator=g), torch.randn(1, 4, *latent, generator=g)
     eps = torch.randn_like(noise)
     free = lambda x, t: eps  # noqa: E731
-    ours = stopwatch(lambda: SAMPLERS[SAMPLER](free, noise, STEPS, SPACING, generator=torch.Generator(), start=start,
+    ours = stopwatch(lambda: sample(SAMPLER, free, noise, STEPS, SPACING, generator=torch.Generator(), start=start,
                                                init=init if start else None), repeats)[1]
     scheduler = diffusers_scheduler(SAMPLER, SPACING)
 
@@ -170,11 +170,11 @@ def hires_image(unet, vae, job: Job, eps_model_of) -> float:
     large = [SCALE * n for n in job.latent]
     start = time.perf_counter()
     first = eps_model_of(context, job.method["first"], unet_calls(SAMPLER, STEPS))
-    latents = SAMPLERS[SAMPLER](first, noise, STEPS, SPACING, generator=torch.Generator().manual_seed(1))
+    latents = sample(SAMPLER, first, noise, STEPS, SPACING, generator=torch.Generator().manual_seed(1))
     init = torch.nn.functional.interpolate(latents, size=large, mode="bilinear")
     second = eps_model_of(context, job.method["hires"], unet_calls(SAMPLER, STEPS, START))
     hires_noise = torch.randn(1, 4, *large, generator=torch.Generator().manual_seed(1)).to(device, dtype)
-    latents = SAMPLERS[SAMPLER](second, hires_noise, HIRES_STEPS, SPACING, generator=torch.Generator(), start=START,
+    latents = sample(SAMPLER, second, hires_noise, HIRES_STEPS, SPACING, generator=torch.Generator(), start=START,
                                 init=init)
     vae(latents / LATENT_SCALE)
     return time.perf_counter() - start

@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 
-from minitome.add_ons import lora_spec
+from minitome.cli.add_ons import lora_spec
 from .memory import rss_mb
 from .runner import ROOT
 

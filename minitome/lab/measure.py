@@ -29,7 +29,7 @@ from minitome.deepcache import DeepCacheConfig
 from minitome.clip import CLIPTextModel
 from minitome.pipeline import noise_estimate
 from minitome.vae import VAEDecoder
-from sampler import SAMPLERS, unet_calls
+from sampler import sample, unet_calls
 from unet.attention import BasicTransformerBlock
 from minitome.todo import ToDoConfig, downsample_kv
 from minitome.tome import IDENTITY, BlockSettings, tome_plan
@@ -48,7 +48,7 @@ def build_unet(job: Job, device, dtype, packed: bool = True) -> UNetModel:
         unet = load_unet(job.weights, device, dtype, job.attention)
     else:
         unet = random_unet(UNetConfig(attention=job.attention), device, dtype)
-    return unet.pack_convolutions() if packed else unet
+    return packed_conv.packed(unet) if packed else unet
 
 
 def blocks_run(unet: UNetModel, call) -> list:
@@ -203,8 +203,8 @@ def measure_image(job: Job) -> dict:
     noise = torch.randn(1, 4, *job.latent, generator=g).to(device, dtype)
     context = torch.randn(2, 77, unet.config.context_dim, generator=g).to(device, dtype)
     eps_model = eps_model_of(unet)(context, job.method, unet_calls(job.sampler, job.steps))
-    sample = SAMPLERS[job.sampler]
-    _, seconds = stopwatch(lambda: sample(eps_model, noise, job.steps, job.spacing, generator=g), 1, device, warmup=False)
+    _, seconds = stopwatch(lambda: sample(job.sampler, eps_model, noise, job.steps, job.spacing, generator=g), 1, device,
+                           warmup=False)
     return {"seconds": seconds}
 
 

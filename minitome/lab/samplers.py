@@ -21,7 +21,7 @@ import sys
 
 import torch
 
-from sampler import SAMPLERS, call_timesteps, unet_calls
+from sampler import call_timesteps, sample, unet_calls
 from .common import markdown_table, stopwatch
 from .jobs import CallKind, Job
 from .methods import Method
@@ -73,7 +73,7 @@ def loop_seconds(sampler: str, spacing: str, steps: int, latent: list, repeats: 
     noise = torch.randn(1, 4, *latent, generator=torch.Generator().manual_seed(0))
     eps = torch.randn_like(noise)
     free = lambda x, t: eps  # noqa: E731
-    ours = stopwatch(lambda: SAMPLERS[sampler](free, noise, steps, spacing, generator=torch.Generator()), repeats)[1]
+    ours = stopwatch(lambda: sample(sampler, free, noise, steps, spacing, generator=torch.Generator()), repeats)[1]
     scheduler = diffusers_scheduler(sampler, spacing)
 
     def diffusers_loop():

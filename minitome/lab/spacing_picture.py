@@ -8,7 +8,7 @@ A leading count that starts far below the top is drawn grey, with the t it would
 from PIL import Image, ImageDraw
 
 from sampler import SPACINGS, spacing_of
-from sampler.spacing import check_steps
+from minitome.checks import check_steps
 from .common import FONT
 
 COUNTS = (4, 10, 20)

@@ -31,15 +31,15 @@ import torch
 from PIL import Image, ImageDraw
 
 from minitome.checks import check_size
-from minitome.flags import check_steps_flag, writable_folder
-from minitome.pipeline import linear_schedule
+from minitome.cli.flags import check_steps_flag, writable_folder
 from minitome.tome import IDENTITY, BlockSettings, match, partition, tome_plan
 from sampler import call_timesteps
 from unet import UNetConfig
-from .common import FONT, PAPER_PARTITIONS, block_input
+from .common import FONT, block_input
 from .course_pictures import block_picture, noise_picture, share_picture, unet_picture, worked_picture
 from .diagram import pipeline_picture
 from .hires_picture import hires_picture
+from .partitions import PAPER_PARTITIONS, linear_schedule, paper_partition
 from .spacing_picture import spacing_picture
 
 PATCH = 8
@@ -105,7 +105,7 @@ def partitions_picture(seed: int = 0, size: int = 12, cell: int = 18) -> Image.I
     """The paper's Figure 5: which tokens are dst (red) under each partition, on a 12 × 12 corner of the grid."""
     panels, titles = [], []
     for name, (kind, use_rand) in PAPER_PARTITIONS.items():
-        _, dst = partition(size, size, 2, 2, torch.Generator().manual_seed(seed) if use_rand else None, kind)
+        _, dst = paper_partition(size, size, 2, 2, torch.Generator().manual_seed(seed) if use_rand else None, kind)
         dst = set(dst.tolist())
         panels.append(grid_picture(size, size, cell, lambda r, c: (220, 60, 60) if r * size + c in dst else (238, 238, 238)))
         titles.append(f"{name.replace('×', 'x')}: {len(dst)} dst")  # the picture's font has no ×

@@ -4,6 +4,11 @@ Where this sits: minitome/sample.py runs a sampling run inside `signals_stop_the
 through here: one progress line per step, warnings and errors as one line each on stderr, the written files'
 names on stdout. Ctrl-C and SIGTERM become exceptions raised where the program is (KeyboardInterrupt,
 `Terminated`), so that one `finally` removes what the run reserved, however often the signal comes.
+
+How a run ends (`ending`): a refusal (bad input, minitome/checks.py's `Refusal`, the weights loader's
+`WeightsError`) or a file that cannot be read or written is one line and exit status 2; Ctrl-C 130, SIGTERM 143;
+running out of memory one line naming the size and batch, exit 1. Anything else is a bug in minitome, said as
+one line that names it an internal error, exit 1; with MINITOME_TRACEBACK=1 its traceback is shown instead.
 """
 import os
 import signal
@@ -11,6 +16,10 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
+
+import torch
+
+from ..checks import Refusal
 
 
 class Progress:
@@ -76,3 +85,27 @@ def print_name(path: Path):
 def fail(message: str, status: int) -> int:
     print(f"minitome.sample: {message}", file=sys.stderr)
     return status
+
+
+def out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(error, RuntimeError) and "can't allocate memory" in str(error))
+
+
+def ending(error: BaseException, size: str = None) -> int:
+    """The exit status for what stopped the program, said in one line (`size`: the run's size and batch as flags,
+    once known, for running out of memory). With MINITOME_TRACEBACK=1 a bug is raised again, traceback and all."""
+    from weights import WeightsError
+    if isinstance(error, (Refusal, WeightsError, OSError)):
+        return fail(f"error: {error}", 2)
+    if isinstance(error, KeyboardInterrupt):
+        return fail("interrupted", 130)
+    if isinstance(error, Terminated):
+        return fail("terminated", 143)
+    first_line = (str(error).strip().split("\n") or [""])[0]
+    if out_of_memory(error):
+        return fail(f"error: out of memory{' at ' + size if size else ''} ({first_line})", 1)
+    if os.environ.get("MINITOME_TRACEBACK") == "1":
+        raise error
+    return fail(f"internal error (a bug): {type(error).__name__}: {first_line}; run with MINITOME_TRACEBACK=1 to see "
+                "its traceback", 1)

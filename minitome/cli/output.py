@@ -11,35 +11,15 @@ file is ever left behind:
   reservation in one rename, with the mode the reservation got from the umask;
 - abandon: on failure, Ctrl-C or SIGTERM, the reservations not yet written and any temporary file
   are removed, and so are the folders made for `--out` when nothing was written into them.
-The PNG carries an A1111-style `parameters` text chunk, written by minitome/png_text.py.
+The PNG carries an A1111-style `parameters` text chunk, written by minitome/cli/png_text.py.
 """
 import os
-import re
-import sys
 import tempfile
 from pathlib import Path
 
 from PIL.PngImagePlugin import PngInfo
 
-
-
-def model_hash(path: Path) -> str:
-    """A1111's short hash: the first 10 hex digits of the file's sha256 (kept beside the file by `make weights`).
-    A sidecar that is stale or not a sha256 is ignored, said in one line, and the hash computed."""
-    from weights.download import sha256_of
-    if path.is_dir():
-        return ""
-    sidecar = path.with_name(path.name + ".sha256")
-    if sidecar.is_file():
-        try:
-            text = sidecar.read_text(encoding="utf-8", errors="replace").split()
-        except OSError:
-            text = []
-        if text and re.fullmatch(r"[0-9a-f]{64}", text[0]) and sidecar.stat().st_mtime >= path.stat().st_mtime:
-            return text[0][:10]
-        print(f"minitome.sample: warning: ignored {sidecar}: not a current sha256 of the weights; computing it",
-              file=sys.stderr)
-    return sha256_of(path)[:10]
+from ..checks import Refusal
 
 
 def png_info(parameters: str) -> PngInfo:
@@ -53,14 +33,14 @@ class Outputs:
 
     def __init__(self, out: Path, count: int):
         if out.suffix.lower() != ".png":
-            raise ValueError(f"--out {out}: the output is a PNG, name it .png")
+            raise Refusal(f"--out {out}: the output is a PNG, name it .png")
         self.paths, self.written, self.temporary = [], set(), None
         self.folders = [f for f in (out.parent, *out.parent.parents) if not f.exists()][::-1]  # made here, outermost first
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             self.remove_folders()
-            raise ValueError(f"--out {out}: cannot create folder {out.parent} ({error.strerror})") from None
+            raise Refusal(f"--out {out}: cannot create folder {out.parent} ({error.strerror})") from None
         try:
             n = 0  # the next name to try: each reservation goes on from where the last one stopped
             for _ in range(count):
@@ -83,7 +63,7 @@ class Outputs:
             except FileExistsError:  # a file, a folder or a (dangling) symlink: take the next name
                 n += 1
             except OSError as error:
-                raise ValueError(f"--out {candidate}: cannot create it ({error.strerror})") from None
+                raise Refusal(f"--out {candidate}: cannot create it ({error.strerror})") from None
 
     def write(self, i: int, image, parameters: str) -> Path:
         target = self.paths[i]

@@ -13,6 +13,8 @@ allocator's own failure mid-run (after minutes of sampling) is what it prevents.
 """
 import torch
 
+from ..checks import Refusal
+
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 
 
@@ -27,16 +29,16 @@ def pick_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):
-        raise ValueError(f"--device {name!r} is not a device (auto, cpu, cuda, cuda:N, mps)") from None
+        raise Refusal(f"--device {name!r} is not a device (auto, cpu, cuda, cuda:N, mps)") from None
     if device.type not in DEVICE_TYPES:
-        raise ValueError(f"--device {name!r}: minitome runs on {', '.join(DEVICE_TYPES)}, not {device.type}")
+        raise Refusal(f"--device {name!r}: minitome runs on {', '.join(DEVICE_TYPES)}, not {device.type}")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("--device cuda: no CUDA device is available")
+            raise Refusal("--device cuda: no CUDA device is available")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {name}: there are {torch.cuda.device_count()} CUDA device(s)")
+            raise Refusal(f"--device {name}: there are {torch.cuda.device_count()} CUDA device(s)")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("--device mps: MPS is not available")
+        raise Refusal("--device mps: MPS is not available")
     return device
 
 
@@ -81,11 +83,11 @@ def gib(n: int) -> str:
 
 def check_fits(width: int, height: int, batch: int, guided: bool, attention: str, heads: int, dtype: torch.dtype,
                device: torch.device, decoder_channels: int = 384, size: str = None):
-    """A ValueError naming the size (`size`: what set it, "--width W --height H" by default) and the batch when
+    """A refusal naming the size (`size`: what set it, "--width W --height H" by default) and the batch when
     the run needs more memory than `device` has free now."""
     free = available_bytes(device)
     needed = estimate_bytes(width, height, batch, guided, attention, heads, dtype, decoder_channels)
     if free is not None and needed > free:
-        raise ValueError(f"{size or f'--width {width} --height {height}'} --batch {batch}: needs about {gib(needed)} "
+        raise Refusal(f"{size or f'--width {width} --height {height}'} --batch {batch}: needs about {gib(needed)} "
                          f"GiB for its activations, {gib(free)} GiB of {device.type} memory is free now; "
                          "use a smaller size or batch")

@@ -1,7 +1,8 @@
 """Reading the image a run starts from (`--init-image`): any file Pillow opens, taken as its owner sees it.
 
-Where this sits: `python -m minitome.sample` reads `--init-image` here among its first checks (`read_image`),
-before any model work, and hands `image_tensor`'s result to `generate(init_image=...)`. What a user expects:
+Where this sits: the command line (minitome/cli/settings.py) reads `--init-image` here among its first checks
+(`read_image`), before any model work; the library's `image_tensor` (minitome/pipeline.py) makes the tensor
+`generate(init_image=...)` takes. What a user expects:
 
 - EXIF orientation applied (a phone's portrait photo is stored on its side, with a tag saying so);
 - grayscale, palette, CMYK and 16- or 32-bit integer images converted to 8-bit RGB. Pillow's `convert("RGB")`
@@ -18,10 +19,9 @@ import warnings
 from contextlib import contextmanager
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .checks import regular_file
+from ..checks import Refusal, regular_file
 
 
 def to_8bit_rgb(image: Image.Image) -> Image.Image:
@@ -52,21 +52,21 @@ def opened(path, flag: str):
             with Image.open(path) as image:
                 yield image
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ValueError(f"{flag} {path}: over {Image.MAX_IMAGE_PIXELS:,} pixels, Pillow's limit against "
+        raise Refusal(f"{flag} {path}: over {Image.MAX_IMAGE_PIXELS:,} pixels, Pillow's limit against "
                          "decompression bombs") from None
     except UnidentifiedImageError:
-        raise ValueError(f"{flag} {path}: not an image Pillow reads") from None
+        raise Refusal(f"{flag} {path}: not an image Pillow reads") from None
     except (OSError, SyntaxError, ValueError) as error:  # truncated or corrupt data
-        raise ValueError(f"{flag} {path}: a damaged image ({error})") from None
+        raise Refusal(f"{flag} {path}: a damaged image ({error})") from None
 
 
 def read_image(path, flag: str = "--init-image") -> Image.Image:
-    """The image at `path` as 8-bit RGB, upright; a ValueError naming the flag and the file otherwise."""
+    """The image at `path` as 8-bit RGB, upright; a refusal naming the flag and the file otherwise."""
     with opened(path, flag) as image:
         image.load()  # a truncated file fails here, not later
         mode, upright = image.mode, ImageOps.exif_transpose(image)
     if mode == "F":
-        raise ValueError(f"{flag} {path}: a floating-point image, whose values have no agreed range (0 to 1? 0 to "
+        raise Refusal(f"{flag} {path}: a floating-point image, whose values have no agreed range (0 to 1? 0 to "
                          "255?): save it with 8 or 16 bits")
     return to_8bit_rgb(upright)
 
@@ -77,10 +77,3 @@ def run_size(image: Image.Image, width: int = None, height: int = None, multiple
     h = height if height is not None else image.height - image.height % multiple
     return w, h
 
-
-def image_tensor(image: Image.Image, width: int, height: int) -> torch.Tensor:
-    """(1, 3, height, width) in [-1, 1]: Lanczos-resized to the size when it differs, as diffusers preprocesses."""
-    if image.size != (width, height):
-        image = image.resize((width, height), resample=Image.Resampling.LANCZOS)
-    a = np.asarray(image).astype(np.float32) / 255.0
-    return torch.from_numpy(a).permute(2, 0, 1)[None] * 2.0 - 1.0

@@ -1,20 +1,18 @@
 """The files people put on top of a checkpoint, as the command line takes them and a PNG names them.
 
-Where this sits: `python -m minitome.sample` reads `--lora PATH[:WEIGHT]` and `--embedding PATH[:TOKEN]` here, hands
-the pairs to `weights.load` (weights/lora.py, weights/embedding.py), and gives png_text.py what the PNG's text says
-of them, as A1111 writes it: each LoRA as `<lora:name:weight>` at the end of the prompt and in "Lora hashes"
-(`name: hash`, 12 hex digits of the sha256 of the bytes after the safetensors header, A1111's hash for LoRAs), each
-embedding in "TI hashes" (`token: hash`, 12 hex digits of the whole file's sha256). With `--from PNG`,
-`check_from_png` asks for the files the image was made with and takes its weights.
+Where this sits: minitome/cli/settings.py reads `--lora PATH[:WEIGHT]` and `--embedding PATH[:TOKEN]` here, and
+`weights.load` takes the pairs (weights/lora.py, weights/embedding.py). The PNG's text names them as A1111 writes
+them: each LoRA as `<lora:name:weight>` at the end of the prompt and in "Lora hashes", each embedding in "TI
+hashes" (minitome/cli/png_text.py; the hashes are minitome/cli/hashes.py's). With `--from PNG`, `check_from_png`
+asks for the files the image was made with and takes its weights.
 """
 import math
 import re
 import sys
 from pathlib import Path
 
-from weights.download import sha256_of
-
-from .checks import regular_file
+from ..checks import Refusal, regular_file
+from .hashes import embedding_hash, lora_hash
 from .png_text import lora_tag_in
 
 WEIGHT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")  # a decimal number, as A1111's tags write it
@@ -27,7 +25,7 @@ def split_spec(text: str) -> tuple:
     if not (sep and path and (Path(path).exists() or Path(path).is_symlink())):
         return text, None
     if Path(text).exists():
-        raise ValueError(f"{text}: names two files, {path} (with {value!r} after the ':') and {text}: rename one")
+        raise Refusal(f"{text}: names two files, {path} (with {value!r} after the ':') and {text}: rename one")
     return path, value
 
 
@@ -43,7 +41,7 @@ def lora_spec(text: str) -> tuple:
     if value is not None:
         weight = weight_of(value)
         if not math.isfinite(weight):
-            raise ValueError(f"--lora {text}: weight {value!r} is not a finite number")
+            raise Refusal(f"--lora {text}: weight {value!r} is not a finite number")
     return regular_file(path, "--lora"), weight
 
 
@@ -56,10 +54,10 @@ def check_lora_names(loras: list):
     for path, *_ in loras:
         bad = "".join(sorted(set(path.stem) & TAG_BREAKERS))
         if bad:
-            raise ValueError(f"--lora {path}: its name {path.stem!r} holds {bad!r}, which the PNG's <lora:name:weight> "
+            raise Refusal(f"--lora {path}: its name {path.stem!r} holds {bad!r}, which the PNG's <lora:name:weight> "
                              "tag cannot hold; rename the file")
         if path.stem in seen:
-            raise ValueError(f"--lora {path}: --lora {seen[path.stem]} has the same name {path.stem!r}, and the PNG's "
+            raise Refusal(f"--lora {path}: --lora {seen[path.stem]} has the same name {path.stem!r}, and the PNG's "
                              "text names LoRAs by file name: give a file once, with the sum of its weights, or rename one")
         seen[path.stem] = path
 
@@ -68,7 +66,7 @@ def check_no_tags(text: str, flag: str):
     """A1111's <lora:…> tags are written by minitome, never read from a prompt given to it."""
     tag = lora_tag_in(text)
     if tag is not None:
-        raise ValueError(f"{flag} holds {tag!r}: minitome takes LoRAs from --lora PATH[:WEIGHT], not from tags in the "
+        raise Refusal(f"{flag} holds {tag!r}: minitome takes LoRAs from --lora PATH[:WEIGHT], not from tags in the "
                          "prompt")
 
 
@@ -76,41 +74,24 @@ def embedding_spec(text: str) -> tuple:
     """--embedding PATH[:TOKEN] → (Path, token or None)."""
     path, token = split_spec(text)
     if token is not None and (not token or any(c.isspace() for c in token)):
-        raise ValueError(f"--embedding {text}: token {token!r} is empty or holds a space")
+        raise Refusal(f"--embedding {text}: token {token!r} is empty or holds a space")
     return regular_file(path, "--embedding"), token
 
 
-def lora_hash(path: Path) -> str:
-    """A1111's LoRA hash: the sha256 of the bytes after the safetensors header (8 bytes of length, then the
-    header), so that editing the header's metadata keeps the hash; its first 12 hex digits."""
-    with open(path, "rb") as f:
-        header = int.from_bytes(f.read(8), "little")
-    return sha256_of(path, 8 + header)[:12]
-
-
-def embedding_hash(path: Path) -> str:
-    """A1111's "TI hashes": the first 12 hex digits of the whole file's sha256."""
-    return sha256_of(path)[:12]
-
-
-def named_pairs(text: str) -> dict:
-    """'name: hash, name2: hash' → {name: hash}."""
-    return dict(item.strip().rsplit(": ", 1) for item in text.split(",") if ": " in item)
-
-
-def check_from_png(fields: dict, tags: list, loras: list, embeddings: list, png) -> tuple:
+def check_from_png(png_values: dict, tags: list, loras: list, embeddings: list, png) -> tuple:
     """--from: the LoRAs and embeddings its image was made with must be given (their files are this machine's);
-    a LoRA given without a weight takes the PNG's, an embedding given without a token the PNG's. Returns (the
-    LoRAs with their weights, the embeddings with their tokens); ValueError otherwise."""
+    a LoRA given without a weight takes the PNG's, an embedding given without a token the PNG's. png_values: the
+    PNG's settings (its "lora_hashes" and "embedding_hashes"); tags: its [(name, weight text)]; loras: the flags'
+    [(path, weight, whether a weight was given)]. Returns (the LoRAs with their weights, the embeddings with their
+    tokens); a refusal otherwise."""
     given = {path.stem: (path, weight, explicit) for path, weight, explicit in loras}
+    hashes = dict(png_values.get("lora_hashes", ()))
     for name, weight in tags:
         if not math.isfinite(weight_of(weight)):
-            raise ValueError(f"--from {png}: its tag <lora:{name}:{weight}> gives the weight {weight!r}, not a finite number")
+            raise Refusal(f"--from {png}: its tag <lora:{name}:{weight}> gives the weight {weight!r}, not a finite number")
         if name not in given:
-            hashes = named_pairs(fields.get("Lora hashes", ""))
-            raise ValueError(f"--from {png}: its image was made with the LoRA {name!r} at weight {weight}"
+            raise Refusal(f"--from {png}: its image was made with the LoRA {name!r} at weight {weight}"
                              f"{' (hash ' + hashes[name] + ')' if name in hashes else ''}: give it with --lora PATH")
-    hashes = named_pairs(fields.get("Lora hashes", ""))
     for name in hashes.keys() & given.keys():
         if lora_hash(given[name][0]) != hashes[name]:
             print(f"minitome.sample: warning: --from {png} was made with the LoRA {name!r} of hash {hashes[name]}, "
@@ -118,11 +99,11 @@ def check_from_png(fields: dict, tags: list, loras: list, embeddings: list, png)
     weights = dict(tags)
     loras = [(path, weight if explicit or path.stem not in weights else float(weights[path.stem]))
              for path, weight, explicit in loras]
-    wanted = named_pairs(fields.get("TI hashes", ""))
+    wanted = dict(png_values.get("embedding_hashes", ()))
     have = {embedding_hash(path): path for path, _ in embeddings} if wanted else {}  # read the files only when asked
     for token, digest in wanted.items():
         if digest not in have:
-            raise ValueError(f"--from {png}: its image was made with the embedding {token!r} (hash {digest}): give it "
+            raise Refusal(f"--from {png}: its image was made with the embedding {token!r} (hash {digest}): give it "
                              "with --embedding PATH[:TOKEN]")
     token_of_file = {have[digest]: token for token, digest in wanted.items()}
     return loras, [(path, token if token is not None else token_of_file.get(path)) for path, token in embeddings]
