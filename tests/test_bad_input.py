@@ -69,6 +69,7 @@ def no_files(folder):
     (["--spacing", "karras"], "--spacing: karras spacing works with euler and dpm\\+\\+2m, not plms: PLMS steps in t"),
     (["--spacing", "karras", "--sampler", "ddim"], "--spacing: karras spacing works with .*, not ddim"),
     (["--spacing", "karras", "--sampler", "euler-a"], "--spacing: karras .* not euler-a: diffusers' EulerAncestral"),
+    (["--guidance", "1"], "--width 16 --height 16: too small for this UNet at 1 latent per call .* GroupNorm"),
 ])
 def test_settings_that_would_make_a_wrong_image(single_file, tmp_path, extra, pattern):
     status, lines = run(["--weights", str(single_file), *BASE, "--out", str(tmp_path / "o" / "x.png"), *extra])

@@ -191,7 +191,7 @@ def test_from_reads_a1111s_sampler_names(tmp_path, written, sampler, spacing):
 
 
 def test_numbers_are_written_to_read_back_to_themselves():
-    from minitome.cli.png_text import number
+    from minitome.cli.png_values import number
     for value in (0.4999999, 7.123456789, 1e-7, 1 / 3, 2.0, 0.1 + 0.2, 1e300):
         assert float(number(value)) == value and not number(value).endswith(".0")
     assert number(-0.0) == "0" and number(2.0) == "2"  # the identity ratio is 0 however it was typed

@@ -295,12 +295,13 @@ def test_an_empty_batch_is_left_unmerged():
 def test_settings_under_which_nothing_merges_are_named(kwargs, hw, message):
     """What the command line refuses (the library plans the identity for them, as tomesd): the plan at that
     latent is indeed the identity, and the least ratio named merges."""
+    from minitome.cli.methods import tome_merges_at
     cfg = ToMeConfig(**kwargs)
     x = torch.randn(1, hw[0] * hw[1], 8)
     assert tome_plan(x, hw, BlockSettings(hw, cfg, gen(0))) is IDENTITY
     with pytest.raises(ValueError, match=message):
-        cfg.check_latent(hw)
+        tome_merges_at(cfg, hw)
     if "ratio" in kwargs and "sx" not in kwargs:
         least = ToMeConfig(ratio=0.015625)
-        least.check_latent(hw)
+        tome_merges_at(least, hw)
         assert tome_plan(x, hw, BlockSettings(hw, least, gen(0))).tokens_left == hw[0] * hw[1] - 1

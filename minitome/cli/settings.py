@@ -177,8 +177,15 @@ def one_spelling(a):
 
 def check_model(s: Settings, unet, vae):
     """The settings that depend on the model's shape, from the weights' headers alone (unet, vae: their configs)."""
-    check_size(s.width, s.height, vae.scale_factor, ("--width", "--height"))
+    for flag, value in (("--width", s.width), ("--height", s.height)):  # 8 was checked; a VAE may take other sizes
+        if value % vae.scale_factor:
+            raise Refusal(f"{flag} must be a positive multiple of {vae.scale_factor}, got {value!r}")
     latent = (s.height // vae.scale_factor, s.width // vae.scale_factor)
+    per_call = s.batch * (2 if s.guidance > 1 else 1)  # latents in one UNet call: the guided pair doubles them
+    if unet.fewest_normalized(latent, per_call) < 2:
+        raise Refusal(f"--width {s.width} --height {s.height}: too small for this UNet at {per_call} latent per call "
+                      "(a GroupNorm of its deepest levels would normalise a single value): give a larger size, or "
+                      "--guidance above 1 or --batch 2")
     if s.todo is not None:
         flag_named(s.todo.check_latent, latent)
     if s.tome is not None:  # settings under which nothing would merge, while the PNG says ToMe
