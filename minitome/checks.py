@@ -7,7 +7,6 @@ exception is a bug.
 """
 import math
 import numbers
-from pathlib import Path
 
 from sampler import SAMPLERS, SPACINGS, spacing_of, start_step
 from sampler.spacing import discrete_timesteps, dpm_schedule, t_schedule
@@ -16,17 +15,6 @@ from sampler.spacing import discrete_timesteps, dpm_schedule, t_schedule
 class Refusal(ValueError):
     """Bad input, refused at the door where it entered: a one-line message naming the argument (a ValueError,
     so `except ValueError` still catches it)."""
-
-
-def regular_file(path, name: str) -> Path:
-    """path as a Path, when it is a file one can read to its end: not missing, not a link to nothing, not a
-    folder, FIFO or device (a FIFO would wait for a writer forever)."""
-    p = Path(path)
-    if not p.exists():
-        raise Refusal(f"{name} {path}: {'a link to nothing (broken, or a loop)' if p.is_symlink() else 'no such file'}")
-    if not p.is_file():
-        raise Refusal(f"{name} {path}: not a regular file (a folder, a FIFO or a device)")
-    return p
 
 
 def whole_number(value, low: int, name: str) -> int:
@@ -86,12 +74,13 @@ def check_strength(steps: int, strength: float) -> int:
     check_count(steps)
     if not 0 < real_number(strength, "strength") <= 1:
         raise Refusal(f"strength must be in (0, 1], got {strength}")
-    if start_step(steps, strength) == steps:
+    start = start_step(steps, strength)
+    if start == steps:
         least = 1 / steps
         least = least if int(steps * least) >= 1 else math.nextafter(least, 2)  # 49 · (1/49) rounds below 1
         raise Refusal(f"strength {strength!r} of {steps} steps leaves no step to run (int({steps} · {strength!r}) "
                       f"= 0): raise the strength to at least {least!r}, or the steps")
-    return start_step(steps, strength)
+    return start
 
 
 def first_timestep(sampler: str, steps: int, spacing: str, start: int = 0) -> float:
@@ -100,6 +89,11 @@ def first_timestep(sampler: str, steps: int, spacing: str, start: int = 0) -> fl
         return spacing_of(sampler, steps, spacing).timesteps[start]
     dpm = SAMPLERS[sampler].schedule is dpm_schedule  # S + 1 intervals
     return float(discrete_timesteps(steps, spacing, steps + 1 if dpm else steps)[start])
+
+
+def starts_at_the_top(sampler: str, steps: int, spacing: str) -> bool:
+    """Whether a run from pure noise of `steps` starts near t = 999 (MIN_FIRST_TIMESTEP to 999), as it must."""
+    return MIN_FIRST_TIMESTEP <= first_timestep(sampler, steps, spacing) < 1000
 
 
 def check_steps(steps: int, sampler: str = "plms", spacing: str = "leading", start: int = None):
@@ -124,8 +118,8 @@ def check_steps(steps: int, sampler: str = "plms", spacing: str = "leading", sta
             raise Refusal(f"{steps} steps with {spacing} spacing begin at t = {first:g}, past the schedule's last "
                           f"timestep 999: use a strength below 1, or another count or spacing")
         return
-    first = first_timestep(sampler, steps, spacing)
-    if not MIN_FIRST_TIMESTEP <= first < 1000:
+    if not starts_at_the_top(sampler, steps, spacing):
+        first = first_timestep(sampler, steps, spacing)
         raise Refusal(f"{steps} step{'s' if steps != 1 else ''} with {spacing} spacing would start at t = {first:g}, "
                       f"not near t = 999 where sampling from pure noise starts ({MIN_FIRST_TIMESTEP} to 999): use "
                       "trailing spacing, which starts every count at 999, or another count")

@@ -53,8 +53,9 @@ def checked(sd, steps, guidance, seed, width, height, batch, sampler, tome, todo
     if callable(tome) and todo is not None:  # a ToMe schedule beside ToDo: each call's config, before any work
         for t in call_timesteps(sampler, steps, spacing, start):
             check_methods(tome(t), todo, deep_cache)
-    if sd.unet.config.fewest_normalized((height // factor, width // factor), batch * (1 + (guidance > 1))) < 2:
-        raise Refusal(f"{width}x{height} is too small for this UNet at {batch * (1 + (guidance > 1))} latent per call: "
+    per_call = batch * (2 if guidance > 1 else 1)  # latents in one UNet call: the guided pair doubles them
+    if sd.unet.config.fewest_normalized((height // factor, width // factor), per_call) < 2:
+        raise Refusal(f"{width}x{height} is too small for this UNet at {per_call} latent per call: "
                       "a GroupNorm of its deepest levels would normalise a single value")
     if todo is not None:
         todo.check_latent((height // factor, width // factor))

@@ -92,8 +92,8 @@ def sigma_schedule(steps: int, spacing: str, dpm: bool = False) -> Schedule:
     UNet: fractional float32 values for Euler, rounded for DPM."""
     table = sigma_table()
     if spacing == "karras":
-        sigmas = karras_sigmas(steps, table[0].item(), table[-1].item())
-        timesteps = [sigma_to_t(s, np.log(table)) for s in sigmas]
+        sigmas, log_sigmas = karras_sigmas(steps, table[0].item(), table[-1].item()), np.log(table)
+        timesteps = [sigma_to_t(s, log_sigmas) for s in sigmas]
         timesteps = [int(np.round(t)) for t in timesteps] if dpm else [float(np.float32(t)) for t in timesteps]
     else:
         points = discrete_timesteps(steps, spacing, steps + 1 if dpm else steps)

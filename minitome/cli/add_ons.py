@@ -11,7 +11,8 @@ import re
 import sys
 from pathlib import Path
 
-from ..checks import Refusal, regular_file
+from ..checks import Refusal
+from .images import regular_file
 from .hashes import embedding_hash, lora_hash
 from .png_text import lora_tag_in
 

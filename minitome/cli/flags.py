@@ -9,10 +9,9 @@ import os
 from pathlib import Path
 
 from sampler import SAMPLERS, SPACINGS
-from ..checks import Refusal, check_count, check_spacing, check_steps, check_strength, first_timestep
+from ..checks import (MIN_FIRST_TIMESTEP, Refusal, check_count, check_spacing, check_steps, check_strength,
+                      first_timestep, starts_at_the_top)
 from ..pipeline import UPSCALES
-
-MIN_FIRST_TIMESTEP, TIMESTEPS = 900, 1000  # from pure noise, a schedule must start near the top: 900 <= t <= 999
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -105,14 +104,14 @@ def check_steps_flag(steps: int, flag: str, sampler: str = "plms", spacing: str 
 def check_first_step(steps: int, sampler: str, spacing: str):
     """From pure noise, a count whose schedule starts near the top (900 <= t <= 999), or a refusal naming the
     nearest counts that do (a leading schedule starts at 751 for 4 steps, 799 for 400, past the table for 1000)."""
-    first = first_timestep(sampler, steps, spacing)
-    if MIN_FIRST_TIMESTEP <= first < TIMESTEPS:
+    if starts_at_the_top(sampler, steps, spacing):
         return
-    works = [s for s in range(1, 1001) if MIN_FIRST_TIMESTEP <= first_timestep(sampler, s, spacing) < TIMESTEPS]
+    first = first_timestep(sampler, steps, spacing)
+    works = [s for s in range(1, 1001) if starts_at_the_top(sampler, s, spacing)]
     below = max((s for s in works if s < steps), default=None)
     above = min((s for s in works if s > steps), default=None)
     nearest = " or ".join(str(s) for s in (below, above) if s is not None)
-    where = (f"past the schedule's last timestep {TIMESTEPS - 1}" if first >= TIMESTEPS else
+    where = ("past the schedule's last timestep 999" if first >= 1000 else
              f"far from t = 999 where sampling from pure noise must start (t >= {MIN_FIRST_TIMESTEP} here)")
     raise Refusal(f"{steps} step{'s' if steps != 1 else ''} with {spacing} spacing would start at t = {first:g}, "
                   f"{where}: use --spacing trailing, which starts every count at 999, or the nearest {spacing} "

@@ -14,14 +14,28 @@ Where this sits: the command line (minitome/cli/settings.py) reads `--init-image
 
 The tensor is made as diffusers' `VaeImageProcessor` makes it: the size rounded down to a multiple of 8 (or the
 size asked for) with a Lanczos resize, then 8-bit values / 255 in float32, then 2x − 1.
+`regular_file` is the check every file flag shares (--init-image, --from, --lora, --embedding): it must be a
+file one can read to its end (a FIFO would wait for a writer forever).
 """
 import warnings
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..checks import Refusal, regular_file
+from ..checks import Refusal
+
+
+def regular_file(path, name: str) -> Path:
+    """path as a Path, when it is a file one can read to its end: not missing, not a link to nothing, not a
+    folder, FIFO or device (a FIFO would wait for a writer forever)."""
+    p = Path(path)
+    if not p.exists():
+        raise Refusal(f"{name} {path}: {'a link to nothing (broken, or a loop)' if p.is_symlink() else 'no such file'}")
+    if not p.is_file():
+        raise Refusal(f"{name} {path}: not a regular file (a folder, a FIFO or a device)")
+    return p
 
 
 def to_8bit_rgb(image: Image.Image) -> Image.Image:
