@@ -3,6 +3,7 @@
 #   make sample    make an image (downloads the weights first if missing); PROMPT="..." ARGS="--tome-ratio 0.5"
 #   make bench     what merging buys on this machine (random SD 1.5 weights, no download); BENCH_ARGS="..."
 #   make bench-compare   the same, side by side with diffusers + tomesd (installs them)
+#   make bench BENCH_ARGS="--image --calls 2"   where one image's time goes, prompt to PNG (fetches CLIP's vocabulary)
 #   make tutorial  what tutorial.md's snippets need (the runtime and the CLIP vocabulary), and its pictures redrawn
 #   make test      the whole test suite (adds pytest, hypothesis and the pinned references)
 # TORCH names the torch requirement installed first, TORCH_INDEX where it comes from. On a machine
@@ -77,8 +78,11 @@ sample: $(RUNTIME)
 	@test -f $(WEIGHTS) || $(MAKE) weights
 	$(BIN)/python -m minitome.sample --weights $(WEIGHTS) --prompt "$(PROMPT)" $(ARGS)
 
-bench: $(RUNTIME)
-	$(BIN)/python -m minitome.lab.bench $(BENCH_ARGS)
+# --image makes an image from a prompt: on random weights it needs CLIP's vocabulary, fetched as for the tests
+BENCH_VOCAB = $(if $(findstring --image,$(BENCH_ARGS)),$(VOCAB))
 
-bench-compare: $(TESTING)
-	$(BIN)/python -m minitome.lab.bench --compare $(BENCH_ARGS)
+bench: $(RUNTIME) $(BENCH_VOCAB)
+	MINITOME_VOCAB=$(VOCAB) $(BIN)/python -m minitome.lab.bench $(BENCH_ARGS)
+
+bench-compare: $(TESTING) $(BENCH_VOCAB)
+	MINITOME_VOCAB=$(VOCAB) $(BIN)/python -m minitome.lab.bench --compare $(BENCH_ARGS)

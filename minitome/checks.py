@@ -9,6 +9,7 @@ import math
 import numbers
 
 from sampler import SAMPLERS, SPACINGS, spacing_of, start_step
+from sampler.lcm import lcm_schedule
 from sampler.spacing import discrete_timesteps, dpm_schedule, t_schedule
 
 
@@ -56,15 +57,21 @@ def check_spacing(sampler: str, spacing: str):
         raise Refusal(f"spacing must be one of {', '.join(SPACINGS)}, got {spacing!r}")
     row = SAMPLERS[sampler]
     if spacing not in row.spacings:
+        if row.schedule is lcm_schedule:
+            raise Refusal(f"{sampler} takes its own timesteps: leave the spacing out (the default, leading), "
+                          f"not {spacing}")
         takers = [name for name, r in SAMPLERS.items() if spacing in r.spacings]
         why = (f"{sampler.upper()} steps in t, on ᾱ_t, not in σ" if row.schedule is t_schedule else
                f"diffusers' {row.diffusers} has no Karras σ's to match")
         raise Refusal(f"{spacing} spacing works with {' and '.join(takers)}, not {sampler}: {why}")
 
 
-def check_count(steps: int):
-    """A whole number of steps that fits on the schedule's 1000 timesteps."""
+def check_count(steps: int, sampler: str = None):
+    """A whole number of steps that fits on the schedule's 1000 timesteps, and on the sampler's (LCM's: 50)."""
     whole_number(steps, 1, "steps")
+    most = SAMPLERS[sampler].max_steps if sampler in SAMPLERS else 1000
+    if steps > most and most < 1000:
+        raise Refusal(f"{sampler} takes 1 to {most} steps (its {most}-step original schedule), got {steps}")
     if steps > 1000:
         raise Refusal(f"{steps} steps do not fit on the 1000 timesteps of the schedule: use at most 1000")
 
@@ -84,8 +91,9 @@ def check_strength(steps: int, strength: float) -> int:
 
 
 def first_timestep(sampler: str, steps: int, spacing: str, start: int = 0) -> float:
-    """Where a schedule starts, or its step `start` (cheaply, and past the table too: Karras' stays in it)."""
-    if spacing == "karras":
+    """Where a schedule starts, or its step `start` (cheaply, and past the table too: Karras' and LCM's stay in it;
+    LCM's starts at 999 at every count)."""
+    if spacing == "karras" or SAMPLERS[sampler].schedule is lcm_schedule:
         return spacing_of(sampler, steps, spacing).timesteps[start]
     dpm = SAMPLERS[sampler].schedule is dpm_schedule  # S + 1 intervals
     return float(discrete_timesteps(steps, spacing, steps + 1 if dpm else steps)[start])
@@ -103,13 +111,13 @@ def check_steps(steps: int, sampler: str = "plms", spacing: str = "leading", sta
     (1000 // S)(S − 1) + 1: 981 for 50 steps, but 751 for 4, 799 for 400, 1 for 1 step, and past the table's end
     from 1000 steps on; linspace starts at t = 0 for one step (except DPM's). Those runs would denoise pure noise
     as if it were a half-clean latent (diffusers' schedulers take them and give a poor image). Trailing spacing
-    starts every count from 1 to 1000 at t = 999.
+    starts every count from 1 to 1000 at t = 999, and LCM's own schedule every count it takes (1 to 50).
 
     A run from an image (`start`: the step it begins at, `start_step`'s) puts on the image the noise of its first
     timestep, whatever that is, so any count whose steps from `start` on lie in the table (t <= 999) is a good run.
     """
     check_spacing(sampler, spacing)
-    check_count(steps)
+    check_count(steps, sampler)
     if start is not None:
         if whole_number(start, 0, "start") >= steps:
             raise Refusal(f"start {start} leaves none of the {steps} steps to run")

@@ -9,7 +9,9 @@ choices as diffusers' StableDiffusionPipeline, so a seed gives the same image:
   the device's random number generator);
 - classifier-free guidance: the UNet sees the batch [uncond, cond] in one call, and
   ε = ε_uncond + g · (ε_cond − ε_uncond); with g ≤ 1 only the conditional half runs;
-- decoding: image = clamp((vae(latents / 0.18215) + 1) / 2, 0, 1), then round(image · 255) as uint8.
+- decoding: image = clamp((vae(latents / vae.scaling) + 1) / 2, 0, 1), then round(image · 255) as uint8: the
+  scale is the autoencoder's, 0.18215 for SD's VAE, 1.0 for the tiny one (TAESD, minitome/taesd.py), whose
+  encoder draws no noise when a run starts from an image;
 ToMe's partitions come from their own generator (seeded with tome.seed), so turning ToMe on never
 changes the noise. What a run keeps from one UNet call to the next (that generator, CA-ToMe's kept plans,
 DeepCache's deep features) lives in one `Run` (minitome/run.py) that `noise_estimate` makes for each run.
@@ -23,16 +25,16 @@ import torch
 from PIL import Image
 
 from sampler import call_timesteps, sample, start_step, unet_calls
+from unet.blocks import guidance_embedding
 from unet.call import check_methods
 from .checks import Refusal, check_seed, check_size, check_steps, check_strength, real_number, whole_number
 from .deepcache import DeepCacheConfig
 from .run import Run
 from .todo import ToDoConfig
-from .vae import SCALE
 
 
 def checked(sd, steps, guidance, seed, width, height, batch, sampler, tome, todo, deep_cache, spacing, init_image,
-            strength, init_latents) -> tuple:
+            strength, init_latents, negative_prompt="") -> tuple:
     """The door of `sample_latents`: every argument checked once, before any model work (a Refusal names the
     first one wrong). Returns the run's (width, height), an init's own, and the step a run from an image starts
     at (0 from pure noise)."""
@@ -49,11 +51,14 @@ def checked(sd, steps, guidance, seed, width, height, batch, sampler, tome, todo
     if not math.isfinite(real_number(guidance, "guidance")):
         raise Refusal(f"guidance must be a finite number, got {guidance}")
     check_seed(seed), whole_number(batch, 1, "batch")
+    if negative_prompt and sd.unet.config.time_cond_proj_dim is not None:  # diffusers drops it silently
+        raise Refusal(f"negative_prompt given: an LCM-distilled UNet (time_cond_proj_dim {sd.unet.config.time_cond_proj_dim})"
+                      " runs without classifier-free guidance: it has no negative prompt")
     check_methods(None if callable(tome) else tome, todo, deep_cache)
     if callable(tome) and todo is not None:  # a ToMe schedule beside ToDo: each call's config, before any work
         for t in call_timesteps(sampler, steps, spacing, start):
             check_methods(tome(t), todo, deep_cache)
-    per_call = batch * (2 if guidance > 1 else 1)  # latents in one UNet call: the guided pair doubles them
+    per_call = batch * (2 if sd.unet.config.guided(guidance) else 1)  # latents per UNet call: the guided pair doubles them
     if sd.unet.config.fewest_normalized((height // factor, width // factor), per_call) < 2:
         raise Refusal(f"{width}x{height} is too small for this UNet at {per_call} latent per call: "
                       "a GroupNorm of its deepest levels would normalise a single value")
@@ -76,23 +81,25 @@ def sample_latents(sd, prompt: str, negative_prompt: str = "", steps: int = 50, 
                    spacing: str = "leading", init_image: torch.Tensor = None, strength: float = 0.8,
                    init_latents: torch.Tensor = None) -> torch.Tensor:
     """Stages 1–4: the final latents (B, 4, H/8, W/8) for `batch` images of one prompt.
-    callback(i, t) runs after each sampler step.
+    callback(i, t, x0) runs after each sampler step i (at timestep t), x0 the sampler's estimate of the clean
+    latents x̂₀ (B, 4, H/8, W/8), in the units `decode` takes (a live preview decodes it).
 
     init_image: a run from an image (img2img), (1, 3, height, width) in [-1, 1] (`image_tensor` makes one):
-    its latent is drawn from the VAE encoder's Gaussian (sd.vae_encoder), noise is put back on it by the forward
-    process to where the last int(steps · strength) steps begin, and those steps run, as diffusers' img2img.
+    its latent is drawn from the VAE encoder's Gaussian (sd.vae_encoder; TAESD's is its output, nothing drawn), noise
+    is put back on it by the forward process to where the last int(steps · strength) steps begin, and those steps
+    run, as diffusers' img2img.
     init_latents: the same from latents (B, 4, height/8, width/8) instead of an image (the hires pass's).
 
-    sampler: plms, ddim, euler, euler-a or dpm++2m; spacing: leading, linspace, trailing or karras (sampler/).
+    sampler: plms, ddim, euler, euler-a, dpm++2m or lcm; spacing: leading, linspace, trailing or karras (sampler/).
     tome: a ToMeConfig, None, or a schedule: a function of the timestep t (999 … 0, noisy to clean; fractional
     for Euler) returning a ToMeConfig or None for that call, e.g. `lambda t: cfg if t > 500 else None`.
     todo: a ToDoConfig (Token Downsampling), deep_cache: a DeepCacheConfig; see `noise_estimate`.
     """
     width, height, start = checked(sd, steps, guidance, seed, width, height, batch, sampler, tome, todo, deep_cache,
-                                   spacing, init_image, strength, init_latents)
+                                   spacing, init_image, strength, init_latents, negative_prompt)
     unet = sd.unet
     device, dtype = next(unet.parameters()).device, next(unet.parameters()).dtype
-    guided = guidance > 1
+    guided = unet.config.guided(guidance)  # an LCM-distilled UNet: never the guided pair
 
     # 1. text → context: [uncond × B, cond × B] with guidance, else [cond × B]
     prompts = [negative_prompt] * batch + [prompt] * batch if guided else [prompt] * batch
@@ -123,18 +130,24 @@ def noise_estimate(unet, context: torch.Tensor, guidance: float, tome=None, todo
                    deep_cache: DeepCacheConfig = None, calls: int = None):
     """ε(x, t) as the sampler calls it: the UNet on [uncond, cond] in one batch with classifier-free guidance,
     ε = ε_uncond + g · (ε_cond − ε_uncond), or on [cond] alone when g ≤ 1 (context holds the prompts
-    in that order).
+    in that order). An LCM-distilled UNet (time_cond_proj_dim) runs [cond] alone at any g, handed the guidance
+    embedding of w = g − 1 (unet/blocks.py), made once per run in float32 and cast to the context's dtype, as
+    diffusers' pipelines do.
 
     It makes the run (minitome/run.py) that every UNet call of this sampling run shares: tome a ToMeConfig,
     None, or a schedule t → ToMeConfig or None; todo on for the first round(todo.until · calls) of the run's
     `calls` UNet calls (all of them without `calls`); deep_cache a DeepCacheConfig."""
-    guided = guidance > 1
+    guided, dim = unet.config.guided(guidance), unet.config.time_cond_proj_dim
     run = Run(tome=tome, todo=todo, deep_cache=deep_cache, calls=calls)
+    w_embedding = None  # an LCM-distilled UNet's embedding of w = g − 1 (B, dim): made in float32, cast to the run's
+    if dim is not None:
+        w = torch.full((context.shape[0],), float(guidance - 1))
+        w_embedding = guidance_embedding(w, dim).to(context.device, context.dtype)
 
     def eps_model(x, t):
         x_in = torch.cat([x, x]) if guided else x
         t_in = torch.full((x_in.shape[0],), t, device=x.device)
-        eps = run.call(unet, x_in, t_in, context)  # the run hands the UNet this call's record
+        eps = run.call(unet, x_in, t_in, context, w_embedding)  # the run hands the UNet this call's record
         if not guided:
             return eps
         eps_uncond, eps_cond = eps.chunk(2)
@@ -188,7 +201,7 @@ def image_tensor(image: Image.Image, width: int, height: int) -> torch.Tensor:
 def decode(sd, latents: torch.Tensor) -> torch.Tensor:
     """Stage 5: latents → images (B, 3, 8h, 8w) as floats in [0, 1], in the latents' dtype. One image at a
     time: the decoder's full-resolution activations are its memory peak, so a batch would multiply it."""
-    images = torch.cat([sd.vae(z[None] / SCALE) for z in latents])
+    images = torch.cat([sd.vae(z[None] / sd.vae.scaling) for z in latents])
     return (images * 0.5 + 0.5).clamp(0, 1)  # (x + 1) / 2, written as diffusers does, to the bit
 
 
@@ -205,14 +218,14 @@ def generate(sd, prompt: str, negative_prompt: str = "", steps: int = 50, guidan
              hires: HiresConfig = None) -> list:
     """`batch` PIL images for one prompt: the five stages, see `sample_latents` for the arguments; with `hires`,
     a second pass at the larger size (`HiresConfig`), its generator seeded afresh with the same seed, its methods'
-    windows and intervals counting its own UNet calls. callback(i, t) counts the steps of both passes."""
+    windows and intervals counting its own UNet calls. callback(i, t, x0) counts the steps of both passes."""
     latents = sample_latents(sd, prompt, negative_prompt, steps, guidance, seed, width, height, batch, sampler, tome,
                              callback, todo, deep_cache, spacing, init_image, strength)
     if hires is not None:
         if init_image is not None:
             height, width = init_image.shape[-2:]
         done = steps - (start_step(steps, strength) if init_image is not None else 0)
-        on = (lambda i, t: callback(done + i, t)) if callback is not None else None
+        on = (lambda i, t, x0: callback(done + i, t, x0)) if callback is not None else None
         w, h = hires.size(width, height, sd.vae.config.scale_factor)
         latents = sample_latents(sd, prompt, negative_prompt, hires.steps, guidance, seed, w, h, batch, sampler,
                                  hires.tome, on, todo, deep_cache, spacing, strength=hires.strength,

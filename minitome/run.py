@@ -64,10 +64,11 @@ class Run:
             self.deep_calls += 1
         return call
 
-    def call(self, unet, x: torch.Tensor, t, context: torch.Tensor) -> torch.Tensor:
-        """One UNet call of this run: its record opened, handed to the UNet, closed."""
+    def call(self, unet, x: torch.Tensor, t, context: torch.Tensor, timestep_cond: torch.Tensor = None) -> torch.Tensor:
+        """One UNet call of this run: its record opened, handed to the UNet, closed. timestep_cond: an LCM-distilled
+        UNet's guidance embedding (unet/blocks.py, `guidance_embedding`), the same at every call of the run."""
         record = self.open(t, x)
-        eps = unet(x, t, context, call=record)
+        eps = unet(x, t, context, call=record, timestep_cond=timestep_cond)
         self.close(record)
         return eps
 

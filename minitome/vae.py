@@ -34,6 +34,12 @@ class VAEConfig:
         """Pixels per latent cell in each direction: 2^(levels − 1), 8 for SD."""
         return 2 ** (len(self.ch_mult) - 1)
 
+    @property
+    def peak_channels(self) -> int:
+        """The width the command line's memory estimate counts two values per pixel of (the decoder's peak, one
+        image at a time): its last two levels', 128 + 256 in SD 1.5."""
+        return self.ch * (self.ch_mult[0] + self.ch_mult[1])
+
     @classmethod
     def tiny(cls, **overrides) -> "VAEConfig":
         return cls(**{"ch": 32, "ch_mult": (1, 1, 2, 2), "num_res_blocks": 1, **overrides})
@@ -133,6 +139,8 @@ class Decoder(nn.Module):
 
 
 class VAEDecoder(nn.Module):
+    scaling = SCALE  # the pipeline decodes latents / scaling (the tiny autoencoder's is 1.0: minitome/taesd.py)
+
     def __init__(self, config: VAEConfig = VAEConfig()):
         super().__init__()
         self.config = config

@@ -1,10 +1,14 @@
 """Samplers: the noise schedule (schedule.py), the steps each visits (spacing.py), PLMS (plms.py, the SD 1.5
-default), DDIM (ddim.py), Euler and Euler ancestral (euler.py), DPM-Solver++(2M) (dpm.py), and their table.
+default), DDIM (ddim.py), Euler and Euler ancestral (euler.py), DPM-Solver++(2M) (dpm.py), LCM (lcm.py), and
+their table.
 
 Every sampler is called the same way, as k-diffusion's: sample(eps_model, x, schedule, generator, callback), with
 eps_model(x, t) the guided noise estimate, `schedule` the steps it takes (spacing.py) and x its starting variable
 (what its row's `start` makes of the initial noise, or of the noise and an image); it returns the clean latent.
-A sampler is one file and one row of `SAMPLERS`.
+callback(i, t, x0) runs after step i (at timestep t), x0 the sampler's current estimate of the clean latent x̂₀,
+(B, 4, h, w) in the latent's units (what `decode` takes: the decoder gets it divided by its scaling): PLMS and
+DDIM the x̂₀ of their DDIM step, Euler x̄ − σ · ε, DPM++ its x̂₀, LCM its `denoised` (diffusers'
+`pred_original_sample`, `denoised`). A sampler is one file and one row of `SAMPLERS`.
 """
 from dataclasses import dataclass
 from typing import Callable
@@ -12,6 +16,7 @@ from typing import Callable
 from .ddim import ddim_sample
 from .dpm import dpmpp_2m_sample, start_in_dpm
 from .euler import euler_ancestral_sample, euler_sample, start_in_x_bar
+from .lcm import lcm_sample, lcm_schedule
 from .plms import plms_sample
 from .schedule import start_in_x
 from .spacing import SPACINGS, Schedule, dpm_schedule, sigma_schedule, t_schedule
@@ -27,6 +32,7 @@ class Sampler:
     start: Callable               # (noise, schedule, init=None) → its starting variable
     spacings: tuple = ("leading", "linspace", "trailing")  # the spacings it takes (karras: σ-based only)
     twice_first: bool = False     # its first step calls the UNet twice (PLMS's warm-up)
+    max_steps: int = 1000         # the most steps it takes (LCM: its 50-step original schedule)
 
 
 SAMPLERS = {
@@ -36,6 +42,7 @@ SAMPLERS = {
     "euler-a": Sampler(euler_ancestral_sample, "Euler a", "EulerAncestralDiscreteScheduler", sigma_schedule,
                        start_in_x_bar),
     "dpm++2m": Sampler(dpmpp_2m_sample, "DPM++ 2M", "DPMSolverMultistepScheduler", dpm_schedule, start_in_dpm, SPACINGS),
+    "lcm": Sampler(lcm_sample, "LCM", "LCMScheduler", lcm_schedule, start_in_x, spacings=("leading",), max_steps=50),
 }
 
 
@@ -73,4 +80,5 @@ def call_timesteps(sampler: str, steps: int, spacing: str = "leading", start: in
 
 
 __all__ = ["SAMPLERS", "SPACINGS", "Sampler", "Schedule", "call_timesteps", "ddim_sample", "dpmpp_2m_sample",
-           "euler_ancestral_sample", "euler_sample", "plms_sample", "sample", "spacing_of", "start_step", "unet_calls"]
+           "euler_ancestral_sample", "euler_sample", "lcm_sample", "plms_sample", "sample", "spacing_of", "start_step",
+           "unet_calls"]

@@ -11,9 +11,10 @@ from .schedule import ddim_step
 
 
 def ddim_sample(eps_model, x: torch.Tensor, schedule, generator=None, callback=None) -> torch.Tensor:
-    """Denoise x along `schedule` (sampler/spacing.py: its timesteps and ᾱ's). callback(i, t) runs after each step."""
+    """Denoise x along `schedule` (sampler/spacing.py: its timesteps and ᾱ's). callback(i, t, x̂₀) runs after each
+    step, x̂₀ the clean latent the step's ε implies."""
     for i, t in enumerate(schedule.timesteps):
-        x = ddim_step(x, eps_model(x, t), schedule.alphas[i], schedule.alphas[i + 1])
+        x, x0 = ddim_step(x, eps_model(x, t), schedule.alphas[i], schedule.alphas[i + 1])
         if callback is not None:
-            callback(i, t)
+            callback(i, t, x0)
     return x

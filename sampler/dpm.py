@@ -41,8 +41,9 @@ def start_in_dpm(noise: torch.Tensor, schedule, init: torch.Tensor = None) -> to
 
 
 def dpmpp_2m_sample(eps_model, x: torch.Tensor, schedule, generator=None, callback=None) -> torch.Tensor:
-    """Denoise x along `schedule` (sampler/spacing.py: its σ's and timesteps); the clean latent. callback(i, t)
-    after each step. A run from an image starts first order too, having no previous x̂₀."""
+    """Denoise x along `schedule` (sampler/spacing.py: its σ's and timesteps); the clean latent. callback(i, t, x̂₀)
+    after each step, x̂₀ this step's estimate of the clean latent. A run from an image starts first order too,
+    having no previous x̂₀."""
     sigmas, timesteps = schedule.sigmas, schedule.timesteps
     x0_prev, h_prev = None, None
     for i, t in enumerate(timesteps):
@@ -62,5 +63,5 @@ def dpmpp_2m_sample(eps_model, x: torch.Tensor, schedule, generator=None, callba
             h_prev = h
         x0_prev = x0
         if callback is not None:
-            callback(i, t)
+            callback(i, t, x0)
     return x

@@ -39,11 +39,12 @@ def start_in_x_bar(noise: torch.Tensor, schedule, init: torch.Tensor = None) -> 
 def euler_sample(eps_model, x: torch.Tensor, schedule, generator=None, callback=None,
                  ancestral: bool = False) -> torch.Tensor:
     """Denoise x̄ along `schedule` (sampler/spacing.py: its σ's and timesteps); the clean latent.
-    callback(i, t) after each step."""
+    callback(i, t, x̂₀) after each step, x̂₀ = x̄ − σ · ε the clean latent the step's ε implies."""
     sigmas = schedule.sigmas
     for i, t in enumerate(schedule.timesteps):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         eps = eps_model(model_input(x, sigma), t)
+        x0 = x - sigma * eps if callback is not None else None  # computed only for the callback
         if not ancestral:
             x = x + eps * (sigma_next - sigma)
         else:
@@ -52,7 +53,7 @@ def euler_sample(eps_model, x: torch.Tensor, schedule, generator=None, callback=
             z = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)  # drawn on the CPU, as diffusers
             x = x + eps * (sigma_down - sigma) + z * sigma_up
         if callback is not None:
-            callback(i, t)
+            callback(i, t, x0)
     return x
 
 

@@ -33,8 +33,9 @@ def plms_eps(eps: torch.Tensor, history: list) -> torch.Tensor:
 
 
 def plms_sample(eps_model, x: torch.Tensor, schedule, generator=None, callback=None) -> torch.Tensor:
-    """Denoise x along `schedule` (sampler/spacing.py: its timesteps and ᾱ's). callback(i, t) runs after each step.
-    A run from an image starts partway, with its own warm-up there (as if the run had begun at that timestep)."""
+    """Denoise x along `schedule` (sampler/spacing.py: its timesteps and ᾱ's). callback(i, t, x̂₀) runs after each
+    step, x̂₀ the clean latent of its DDIM step with ε′. A run from an image starts partway, with its own warm-up
+    there (as if the run had begun at that timestep)."""
     ts, alphas = schedule.timesteps, schedule.alphas
     history = []  # raw ε of the previous steps
     for i, t in enumerate(ts):
@@ -45,10 +46,10 @@ def plms_sample(eps_model, x: torch.Tensor, schedule, generator=None, callback=N
         elif len(ts) == 1:  # a single step: nowhere to warm up, a DDIM step
             eps_prime = eps
         else:  # first step: Heun, with a second call at the next timestep
-            eps_next = eps_model(ddim_step(x, eps, a_t, a_prev), ts[1])
+            eps_next = eps_model(ddim_step(x, eps, a_t, a_prev)[0], ts[1])
             eps_prime = (eps + eps_next) / 2
-        x = ddim_step(x, eps_prime, a_t, a_prev)
+        x, x0 = ddim_step(x, eps_prime, a_t, a_prev)
         history = (history + [eps])[-3:]
         if callback is not None:
-            callback(i, t)
+            callback(i, t, x0)
     return x

@@ -110,6 +110,24 @@ ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache"
 
 
+# The command line's tests pin their dtype: `--dtype auto` is bfloat16 on a CPU that computes it natively (this
+# kind of machine may), float32 on others, and an image's pixels follow the dtype. Only tests of the dtype itself
+# (tests/test_dtype.py) leave it to auto.
+FLOAT32 = ["--dtype", "float32"]
+
+
+def pinned(argv) -> list:
+    """argv with --dtype float32 added, unless it names a dtype itself."""
+    argv = list(argv)
+    return argv if any(a == "--dtype" or a.startswith("--dtype=") for a in argv) else argv + FLOAT32
+
+
+def sample_main(argv) -> int:
+    """`python -m minitome.sample`'s main, in this process, in float32 unless argv names a dtype."""
+    from minitome.sample import main
+    return main(pinned(argv))
+
+
 def child_env() -> dict:
     """The environment for a test's child process: the repository importable from anywhere."""
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}

@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 TESTS = ["tests/test_sampler.py::test_float32_smoke", "tests/test_unet_parity.py::test_tiny_unet_float32_smoke",
          "tests/test_text_vae_parity.py::test_text_encoder_float32_smoke",
          "tests/test_text_vae_parity.py::test_vae_decoder_float32_smoke",
-         "tests/test_unet_parity.py::test_full_size_unet_matches_diffusers_at_512"]
+         "tests/test_unet_parity.py::test_full_size_unet_matches_diffusers_at_512",
+         "tests/test_lcm_sampler.py::test_float32_smoke", "tests/test_taesd.py::test_float32_smoke"]
 
 
 def settings() -> dict:

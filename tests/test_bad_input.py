@@ -20,10 +20,10 @@ from hypothesis import HealthCheck, event, given, settings, strategies as st
 from safetensors.torch import load_file, save_file
 
 import weights
-from conftest import ROOT, child_env, finishes_within
-from minitome.sample import main
+from conftest import FLOAT32, ROOT, child_env, finishes_within, sample_main as main
+from test_lcm_unet import lcm_pipeline  # noqa: F401 (a fixture: a tiny pipeline with an LCM-distilled UNet)
 
-BASE = ["--prompt", "a cat", "--steps", "10", "--width", "16", "--height", "16", "--seed", "1"]
+BASE = ["--prompt", "a cat", "--steps", "10", "--width", "16", "--height", "16", "--seed", "1", *FLOAT32]
 
 
 def run(argv):
@@ -70,10 +70,24 @@ def no_files(folder):
     (["--spacing", "karras", "--sampler", "ddim"], "--spacing: karras spacing works with .*, not ddim"),
     (["--spacing", "karras", "--sampler", "euler-a"], "--spacing: karras .* not euler-a: diffusers' EulerAncestral"),
     (["--guidance", "1"], "--width 16 --height 16: too small for this UNet at 1 latent per call .* GroupNorm"),
+    (["--sampler", "lcm", "--steps", "4", "--spacing", "trailing"], "^minitome.sample: error: --spacing: lcm takes its "
+                                                                     "own timesteps"),
+    (["--sampler", "lcm", "--steps", "51"], "^minitome.sample: error: --steps: lcm takes 1 to 50 steps"),
 ])
 def test_settings_that_would_make_a_wrong_image(single_file, tmp_path, extra, pattern):
     status, lines = run(["--weights", str(single_file), *BASE, "--out", str(tmp_path / "o" / "x.png"), *extra])
     assert_one_line_error(status, lines, pattern)
+    assert no_files(tmp_path / "o")
+
+
+def test_a_negative_prompt_with_an_lcm_distilled_unet_is_refused(lcm_pipeline, tmp_path, monkeypatch):
+    """An LCM-distilled UNet runs without classifier-free guidance, so a negative prompt would do nothing (diffusers
+    drops it silently): refused from the UNet's config, before any tensor is read."""
+    monkeypatch.setattr(weights.checkpoint.Checkpoint, "tensor", lambda *a, **k: pytest.fail("a tensor was read"))
+    status, lines = run(["--weights", str(lcm_pipeline[1]), *BASE, "--width", "32", "--height", "32", "--sampler", "lcm",
+                         "--steps", "4", "--negative-prompt", "blurry", "--out", str(tmp_path / "o" / "x.png")])
+    assert_one_line_error(status, lines, r"^minitome.sample: error: --negative-prompt: this UNet is LCM-distilled "
+                                         r"\(time_cond_proj_dim \d+\)")
     assert no_files(tmp_path / "o")
 
 
@@ -278,7 +292,7 @@ def test_a_bad_sha256_sidecar_is_ignored_with_a_warning_before_sampling(single_f
     assert f"Model hash: {digest}" in Image.open(tmp_path / "x.png").text["parameters"]
 
 
-SLOW_RUN = ["--prompt", "a cat", "--steps", "999", "--width", "64", "--height", "64"]  # minutes: never done before the signal
+SLOW_RUN = ["--prompt", "a cat", "--steps", "999", "--width", "64", "--height", "64", *FLOAT32]  # minutes: never done before the signal
 
 
 @pytest.mark.parametrize("sig, status, more", [(signal.SIGTERM, 143, []), (signal.SIGINT, 130, []),
@@ -544,7 +558,7 @@ FLAGS = {
     "--steps": st.one_of(st.sampled_from(["10", "11", "0", "-3", "1", "4", "400", "1000", "1001", "nan", "", "x", "1e9"])),
     "--guidance": numbers, "--seed": numbers, "--width": st.sampled_from(["16", "24", "0", "-16", "17", "nan", "", "65536"]),
     "--height": st.sampled_from(["16", "8", "0", "7", "x"]), "--batch": st.sampled_from(["1", "2", "0", "-1", "x", "1000000"]),
-    "--sampler": st.sampled_from(["plms", "ddim", "euler", "euler-a", "dpm++2m", "heun", ""]), "--tome-ratio": numbers,
+    "--sampler": st.sampled_from(["plms", "ddim", "euler", "euler-a", "dpm++2m", "lcm", "heun", ""]), "--tome-ratio": numbers,
     "--spacing": st.sampled_from(["leading", "trailing", "karras", "linspace", "uniform", ""]),
     "--tome-max-downsample": st.sampled_from(["1", "2", "3", "x"]), "--tome-sx": numbers, "--tome-sy": numbers,
     "--tome-merge": st.sampled_from(["attn", "attn,mlp", "", ",", "ffn", "attn,,crossattn"]), "--tome-seed": numbers,
@@ -585,8 +599,8 @@ def test_any_flags_give_an_image_or_one_line(single_file, tmp_path, flags, no_ra
 ])
 def test_a_few_end_to_end_in_a_child_process(single_file, tmp_path, argv, pattern):
     done = subprocess.run([sys.executable, "-m", "minitome.sample", "--weights", str(single_file), "--prompt", "x",
-                           "--out", str(tmp_path / "o" / "x.png"), *argv], cwd=ROOT, env=child_env(), capture_output=True,
-                          text=True, timeout=120)
+                           "--out", str(tmp_path / "o" / "x.png"), *FLOAT32, *argv], cwd=ROOT, env=child_env(),
+                          capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "Traceback" not in done.stderr and pattern in done.stderr.strip().split("\n")[-1]
     assert no_files(tmp_path / "o")
 

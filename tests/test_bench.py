@@ -1,5 +1,6 @@
 """The benchmark's command line on tiny weights (the real figures come from `make bench`, never from tests),
 and its PSNR / SSIM against scikit-image."""
+import datetime
 import json
 
 import numpy as np
@@ -83,8 +84,17 @@ def test_paired_ratio_cancels_drift():
     (["--hires", "--steps", "20"], r"--steps: not used with --hires \(it times a hires image's chain\)"),
     (["--samplers", "--todo-factor", "0"], "--todo-factor: ToDo factor must be"),
     # a flag the chosen measurement does not read is named, never silently ignored
-    (["--reuse", "0"], "--reuse: not used without --methods, --samplers or --hires"),
-    (["--check-image", "--steps", "20"], "--check-image, --steps: not used without --methods, --samplers or --hires"),
+    (["--reuse", "0"], "--reuse: not used without --methods, --samplers, --hires or --image"),
+    (["--check-image", "--steps", "20"], "--check-image, --steps: not used without --methods, --samplers, --hires or --image"),
+    (["--calls", "2", "--tiny"], "--calls, --tiny: not used without --methods, --samplers, --hires or --image"),
+    (["--image", "--ratios", "0.3"], r"--ratios: not used with --image \(it times one image's stages\)"),
+    (["--image", "--steps", "20"], "--steps: not used with --image"),
+    (["--image", "--hires"], "--hires and --image are different measurements"),
+    (["--image", "--sizes", "64", "32"], "--sizes: --image times one image, give one size"),
+    (["--image", "--calls", "0"], "--calls 0: time at least one UNet call per run"),
+    (["--image", "--tiny", "--weights", "."], "--tiny and --weights: give one"),
+    (["--image", "--tome-ratio", "0.9"], r"--tome-ratio: ToMe ratio must be in \[0, 0.75\]"),
+    (["--image", "--deepcache-interval", "0"], "--deepcache-interval: DeepCache interval must be"),
     (["--methods", "--ratios", "0.3", "--unpacked"], "--ratios, --unpacked: not used with --methods"),
     (["--decode", "--attention", "plain", "--max-downsample", "2"], "--attention, --max-downsample: not used with --decode"),
     (["--decode", "--weights", "."], "--weights: not used with --decode"),
@@ -268,3 +278,187 @@ def test_hires_composes_each_image_from_both_passes(tiny_pipeline, capsys):
             assert r["hires_unet_seconds"][impl] == pytest.approx(hires)
             assert r["hires_speedup"][impl] == pytest.approx(rows["none"]["hires_unet_seconds"][impl] / hires)
     assert table["check"]["run"] == "DeepCache 3 + ToMe 0.5 on the hires pass" and table["check"]["measured"] > 0
+
+
+# --image: one image's time, prompt to PNG (one_image.py, stage_clock.py, one_image_table.py, diffusers_pipeline.py)
+
+def image_rows(argv, capsys) -> dict:
+    assert main(argv + ["--json", "--device", "cpu"]) == 0
+    out = capsys.readouterr()
+    return json.loads(out.out)["tables"][0], out.err
+
+
+def check_stages(figures: dict, calls: int):
+    """One side of a row: its stages add up to its total, and its UNet seconds are each kind's mean per call times
+    the calls of that kind (the timed calls at their own seconds, whose sum is that mean times their count)."""
+    assert figures["calls"] == sum(figures["counts"].values()) == calls
+    assert figures["unet"] == pytest.approx(sum(figures["per_call"][k] * n for k, n in figures["counts"].items()))
+    assert figures["total"] == pytest.approx(figures["text"] + figures["unet"] + figures["decoder"] + figures["png"]
+                                             + figures["rest"])
+    assert min(figures["text"], figures["decoder"], figures["png"]) > 0
+
+
+def test_image_mode_estimates_the_calls_it_does_not_time(capsys):
+    """--image --compare --calls 1 on random tiny weights: every run × method, minitome's image and diffusers' on the
+    same weights; one UNet call timed per run (two with DeepCache: a whole and a shallow one), the others counted at
+    their kind's mean, each library's DeepCache counting its whole calls its own way; the targets' ratios."""
+    table, err = image_rows(["--image", "--tiny", "--sizes", "64", "--calls", "1", "--compare", "--dtype", "float32"], capsys)
+    rows = {(r["run"], r["method"]): r for r in table["rows"]}
+    runs = ["default: PLMS 50, guidance 7.5, VAE", "DPM++ 2M Karras 20, guidance 7.5, VAE", "LCM 4, guidance 1, VAE",
+            "LCM 4, guidance 1, TAESD"]
+    assert [r["run"] for r in table["rows"]] == [run for run in runs for _ in range(3)]
+    assert table["dtypes"] == ["float32"] and len(rows) == 12
+    whole = {runs[0]: 17, runs[1]: 7, runs[2]: 2, runs[3]: 2}  # DeepCache 3: calls 0, 3, 6, … (the helper: by timestep)
+    for (run, method), row in rows.items():
+        for side in ("minitome", "diffusers"):
+            f = row[side]
+            check_stages(f, row["calls"])
+            assert f["estimated"] and f["timed"] == (2 if method == "DeepCache 3" else 1)
+            assert f["latents"] == (1 if run.startswith("LCM") else 2)  # guidance 1: one latent, not the guided pair
+            if method == "DeepCache 3":
+                assert f["counts"] == {"whole": whole[run], "shallow": row["calls"] - whole[run]}
+            else:
+                assert f["counts"] == {"whole": row["calls"]}
+        assert row["ratio"] == pytest.approx(row["minitome"]["total"] / row["diffusers"]["total"])
+    assert rows[runs[0], "alone"]["calls"] == 51 and rows[runs[1], "alone"]["calls"] == 20
+    speedups = {(s["library"], s["method"]): s for s in table["ratios"]["speedups"]}
+    for side in ("minitome", "diffusers"):
+        for method in ("alone", "ToMe 0.5"):
+            assert speedups[side, method]["ratio"] == pytest.approx(
+                rows[runs[0], "alone"][side]["total"] / rows[runs[3], method][side]["total"])
+    assert table["ratios"]["bfloat16"] == [] and len(table["ratios"]["versus"]) == 12
+    assert err.count("warm-up: minitome") == err.count("warm-up: diffusers") == 2  # each batch and decoder once
+
+
+def test_image_mode_times_every_call_without_calls(tiny_pipeline, capsys):
+    """Without --calls every UNet call of every run is timed: nothing estimated, nothing marked "~" (--weights: the
+    weights' own model); the markdown block names the date, the machine and the command."""
+    _, folder = tiny_pipeline
+    argv = ["--image", "--weights", str(folder), "--sizes", "64", "--dtype", "float32", "--device", "cpu"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"## {datetime.date.today().isoformat()} — one 64×64 image, prompt to PNG, ")
+    assert f"Command: `python -m minitome.lab.bench {' '.join(argv)}` ({folder}; " in out
+    assert "| default: PLMS 50, guidance 7.5, VAE | alone | float32 | minitome | 51 × 2 |" in out
+    assert "| DPM++ 2M Karras 20, guidance 7.5, VAE | DeepCache 3 | float32 | minitome | 20 × 2 | " in out
+    assert "| LCM 4, guidance 1, TAESD | ToMe 0.5 | float32 | minitome | 4 × 1 |" in out
+    assert "~" not in out and "| diffusers |" not in out and "÷ diffusers" not in out
+
+
+def test_composed_counts_each_call_stood_in_for_at_its_kinds_mean():
+    from minitome.lab.stage_clock import composed
+    calls = [("whole", 2.0), ("shallow", 0.5), ("whole", 4.0), ("whole", None), ("shallow", None), ("shallow", None)]
+    c = composed(calls)
+    assert c["per_call"] == {"whole": 3.0, "shallow": 0.5} and c["counts"] == {"whole": 3, "shallow": 3}
+    assert c["estimated_seconds"] == 3.0 + 2 * 0.5 and c["timed"] == 3
+    assert c["seconds"] == 3 * 3.0 + 3 * 0.5  # = mean × count, kind by kind
+
+
+def test_image_ratios_and_targets():
+    """The targets' ratios, each of two images of one run: default ÷ LCM 4 + TAESD (alone, with ToMe), float32 ÷
+    bfloat16 per row, the fastest row, minitome ÷ diffusers; "~" wherever a figure was estimated."""
+    from argparse import Namespace
+    from minitome.lab.one_image_table import DEFAULT, LCM_TAESD, markdown, ratios
+
+    def side(total, estimated=False):
+        return {"total": total, "estimated": estimated}
+    rows = [{"run": DEFAULT, "method": "alone", "dtype": "float32", "minitome": side(300.0), "diffusers": side(330.0)},
+            {"run": LCM_TAESD, "method": "alone", "dtype": "float32", "minitome": side(12.0), "diffusers": side(15.0)},
+            {"run": LCM_TAESD, "method": "ToMe 0.5", "dtype": "float32", "minitome": side(10.0, True),
+             "diffusers": side(14.0)},
+            {"run": DEFAULT, "method": "alone", "dtype": "bfloat16", "minitome": side(200.0), "diffusers": side(190.0)},
+            {"run": LCM_TAESD, "method": "alone", "dtype": "bfloat16", "minitome": side(8.0), "diffusers": side(9.0)}]
+    for row in rows:
+        row["ratio"] = row["minitome"]["total"] / row["diffusers"]["total"]
+    r = ratios(rows)
+    speedups = {(s["dtype"], s["library"], s["method"]): (s["ratio"], s["estimated"]) for s in r["speedups"]}
+    assert speedups["float32", "minitome", "alone"] == (25.0, False)
+    assert speedups["float32", "minitome", "ToMe 0.5"] == (30.0, True)
+    assert speedups["bfloat16", "diffusers", "alone"] == (190.0 / 9.0, False)
+    halves = {(b["run"], b["library"]): b["ratio"] for b in r["bfloat16"]}
+    assert halves == {(DEFAULT, "minitome"): 1.5, (DEFAULT, "diffusers"): 330.0 / 190.0, (LCM_TAESD, "minitome"): 1.5,
+                      (LCM_TAESD, "diffusers"): 15.0 / 9.0}
+    fastest = {(f["dtype"], f["library"]): (f["method"], f["seconds"]) for f in r["fastest"]}
+    assert fastest["float32", "minitome"] == ("ToMe 0.5", 10.0) and fastest["bfloat16", "minitome"] == ("alone", 8.0)
+    assert [v["ratio"] for v in r["versus"]] == [row["ratio"] for row in rows]
+    for row in rows:
+        for s in ("minitome", "diffusers"):
+            row[s].update(text=0.1, unet=1.0, per_call={"whole": 0.5}, counts={"whole": 2}, calls=2, timed=2, latents=2,
+                          decoder=1.0, png=0.01, rest=0.0)
+    result = {"size": [512, 512], "dtypes": ["float32", "bfloat16"], "bfloat16": "native here", "calls": 2,
+              "compare": True, "rows": rows}
+    text = markdown(Namespace(argv=["--image", "--compare"], weights=None, tiny=False), result, r)
+    assert "| minitome no slower than diffusers on any row (minitome ÷ diffusers ≤ 1) | 4 of 5 rows; the slowest 1.05× " \
+           "(default: PLMS 50, guidance 7.5, VAE, alone, bfloat16) | not met |" in text
+    assert "| LCM 4 + TAESD ≥ 20× faster than the default, float32 | 25.00× | met |" in text
+    assert "| LCM 4 + TAESD + ToMe 0.5 ≥ 25× faster than the default, float32 | ~30.00× | met |" in text
+    assert "| bfloat16 ≥ 1.4× faster than float32 per image | default 1.50×; rows from 1.50× " in text
+    assert "| the fastest row under 20 s, float32 | ~10.00 s (LCM 4, guidance 1, TAESD, ToMe 0.5) | met |" in text
+    assert "| the fastest row under 13 s, bfloat16 | 8.00 s (LCM 4, guidance 1, TAESD, alone) | met |" in text
+
+
+def test_image_dtypes_follow_the_cpu(monkeypatch):
+    """--dtype auto measures float32, and bfloat16 where the CPU computes it natively (said otherwise)."""
+    from minitome.lab import one_image
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(one_image, "native_bf16", lambda: True)
+    assert one_image.dtypes("auto", cpu) == ([torch.float32, torch.bfloat16], "native here")
+    monkeypatch.setattr(one_image, "native_bf16", lambda: False)
+    assert one_image.dtypes("auto", cpu) == ([torch.float32], "not native here")
+    assert one_image.dtypes("bfloat16", cpu) == ([torch.bfloat16], None)
+
+
+def test_image_mode_needs_the_vocabulary_on_random_weights(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr("minitome.lab.bench.VOCAB", tmp_path / "bpe_simple_vocab_16e6.txt.gz")
+    assert main(["--image", "--device", "cpu"]) == 2
+    assert "--image on random weights needs CLIP's vocabulary for its prompt" in capsys.readouterr().err
+
+
+def test_image_twin_in_diffusers_holds_the_same_weights():
+    """diffusers' pipeline beside minitome's is built from its tensors: the UNet, text encoder, VAE decoder, TAESD
+    decoder and tokenizer compute what minitome's do (float64, tiny random weights)."""
+    from types import SimpleNamespace
+    from conftest import F64_BOUND, relative_error
+    from minitome.lab.diffusers_pipeline import pipelines_of
+    from minitome.lab.one_image import model
+    sd, tiny = model(SimpleNamespace(tiny=True, weights=None), torch.device("cpu"), torch.float64)
+    pipes = pipelines_of(sd, tiny)
+    pipe, g = pipes["vae"], torch.Generator().manual_seed(0)
+    prompt = ["a watercolor painting of a fox in the snow"]
+    ids = sd.tokenizer(prompt)
+    assert torch.equal(pipe.tokenizer(prompt, padding="max_length", max_length=77, return_tensors="pt").input_ids, ids)
+    assert relative_error(pipe.text_encoder(ids)[0], sd.text_encoder(ids)) < F64_BOUND
+    z = torch.randn(1, 4, 8, 8, generator=g, dtype=torch.float64)
+    assert relative_error(pipe.vae.decode(z).sample, sd.vae(z)) < F64_BOUND
+    assert relative_error(pipes["taesd"].vae.decode(z).sample, tiny(z)) < F64_BOUND
+    x, context = torch.randn(2, 4, 8, 8, generator=g, dtype=torch.float64), torch.randn(2, 77, 64, generator=g, dtype=torch.float64)
+    assert relative_error(pipe.unet(x, 500, context).sample, sd.unet(x, 500, context)) < F64_BOUND
+
+
+@pytest.mark.parametrize("impl", ["minitome", "diffusers"])
+def test_image_clock_kinds_are_the_calls_deepcache_makes_whole(impl):
+    """A whole PLMS 50 run with DeepCache 3, every call timed: the calls the clock counts as whole are the calls that
+    run the UNet's middle block (minitome: 17 of 51, calls 0, 3, …; DeepCacheSDHelper: 17 as well, by the first place
+    of each call's timestep, PLMS's repeated one included)."""
+    import tempfile
+    from pathlib import Path
+    from types import SimpleNamespace
+    from minitome.lab import one_image
+    from minitome.lab.stage_clock import Clock
+    sd, tiny = one_image.model(SimpleNamespace(tiny=True, weights=None), torch.device("cpu"), torch.float32)
+    args = SimpleNamespace(tome_ratio=0.5, deepcache_interval=3)
+    method, run = one_image.methods(args)[2], one_image.RUNS[0]
+    ran = []
+    with tempfile.TemporaryDirectory() as folder:
+        if impl == "minitome":
+            sd.unet.middle_block[0].register_forward_pre_hook(lambda *a: ran.append(1))  # iterated, not called
+            clock = Clock("cpu", None, one_image.minitome_kind(method))
+            one_image.minitome_image(sd, tiny, run, method, (64, 64), clock, Path(folder))
+        else:
+            from minitome.lab.diffusers_pipeline import pipelines_of
+            pipe = pipelines_of(sd, tiny)["vae"]
+            pipe.unet.mid_block.resnets[0].register_forward_pre_hook(lambda *a: ran.append(1))  # the helper wraps the block
+            clock = Clock("cpu", None, one_image.diffusers_kind(pipe, method))
+            one_image.diffusers_image(pipe, run, method, (64, 64), clock, Path(folder))
+    figures = clock.figures(1.0)
+    assert figures["counts"] == {"whole": 17, "shallow": 34} == {"whole": len(ran), "shallow": 51 - len(ran)}

@@ -180,7 +180,7 @@ def test_a_separate_vae_replaces_or_supplies_the_decoder(base, tmp_path):
 def test_command_line_says_what_it_ignored_and_takes_vae_and_ema(base, tmp_path, capsys):
     import copy
     from conftest import randomize_
-    from minitome.sample import main
+    from conftest import sample_main as main
     pipe, folder, _, unet_names = base
     tensors = {**official_tensors(pipe, unet_names, vae=None, ema_unet=randomize_(copy.deepcopy(pipe.unet), 3)), **EXTRAS}
     path = write(tmp_path, tensors)

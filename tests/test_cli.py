@@ -9,7 +9,7 @@ from PIL import Image
 from minitome.cli import png_text
 from minitome.cli.output import png_info
 from minitome.cli.settings import Settings, settings_from
-from minitome.sample import main
+from conftest import sample_main as main
 from test_bad_input import BASE, assert_one_line_error, no_files, run
 
 EVERYTHING = {"prompt": "a fox, in snow", "negative_prompt": "blurry", "steps": 12, "guidance": 6.25, "seed": 7,
@@ -71,3 +71,18 @@ def test_a_refusal_is_exit_2_and_a_bug_is_an_internal_error(single_file, tmp_pat
     with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
         main(["--weights", str(single_file), *BASE, "--out", str(out)])
     assert no_files(tmp_path / "o")
+
+
+def test_lcm_is_written_by_its_a1111_name_and_the_preview_not_at_all(tmp_path):
+    """LCM's text: "Sampler: LCM" and no Schedule type (it has its own timesteps), read back to lcm and leading; the
+    preview's flags are where the run writes, not what makes its pixels: not in the text."""
+    settings = settings_from({"prompt": "a fox", "sampler": "lcm", "steps": 4, "guidance": 1.0, "seed": 1, "width": 64,
+                              "height": 64, "weights": "model.safetensors", "device": "cpu", "dtype": "float32",
+                              "preview": str(tmp_path / "now.png"), "preview_vae": "taesd_decoder.safetensors",
+                              "out": str(tmp_path / "x.png")})
+    text = png_text.parameters_text(settings)
+    assert text.endswith("Steps: 4, Sampler: LCM, CFG scale: 1, Seed: 1, Size: 64x64, Model: model")
+    values = png_text.read_png(saved(tmp_path, text)).values
+    assert values["sampler"] == "lcm" and "spacing" not in values and values["dtype"] == "float32"
+    again = settings_from({"weights": "model.safetensors", "device": "cpu"}, png_text.read_png(saved(tmp_path, text)))
+    assert (again.sampler, again.spacing, again.steps, again.preview) == ("lcm", "leading", 4, None)

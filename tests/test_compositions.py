@@ -1,11 +1,13 @@
 """ToMe (by ratio, by threshold, with plans reused, on a schedule over t), ToDo and DeepCache together.
 
 Every pair and the triples that make sense, across every sampler (Euler's fractional timesteps, DPM-Solver++'s
-repeated ones included), batch 1 and 3, guidance 1 and 7.5, an odd latent (9 × 7). Three kinds of check:
+repeated ones, LCM's fresh noise after every step included), batch 1 and 3, guidance 1 and 7.5, an odd latent (9 × 7).
+Three kinds of check (LCM with its LoRA and the tiny autoencoder beside each method: tests/test_lcm_compositions.py):
 
 - where the reference packages compose on one diffusers pipeline, the same result in float64: tomesd with
   DeepCacheSDHelper, and ca-tome then DeepCacheSDHelper (ca-tome replaces `unet.forward` and samples through its
-  own `pipe.call`; the helper then wraps that forward). The helper counts steps by `timesteps.index(t)`, so DDIM.
+  own `pipe.call`; the helper then wraps that forward). The helper counts steps by `timesteps.index(t)`, so DDIM and
+  LCM (diffusers' LCMScheduler), whose timesteps are distinct.
   tomesd and ca-tome turn random partitions off when the UNet's batch is odd; ours is told the same;
 - where none composes (ToDo has no package; nothing composes with PLMS's repeated timestep), the property that
   makes a composition right: at every call each transformer block uses the plan it made itself at its last
@@ -13,6 +15,7 @@ repeated ones included), batch 1 and 3, guidance 1 and 7.5, an odd latent (9 × 
 - the identities, to the bit, beside every other method: ToMe ratio 0, ToDo factor 1 and DeepCache interval 1
   are off, and a plan made at every call is no reuse.
 """
+import copy
 import dataclasses
 
 import pytest
@@ -20,7 +23,7 @@ import torch
 
 import unet.call as unet_call
 import weights
-from conftest import F64_BOUND, float64_pipeline, relative_error
+from conftest import F64_BOUND, SD15_SCHEDULER, reference_scheduler, relative_error, scheduler_in_float64
 from minitome import ToMeConfig
 from minitome.deepcache import DeepCacheConfig
 from minitome.pipeline import decode, sample_latents
@@ -45,6 +48,22 @@ def reference_latents(pipe, call, batch, guidance):
     with torch.no_grad():
         image = (pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)
     return latents, image
+
+
+def scheduler(sampler: str, dtype=torch.float64):
+    """diffusers' scheduler for `sampler` from SD 1.5's scheduler config (LCMScheduler for lcm, as
+    `LCMScheduler.from_config(pipe.scheduler.config)` makes it), computing in float64 for a float64 run."""
+    from diffusers import LCMScheduler, PNDMScheduler
+    made = (LCMScheduler.from_config(PNDMScheduler.from_config(SD15_SCHEDULER).config) if sampler == "lcm"
+            else reference_scheduler(sampler))
+    return scheduler_in_float64(made) if dtype == torch.float64 else made
+
+
+def float64_reference(pipe, sampler: str):
+    """A float64 copy of the reference pipeline with `sampler`'s scheduler computing in float64."""
+    pipe = copy.deepcopy(pipe).to(torch.float64)
+    pipe.scheduler = scheduler(sampler)
+    return pipe
 
 
 @pytest.fixture(scope="module")
@@ -83,29 +102,31 @@ BATCHES = [(1, 7.5), (3, 1.0)]
 
 
 @pytest.mark.parametrize("batch, guidance", BATCHES)
-@pytest.mark.parametrize("interval, branch, max_downsample", [(3, 0, 1), (2, 1, 2), (3, 3, 4)])
-def test_tome_with_deepcache_matches_tomesd_with_deepcache_sd_helper(tiny_pipeline, sd64, batch, guidance, interval,
-                                                                     branch, max_downsample):
+@pytest.mark.parametrize("sampler, interval, branch, max_downsample", [("ddim", 3, 0, 1), ("ddim", 2, 1, 2),
+                                                                       ("ddim", 3, 3, 4), ("lcm", 3, 1, 2)])
+def test_tome_with_deepcache_matches_tomesd_with_deepcache_sd_helper(tiny_pipeline, sd64, batch, guidance, sampler,
+                                                                     interval, branch, max_downsample):
     import tomesd
-    reference = float64_pipeline(tiny_pipeline[0], "ddim")
+    reference = float64_reference(tiny_pipeline[0], sampler)
     tomesd.apply_patch(reference, ratio=0.5, max_downsample=max_downsample)  # use_rand on: off by itself for odd batches
     torch.manual_seed(7)  # tomesd forks torch's global generator at its first draw: the same stream as our seed 7
 
     expected = with_deep_cache(reference, interval, branch, lambda: reference_latents(reference, reference, batch, guidance))
     even = batch * (2 if guidance > 1 else 1) % 2 == 0
     tome = ToMeConfig(ratio=0.5, max_downsample=max_downsample, use_rand=even, seed=7)
-    got = ours(sd64, batch=batch, guidance=guidance, tome=tome, deep_cache=DeepCacheConfig(interval, branch))
-    assert_same(sd64, got, expected, ours(sd64, batch=batch, guidance=guidance, tome=tome))
+    got = ours(sd64, sampler, batch, guidance, tome=tome, deep_cache=DeepCacheConfig(interval, branch))
+    assert_same(sd64, got, expected, ours(sd64, sampler, batch, guidance, tome=tome))
 
 
 @pytest.mark.parametrize("batch, guidance", BATCHES)
-@pytest.mark.parametrize("threshold, cache_conf, interval, branch", [(0.3, [0, 3, 5, 8], 3, 1), (0.1, [0, 2, 6], 2, 0)])
-def test_ca_tome_with_deepcache_matches_ca_tome_with_deepcache_sd_helper(tiny_pipeline, sd64, batch, guidance, threshold,
-                                                                         cache_conf, interval, branch):
+@pytest.mark.parametrize("sampler, threshold, cache_conf, interval, branch", [
+    ("ddim", 0.3, [0, 3, 5, 8], 3, 1), ("ddim", 0.1, [0, 2, 6], 2, 0), ("lcm", 0.3, [0, 3, 5, 8], 3, 1)])
+def test_ca_tome_with_deepcache_matches_ca_tome_with_deepcache_sd_helper(tiny_pipeline, sd64, batch, guidance, sampler,
+                                                                         threshold, cache_conf, interval, branch):
     """ca-tome plans at its `inference_step`s (the loop index + 1) in the cache schedule and at the first call;
     ours counts calls from 0. A block DeepCache skipped on a planning call keeps its older plan in both."""
     from ca_tome import apply_CA_ToMe
-    reference = float64_pipeline(tiny_pipeline[0], "ddim")
+    reference = float64_reference(tiny_pipeline[0], sampler)
     apply_CA_ToMe(reference, cache_conf, threshold)
     torch.manual_seed(7)
     expected = with_deep_cache(reference, interval, branch,
@@ -113,8 +134,8 @@ def test_ca_tome_with_deepcache_matches_ca_tome_with_deepcache_sd_helper(tiny_pi
     even = batch * (2 if guidance > 1 else 1) % 2 == 0
     replan = tuple(sorted({0} | {step - 1 for step in cache_conf if step >= 1}))
     tome = ToMeConfig(threshold=threshold, replan_calls=replan, use_rand=even, seed=7)
-    got = ours(sd64, batch=batch, guidance=guidance, tome=tome, deep_cache=DeepCacheConfig(interval, branch))
-    assert_same(sd64, got, expected, ours(sd64, batch=batch, guidance=guidance, tome=tome))
+    got = ours(sd64, sampler, batch, guidance, tome=tome, deep_cache=DeepCacheConfig(interval, branch))
+    assert_same(sd64, got, expected, ours(sd64, sampler, batch, guidance, tome=tome))
 
 
 # ---- every combination: the property ----
@@ -150,9 +171,11 @@ def planning_calls(tome, calls_with_config: int) -> bool:
     return calls_with_config % tome.reuse == 0
 
 
-# every sampler, each batch setting under three of them (fractional t: Euler's; PLMS's repeated warm-up call)
+# every sampler, each batch setting under three or more (fractional t: Euler's; PLMS's repeated warm-up call; LCM's
+# guidance 1 as it runs with its LoRA, no guided pair)
 RUNS = [("plms", "leading", *BATCHES[0]), ("ddim", "leading", *BATCHES[1]), ("euler", "karras", *BATCHES[0]),
-        ("euler-a", "linspace", *BATCHES[1]), ("dpm++2m", "karras", *BATCHES[1]), ("dpm++2m", "trailing", *BATCHES[0])]
+        ("euler-a", "linspace", *BATCHES[1]), ("dpm++2m", "karras", *BATCHES[1]), ("dpm++2m", "trailing", *BATCHES[0]),
+        ("lcm", "leading", *BATCHES[1])]
 
 
 @pytest.mark.parametrize("sampler, spacing, batch, guidance", RUNS)

@@ -7,8 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import reference_scheduler
-from minitome.sample import main
+from conftest import reference_scheduler, sample_main as main
 from test_bad_input import assert_one_line_error, no_files, run
 
 PROMPT, NEGATIVE, SEED, GUIDANCE = "a red fox in the snow, watercolor", "blurry", 1234, 7.5

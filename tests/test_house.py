@@ -1,8 +1,8 @@
 """The house: the core reads in an evening, imports flow one way, and nothing past a door checks.
 
-The core is what the pipeline stands on: `minitome/pipeline.py`, the tokenizer and the text encoder it is handed,
-and every file of the repository they import, followed. Lines of code leave out docstrings, comments and blank
-lines (the explanations that teach are not counted against it); the total counts every line.
+The core is what the pipeline stands on: `minitome/pipeline.py`, the tokenizer, the text encoder and the autoencoders
+(the VAE, the tiny one) it is handed, and every file of the repository they import, followed. Lines of code leave
+out docstrings, comments and blank lines (the explanations that teach are not counted against it); the total counts every line.
 """
 import ast
 import inspect
@@ -14,8 +14,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("minitome", "unet", "sampler", "weights")
-CORE_ENTRIES = ("minitome/pipeline.py", "minitome/tokenizer.py", "minitome/clip.py")
-MAX_CODE, MAX_LINES = 1250, 2200
+CORE_ENTRIES = ("minitome/pipeline.py", "minitome/tokenizer.py", "minitome/clip.py", "minitome/vae.py",
+                "minitome/taesd.py")
+MAX_CODE, MAX_LINES = 1400, 2500
 
 
 def module_file(name: str):

@@ -12,10 +12,9 @@ import torch
 from PIL import Image
 
 import weights
-from conftest import F64_BOUND, float64_pipeline, reference_scheduler, relative_error
+from conftest import F64_BOUND, float64_pipeline, reference_scheduler, relative_error, sample_main as main
 from minitome.cli.images import read_image
 from minitome.pipeline import image_tensor
-from minitome.sample import main
 from test_bad_input import assert_one_line_error, no_files, run
 
 PROMPT, NEGATIVE, SEED, GUIDANCE = "a red fox in the snow, watercolor", "blurry", 1234, 7.5

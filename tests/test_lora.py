@@ -196,7 +196,7 @@ def test_png_with_loras_and_embeddings_matches_diffusers(tiny_pipeline, tmp_path
     import hashlib
     import numpy as np
     from PIL import Image
-    from minitome.sample import main
+    from conftest import sample_main as main
     from test_embedding import embedding_files
     from test_sample_e2e import SETTINGS, max_pixel_difference, reference_image
     pipe, folder = tiny_pipeline
@@ -245,6 +245,68 @@ def test_png_with_loras_and_embeddings_matches_diffusers(tiny_pipeline, tmp_path
     status, lines = run(["--from", str(out), "--weights", str(folder), "--out", str(tmp_path / "no.png")])
     assert_one_line_error(status, lines, r"--from .*out.png: its image was made with the LoRA 'style' at weight 0.8 "
                                          r"\(hash [0-9a-f]{12}\): give it with --lora PATH")
+
+
+# The LCM-LoRA for SD 1.5 (latent-consistency/lcm-lora-sdv1-5): trained by diffusers' train_lcm_distill_lora_sd_wds.py
+# with these PEFT target modules (a module is taken when its name is one of them or ends with "." and one), saved in
+# kohya's format with diffusers' layer names (`lora_unet_up_blocks_2_attentions_0_proj_in.lora_up.weight`, `.alpha`).
+# On SD 1.5's UNet they name 278 of its 282 Linear and Conv2d layers, none of the text encoder: every attention
+# projection, feed-forward, proj_in/proj_out (1×1 convolutions), ResBlock convolution and time_emb_proj, and the
+# down/upsamplers' convolutions; not conv_in, conv_out or the time embedding's two Linears (BEYOND_LCM_LORA).
+LCM_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1",
+                    "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj")
+BEYOND_LCM_LORA = ("conv_in", "conv_out", "time_embedding.linear_1", "time_embedding.linear_2")
+
+
+def lcm_lora_file(path, unet, seed: int, targets=LCM_LORA_TARGETS) -> dict:
+    """A kohya-format LoRA shaped as the LCM-LoRA, on the reference UNet's layers that `targets` name (PEFT's
+    matching); a 3×3 convolution's down has the conv's own kernel, as PEFT's lora_A. Returns target → its layers."""
+    g, tensors, kinds = torch.Generator().manual_seed(seed), {}, {}
+    for name, m in linear_and_conv(unet, lambda n: True).items():
+        target = next((t for t in targets if name == t or name.endswith("." + t)), None)
+        if target is None:
+            continue
+        kinds.setdefault(target, []).append(name)
+        down, up = random_pair(m, RANK, g)
+        key = "lora_unet_" + name.replace(".", "_")
+        tensors.update({f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up, f"{key}.alpha": torch.tensor(8.0)})
+    save_file(tensors, str(path))
+    return kinds
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("targets", [LCM_LORA_TARGETS, LCM_LORA_TARGETS + BEYOND_LCM_LORA], ids=["lcm-lora", "every-layer"])
+def test_an_lcm_lora_fuses_every_layer_it_names_as_diffusers_fuses_it(tiny_pipeline, tmp_path, targets):
+    """Every kind of layer the LCM-LoRA names (and the UNet's other layers, which it does not) is found through
+    --lora as the file is, and fused: every UNet and text-encoder tensor equals diffusers' after load_lora_weights +
+    fuse_lora (peft underneath; read back from the folder it saves), changed in the named layers' weights only."""
+    import copy
+    pipe, folder = tiny_pipeline
+    path = tmp_path / "lcm-lora-sdv1-5.safetensors"
+    kinds = lcm_lora_file(path, pipe.unet, seed=4, targets=targets)
+    assert set(kinds) == set(targets)  # each kind is in the tiny UNet (the conv_shortcut of a ResBlock that widens)
+    reference = copy.deepcopy(pipe).to(torch.float64)
+    reference.load_lora_weights(str(path), adapter_name="lcm")
+    reference.fuse_lora(lora_scale=0.9)
+    reference.unload_lora_weights()  # the plain modules, their weights fused
+    reference.save_pretrained(tmp_path / "fused")
+    expected = weights.load(tmp_path / "fused", dtype=torch.float64)
+    got = weights.load(folder, dtype=torch.float64, loras=[(path, 0.9)])
+    plain = weights.load(folder, dtype=torch.float64)
+    changed, worst = 0, 0.0
+    for part in ("unet", "text_encoder"):
+        ours, theirs, before = (getattr(sd, part).state_dict() for sd in (got, expected, plain))
+        assert ours.keys() == theirs.keys()
+        for name, tensor in ours.items():
+            if torch.equal(theirs[name], before[name]):
+                assert torch.equal(tensor, before[name]), name  # a layer the file does not name is untouched
+            else:
+                changed, worst = changed + 1, max(worst, relative_error(tensor, theirs[name]))
+                assert relative_error(tensor, theirs[name]) < F64_BOUND, name
+    layers = sum(len(names) for names in kinds.values())
+    print(f"{len(targets)} kinds of layer, {layers} layers: {changed} weights fused, each within "
+          f"{worst:.1e} of diffusers'")
+    assert changed == layers
 
 
 def refused_files(folder, pipe) -> dict:

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 import sampler
-from minitome.sample import main
+from conftest import sample_main as main
 
 TOY = '''
 def toy_sample(eps_model, x, schedule, generator=None, callback=None):
@@ -21,7 +21,7 @@ def toy_sample(eps_model, x, schedule, generator=None, callback=None):
         x0 = (x - (1 - a) ** 0.5 * eps) / a ** 0.5
         x = a_next ** 0.5 * x0 + (1 - a_next) ** 0.5 * eps
         if callback is not None:
-            callback(i, t)
+            callback(i, t, x0)
     return x
 '''
 

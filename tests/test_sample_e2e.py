@@ -15,8 +15,7 @@ import torch
 from PIL import Image
 
 import weights
-from conftest import F64_BOUND, float64_pipeline, reference_scheduler, relative_error
-from minitome.sample import main
+from conftest import FLOAT32, F64_BOUND, float64_pipeline, reference_scheduler, relative_error, sample_main as main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTINGS = dict(prompt="a red fox in the snow, watercolor", negative_prompt="blurry", steps=10, guidance=7.5,
@@ -27,7 +26,7 @@ def cli(weights_path, out, *extra, **settings):
     s = {**SETTINGS, **settings}
     args = ["--weights", str(weights_path), "--prompt", s["prompt"], "--negative-prompt", s["negative_prompt"],
             "--steps", str(s["steps"]), "--guidance", str(s["guidance"]), "--seed", str(s["seed"]),
-            "--width", str(s["width"]), "--height", str(s["height"]), "--out", str(out), *extra]
+            "--width", str(s["width"]), "--height", str(s["height"]), "--out", str(out), *FLOAT32, *extra]
     return subprocess.run([sys.executable, "-m", "minitome.sample", *args], cwd=ROOT, capture_output=True, text=True)
 
 
@@ -159,6 +158,7 @@ def test_png_parameters_and_no_overwrite(single_file, tmp_path, capsys):
     (["--sampler", "euler-a", "--spacing", "trailing", "--steps", "4", "--batch", "2"], "Sampler: Euler a, Schedule type: SGM Uniform"),
     (["--sampler", "euler", "--spacing", "linspace", "--deepcache-interval", "2"], "Sampler: Euler, Schedule type: Uniform"),
     (["--prompt=-cat", "--negative-prompt=--dog"], "-cat\nNegative prompt: --dog\n"),  # prompts that look like flags
+    (["--sampler", "lcm", "--steps", "4", "--guidance", "1.5"], "Steps: 4, Sampler: LCM, CFG scale: 1.5, Seed: 5, Size"),
 ])
 def test_a_png_remakes_its_image_with_from(single_file, tmp_path, extra, written):
     """A PNG's text holds every value that changes its pixels, each reading back to the same number: --from takes
@@ -336,3 +336,41 @@ def test_bad_input_exit_status_from_the_shell(tmp_path):
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().endswith("no such file or folder")
     assert not (tmp_path / "x.png").exists()
+
+
+def test_a_4_step_lcm_image_with_the_tiny_autoencoder_and_a_preview(tiny_pipeline, tmp_path, monkeypatch):
+    """The fast path a CPU user takes, made by the command line on the tiny model: `--sampler lcm --steps 4
+    --guidance 1`, a TAESD as --vae and as --preview-vae, and --preview. The PNG within 2/255 of diffusers'
+    StableDiffusionPipeline with LCMScheduler (from SD 1.5's config) and the AutoencoderTiny; one preview per step,
+    the last equal to the image (LCM's last x̂₀ is the result, decoded by the same TAESD); the text says "Sampler:
+    LCM" and no Schedule type, and --from remakes the image from it."""
+    from diffusers import LCMScheduler
+    from minitome.cli.preview import Preview
+    from test_taesd import TINY_TAESD, diffusers_taesd, with_taesd
+    pipe, folder = tiny_pipeline
+    taesd = diffusers_taesd(seed=31, tame=True, **TINY_TAESD)
+    taesd.save_pretrained(tmp_path / "taesd")
+    reference = with_taesd(pipe, taesd)
+    reference.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
+    expected = reference_image(reference, steps=4, guidance=1.0, negative_prompt="")
+
+    drawn = []
+    real_call = Preview.__call__
+    monkeypatch.setattr(Preview, "__call__", lambda self, i, t, x0: drawn.append((i, t)) or real_call(self, i, t, x0))
+    out, shown = tmp_path / "lcm.png", tmp_path / "preview.png"
+    argv = ["--weights", str(folder), "--prompt", SETTINGS["prompt"], "--sampler", "lcm", "--steps", "4", "--guidance",
+            "1", "--seed", str(SETTINGS["seed"]), "--width", str(SETTINGS["width"]), "--height", str(SETTINGS["height"]),
+            "--vae", str(tmp_path / "taesd"), "--preview", str(shown), "--preview-vae", str(tmp_path / "taesd")]
+    assert main(argv + ["--out", str(out)]) == 0
+    image = Image.open(out)
+    difference = max_pixel_difference(image, expected)
+    print(f"LCM 4 steps + TAESD: largest pixel difference {difference}/255")
+    assert difference <= 2
+    assert drawn == [(0, 999), (1, 759), (2, 499), (3, 259)]
+    assert max_pixel_difference(Image.open(shown), image) == 0
+    text = image.text["parameters"]
+    assert "Sampler: LCM," in text and "Schedule type" not in text and "review" not in text
+    assert main(["--weights", str(folder), "--from", str(out), "--vae", str(tmp_path / "taesd"),
+                 "--out", str(tmp_path / "again.png")]) == 0
+    assert max_pixel_difference(Image.open(tmp_path / "again.png"), image) == 0
+    assert Image.open(tmp_path / "again.png").text["parameters"] == text

@@ -22,7 +22,8 @@ from sampler.schedule import alphas_cumprod
 # float32: the largest error measured across CPU kernels (tests/float32_spread.py, 2026-12-06: 1.03e-6 – 1.20e-6
 # for PLMS and DDIM; AVX-512 gave the same 1.20e-6) times a margin of 4
 F32_BOUND = 5e-6
-RUNS = [(sampler, spacing) for sampler in SAMPLERS for spacing in SPACINGS
+SPACED = [name for name in SAMPLERS if name != "lcm"]  # the samplers that take a spacing (LCM: test_lcm_sampler.py)
+RUNS = [(sampler, spacing) for sampler in SPACED for spacing in SPACINGS
         if not (spacing == "karras" and sampler in KARRAS_LESS)]
 
 class FakeModel:
@@ -119,6 +120,48 @@ def test_float32_smoke(sampler, spacing, float32_bound):
     float32_bound(compare(sampler, spacing, 50, torch.float32)[1], F32_BOUND)
 
 
+def diffusers_estimates(sampler, spacing, x, steps):
+    """Each step's estimate of the clean latent in diffusers' loop: `pred_original_sample` (DDIM, Euler, Euler a),
+    the x̂₀ DPM-Solver++ keeps for its next step (`model_outputs[-1]`). PNDM exposes none: its step is a DDIM step
+    with ε′ from x_t to x_n, so x_t = √ᾱ_t x̂₀ + √(1 − ᾱ_t) ε′ and x_n = √ᾱ_n x̂₀ + √(1 − ᾱ_n) ε′ give x̂₀ from the
+    two points of the trajectory (its warm-up's extra point left out)."""
+    scheduler = scheduler_in_float64(reference_scheduler(sampler, spacing))
+    scheduler.set_timesteps(steps)
+    generator, model = torch.Generator().manual_seed(0), FakeModel()
+    points, estimates = [x * scheduler.init_noise_sigma], []
+    for t in scheduler.timesteps:
+        extra = {"generator": generator} if sampler == "euler-a" else {}
+        out = scheduler.step(model(scheduler.scale_model_input(points[-1], t), t), t, points[-1], **extra)
+        points.append(out.prev_sample)
+        estimates.append(scheduler.model_outputs[-1].clone() if sampler == "dpm++2m" else
+                         getattr(out, "pred_original_sample", None))  # PNDM's: None
+    if sampler != "plms":
+        return estimates
+    ts, points, acp = scheduler.timesteps.tolist(), points[:1] + points[2:], scheduler.alphas_cumprod
+    ts = ts[:1] + ts[2:]
+    alphas = [acp[t] for t in ts] + [scheduler.final_alpha_cumprod]
+    estimates = []
+    for i in range(len(ts)):
+        a, n = alphas[i], alphas[i + 1]
+        estimates.append(((1 - n).sqrt() * points[i] - (1 - a).sqrt() * points[i + 1]) /
+                         ((1 - n).sqrt() * a.sqrt() - (1 - a).sqrt() * n.sqrt()))
+    return estimates
+
+
+@pytest.mark.parametrize("sampler, spacing", [("plms", "leading"), ("ddim", "leading"), ("euler", "leading"),
+                                              ("euler-a", "trailing"), ("dpm++2m", "karras")])
+def test_the_step_callback_gets_the_clean_latent_estimate(sampler, spacing):
+    """callback(i, t, x0) after each step, x0 the sampler's x̂₀, against diffusers' own at each step (LCM's
+    `denoised`: test_lcm_sampler.py)."""
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
+    seen = []
+    sample(sampler, FakeModel(), x, 10, spacing, torch.Generator().manual_seed(0), lambda *a: seen.append(a))
+    assert [(i, t) for i, t, _ in seen] == list(enumerate(spacing_of(sampler, 10, spacing).timesteps))
+    errors = [relative_error(x0, ref) for (_, _, x0), ref in zip(seen, diffusers_estimates(sampler, spacing, x, 10))]
+    assert len(errors) == 10 and max(errors) <= F64_BOUND, errors
+    print(f"{sampler} {spacing}: the callback's x̂₀, largest float64 error {max(errors):.1e}")
+
+
 def reference_ddim(model, x, timesteps):
     """DDIM (η = 0) from its paper, stepping from each timestep to the next and past the last to ᾱ[0]."""
     acp = PNDMScheduler.from_config(SD15_SCHEDULER).alphas_cumprod.double()
@@ -176,7 +219,7 @@ def test_euler_karras_at_one_step_starts_at_the_top():
     assert schedule.timesteps == [999.0] and schedule.sigmas == [sigma_max, 0.0] and round(sigma_max, 4) == 14.6146
 
 
-@pytest.mark.parametrize("sampler", list(SAMPLERS))
+@pytest.mark.parametrize("sampler", SPACED)
 def test_trailing_takes_every_count_from_1_to_1000_from_the_top(sampler):
     for steps in range(1, 1001):
         check_steps(steps, sampler, "trailing")
@@ -185,7 +228,7 @@ def test_trailing_takes_every_count_from_1_to_1000_from_the_top(sampler):
         check_steps(1001, sampler, "trailing")
 
 
-@pytest.mark.parametrize("sampler", list(SAMPLERS))
+@pytest.mark.parametrize("sampler", SPACED)
 def test_leading_refuses_counts_that_start_low_and_names_trailing(sampler):
     """With "leading" spacing these start from pure noise far below t = 999 (or past 999): the schedulers take them
     and give a poor image. The refusal names the way out."""
@@ -227,14 +270,15 @@ def test_sampler_and_spacing_that_do_not_run_together_are_refused():
             check_spacing(sampler, "karras")
         with pytest.raises(ValueError, match=rf"^karras spacing works with euler and dpm\+\+2m, not {sampler}: "):
             check_steps(20, sampler, "karras")
-    with pytest.raises(ValueError, match=r"^sampler must be one of plms, ddim, euler, euler-a, dpm\+\+2m, got 'heun'"):
+    with pytest.raises(ValueError, match=r"^sampler must be one of plms, ddim, euler, euler-a, dpm\+\+2m, lcm, "
+                                         r"got 'heun'"):
         check_spacing("heun", "leading")
     with pytest.raises(ValueError, match="^spacing must be one of leading, linspace, trailing, karras, got 'even'"):
         check_spacing("euler", "even")
 
 
 def test_accepted_leading_counts_start_where_diffusers_starts():
-    for sampler in SAMPLERS:
+    for sampler in SPACED:
         scheduler = reference_scheduler(sampler, "leading")
         for steps in range(1, 1000, 7):
             if starts_well(sampler, "leading", steps):

@@ -195,7 +195,7 @@ def test_deepcache_config_is_checked(kwargs, message):
 ])
 def test_flags_run_and_are_written_into_the_png(single_file, tmp_path, flags, expected):
     from PIL import Image
-    from minitome.sample import main
+    from conftest import sample_main as main
     out = tmp_path / "x.png"
     assert main(["--weights", str(single_file), "--prompt", "a cat", "--steps", "10", "--width", "16", "--height", "16",
                  "--seed", "1", "--out", str(out), *flags]) == 0
@@ -217,7 +217,7 @@ def test_flags_run_and_are_written_into_the_png(single_file, tmp_path, flags, ex
 ])
 def test_bad_flags_are_one_line(single_file, tmp_path, capsys, flags, message):
     import re
-    from minitome.sample import main
+    from conftest import sample_main as main
     assert main(["--weights", str(single_file), "--prompt", "a cat", "--steps", "10", "--width", "16", "--height", "16",
                  "--out", str(tmp_path / "o" / "x.png"), *flags]) == 2
     last = capsys.readouterr().err.strip().split("\n")[-1]

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 import weights
 from conftest import F64_BOUND, SD15_VAE, TINY_VAE, diffusers_vae, relative_error
-from minitome.vae import SCALE
+from minitome.vae import SCALE, VAEConfig, VAEDecoder
 from official import VAE, official_tensors, vae_tensors
 from weights.vae import vae_part_diffusers
 
@@ -37,7 +37,8 @@ def test_encoder_matches_diffusers_in_float64(tmp_path, size, hw):
     errors = relative_error(mean, expected.mean), relative_error(logvar, expected.logvar), relative_error(drawn, expected_drawn)
     print(f"encoder {size} {hw}: mean {errors[0]:.1e}, logvar {errors[1]:.1e}, drawn latent {errors[2]:.1e}")
     assert max(errors) <= F64_BOUND
-    assert SCALE == reference.config.scaling_factor
+    assert SCALE == reference.config.scaling_factor == VAEDecoder.scaling  # the pipeline decodes latents / scaling
+    assert VAEConfig().peak_channels == 128 + 256  # the decoder's last two levels (the CLI's memory estimate)
 
 
 def test_the_encoders_names_are_the_official_ones(tiny_pipeline):

@@ -1,10 +1,12 @@
-"""The UNet's convolutional parts: timestep embedding, ResBlock, Downsample, Upsample.
+"""The UNet's convolutional parts: timestep embedding (and an LCM's guidance embedding), ResBlock, Downsample, Upsample.
 
 Where this sits: `unet/model.py` stacks these into levels; `unet/attention.py` holds the
 transformer parts that sit between them. Mirrors CompVis `ldm/modules/diffusionmodules/openaimodel.py`
 and `util.py`. Attribute names equal the official checkpoint's keys (`in_layers.2`, `emb_layers.1`,
 `out_layers.3`, `skip_connection`, `op`, `conv`), so the state dict loads with no renaming; an
 `nn.Identity` stands where the original has a parameter-free layer (dropout) to keep indices aligned.
+`guidance_embedding` is the input of an LCM-distilled UNet's `time_cond_proj` (diffusers'
+`get_guidance_scale_embedding`, from VDM's `get_timestep_embedding`).
 """
 import math
 
@@ -23,6 +25,21 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     args = t.float()[:, None] * freqs[None]  # (B, half)
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def guidance_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:
+    """The guidance embedding an LCM-distilled UNet takes: w (B,) → (B, dim), in float32.
+
+    w = g − 1 (the guidance scale in the form the LCM was distilled with), scaled by 1000 like a timestep;
+    freqs_i = exp(−i · log(10000) / (dim/2 − 1)) for i = 0 … dim/2 − 1, the embedding
+    cat([sin(1000·w · freqs), cos(1000·w · freqs)]) (sine first, unlike the timestep's), a zero column after it
+    when dim is odd. Every step in float32, in diffusers' order, so the embedding is its bits exactly.
+    """
+    half = dim // 2
+    scale = torch.log(torch.tensor(10000.0)) / (half - 1)  # a float32 tensor, as diffusers divides it
+    freqs = torch.exp(torch.arange(half, dtype=torch.float32) * -scale)
+    args = (w * 1000.0).float()[:, None] * freqs[None]  # (B, half)
+    return F.pad(torch.cat([torch.sin(args), torch.cos(args)], dim=1), (0, dim % 2))
 
 
 def group_norm(channels: int, groups: int, eps: float = 1e-5) -> nn.GroupNorm:

@@ -35,6 +35,7 @@ class UNetConfig:
     context_dim: int = 768            # width of the text context (CLIP ViT-L/14 hidden size)
     norm_groups: int = 32             # GroupNorm groups everywhere
     attention: str = "sdpa"           # "sdpa": torch's fused kernel; "plain": softmax(QKᵀ/√D)V written out
+    time_cond_proj_dim: int = None    # an LCM-distilled UNet: width of the guidance embedding added to t's; None in SD 1.5
 
     def __post_init__(self):
         if self.attention not in ("sdpa", "plain"):
@@ -43,6 +44,12 @@ class UNetConfig:
     @property
     def time_embed_dim(self) -> int:
         return 4 * self.model_channels
+
+    def guided(self, guidance: float) -> bool:
+        """Whether classifier-free guidance runs the guided pair [uncond, cond]: guidance > 1, and a UNet that
+        takes no guidance embedding (an LCM-distilled one was distilled from the guided pair: it is handed
+        w = g − 1 instead and runs one latent per call, as diffusers' pipelines decide)."""
+        return guidance > 1 and self.time_cond_proj_dim is None
 
     def layout(self) -> dict:
         """The whole architecture, block by block, as `UNetModel` builds it and the checkpoint numbers it:

@@ -22,6 +22,9 @@ ToMe, ToDo and DeepCache: `forward(..., call=call)` takes the record of this cal
 sampling run (minitome/run.py) opens: the settings every transformer block reads, the plans it keeps.
 DeepCache acts here, in forward: a call may skip the deep part and reuse its features. `tome=` and `todo=`
 are shorthands for a record of one call. With none of them, forward is exactly SD 1.5.
+An LCM-distilled UNet (config.time_cond_proj_dim set) has one more layer, `time_cond_proj`, a bias-free Linear
+that adds the guidance embedding of w = g − 1 to the timestep's sinusoids before `time_embed` (diffusers'
+`TimestepEmbedding`: sample + cond_proj(condition), then linear_1); forward takes it as `timestep_cond`.
 `forward` is the model's door: it checks its inputs once, on entry; nothing below it checks.
 """
 import torch
@@ -69,6 +72,8 @@ class UNetModel(nn.Module):
 
         layout = c.layout()
         self.time_embed = nn.Sequential(nn.Linear(c.model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        if c.time_cond_proj_dim is not None:  # an LCM-distilled UNet: the guidance embedding, into the sinusoids' width
+            self.time_cond_proj = nn.Linear(c.time_cond_proj_dim, c.model_channels, bias=False)
         self.input_blocks = nn.ModuleList(Sequence(map(make, block)) for block in layout["input_blocks"])
         self.middle_block = Sequence(map(make, layout["middle_block"]))
         self.output_blocks = nn.ModuleList(Sequence(map(make, block)) for block in layout["output_blocks"])
@@ -76,16 +81,24 @@ class UNetModel(nn.Module):
             nn.GroupNorm(c.norm_groups, c.model_channels), nn.SiLU(), nn.Conv2d(c.model_channels, c.out_channels, 3, padding=1))
 
     def forward(self, x: torch.Tensor, t, context: torch.Tensor, tome: ToMeConfig = None, todo: ToDoConfig = None,
-                call: Call = None) -> torch.Tensor:
+                call: Call = None, timestep_cond: torch.Tensor = None) -> torch.Tensor:
         """x (B, 4, H, W), t (B,) or a scalar, context (B, T, context_dim) → ε (B, 4, H, W).
 
         call: this call's record (unet/call.py), opened by the sampling run it belongs to (minitome/run.py):
         which methods act (ToMe, ToDo, DeepCache) and what they keep from call to call. tome= and todo= are
         shorthands for a record of this one call (ToMe's partitions then drawn from a generator seeded with
         tome.seed). All None: exactly SD 1.5.
+        timestep_cond: an LCM-distilled UNet's guidance embedding (B or 1, time_cond_proj_dim), `guidance_embedding`
+        (unet/blocks.py) of w = g − 1; without it the UNet runs on t alone, as diffusers' does.
         """
         if x.ndim != 4 or x.shape[1] != self.config.in_channels:
             raise Refusal(f"the UNet takes latents (B, {self.config.in_channels}, H, W), got {tuple(x.shape)}")
+        dim = self.config.time_cond_proj_dim
+        if timestep_cond is not None and dim is None:
+            raise Refusal("timestep_cond is for an LCM-distilled UNet (config.time_cond_proj_dim); this one takes none")
+        if timestep_cond is not None and (timestep_cond.ndim != 2 or timestep_cond.shape[0] not in (1, x.shape[0])
+                                          or timestep_cond.shape[1] != dim):
+            raise Refusal(f"timestep_cond must be (B or 1, {dim}), got {tuple(timestep_cond.shape)}")
         if call is not None and (tome is not None or todo is not None):
             raise Refusal("give the methods to the run (Run(tome=..., todo=...)) or to the call, not both")
         if call is None:
@@ -93,13 +106,18 @@ class UNetModel(nn.Module):
             if todo is not None:
                 todo.check_latent(tuple(x.shape[-2:]))
             call = Call.once(tuple(x.shape[-2:]), tome, todo)
-        return self.predict(x, t, context, call)
+        return self.predict(x, t, context, call, timestep_cond)
 
-    def predict(self, x: torch.Tensor, t, context: torch.Tensor, call: Call) -> torch.Tensor:
-        """The network itself, past the door: ε for x (B, 4, H, W) at t with the text context, as `call` says."""
+    def predict(self, x: torch.Tensor, t, context: torch.Tensor, call: Call, timestep_cond: torch.Tensor = None) \
+            -> torch.Tensor:
+        """The network itself, past the door: ε for x (B, 4, H, W) at t with the text context, as `call` says
+        (and the guidance embedding timestep_cond, for an LCM-distilled UNet)."""
         t = torch.as_tensor(t, device=x.device)
         t = t.expand(x.shape[0]) if t.ndim == 0 else t
-        emb = self.time_embed(timestep_embedding(t, self.config.model_channels).to(x.dtype))
+        sinusoids = timestep_embedding(t, self.config.model_channels).to(x.dtype)  # (B, model_channels)
+        if timestep_cond is not None:  # an LCM-distilled UNet: its guidance embedding, projected, added before time_embed
+            sinusoids = sinusoids + self.time_cond_proj(timestep_cond.to(x.dtype))
+        emb = self.time_embed(sinusoids)
 
         # DeepCache: a call that reuses the deep features runs only the shallow branch, the first `call.depth`
         # input blocks and the last `call.depth` output blocks (every block, on a whole call or without it)

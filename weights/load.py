@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from minitome.clip import CLIPTextModel
+from minitome.taesd import TinyDecoder, TinyEncoder
 from minitome.tokenizer import Tokenizer
 from minitome.vae import VAEDecoder, VAEEncoder
 from unet import UNetModel
@@ -22,18 +23,20 @@ from .lora import LoraFile, is_lora
 from .tokenizer import read_tokenizer
 from .single_file import split, unet_name_of
 from .unet import unet_part, unet_part_diffusers
-from .vae import encoder_part, vae_part, vae_part_diffusers, vae_part_from
+from .taesd import is_tiny, refuse_pickle, tiny_folder, tiny_names, tiny_part
+from .vae import encoder_part, vae_part, vae_part_from
 
 
 @dataclass
 class StableDiffusion:
     """The four parts, as `load` returns them: plain modules (and the tokenizer); `vae_encoder` only when asked for
-    (`load(..., encoder=True)`), for a run that starts from an image."""
+    (`load(..., encoder=True)`), for a run that starts from an image. With a TAESD as the VAE, `vae` and `vae_encoder`
+    are its TinyDecoder and TinyEncoder (minitome/taesd.py)."""
     unet: UNetModel
     text_encoder: CLIPTextModel
     tokenizer: Tokenizer
-    vae: VAEDecoder
-    vae_encoder: VAEEncoder = None
+    vae: VAEDecoder | TinyDecoder
+    vae_encoder: VAEEncoder | TinyEncoder = None
 
 
 def find_tokenizer(path: Path, tokenizer) -> Tokenizer:
@@ -52,7 +55,8 @@ def load(path, tokenizer=None, device="cpu", dtype=torch.float32, vae=None, ema:
     """The four parts of SD 1.5.
 
     tokenizer: a folder with vocab.json + merges.txt, or bpe_simple_vocab_16e6.txt.gz (default: found beside path).
-    vae: a VAE file (LDM or diffusers names) or folder that replaces the baked-in decoder, or supplies a missing one.
+    vae: a VAE file (LDM or diffusers names) or folder that replaces the baked-in decoder, or supplies a missing one;
+    or a TAESD (an AutoencoderTiny folder or file, taesd_decoder.safetensors: weights/taesd.py).
     ema: from a file that holds both UNets, load the EMA copy (default: the non-EMA one, said in a WeightsNotice).
     attention: "sdpa" (torch's fused kernel) or "plain" (softmax(QKᵀ/√D)V written out) in the UNet.
     check: called as check(unet_config, vae_config) once every header is checked, before any tensor is read:
@@ -98,11 +102,14 @@ def parts(path: Path, vae, ema: bool, attention: str) -> tuple:
     if not path.exists():
         raise WeightsError(f"{path}: no such file or folder")
     if path.is_dir():
+        if tiny_folder(path) == path:
+            raise WeightsError(f"{path}: a TAESD (the tiny autoencoder), not a checkpoint: give it with --vae {path} "
+                               "beside --weights")
         if ema:
             raise WeightsError(f"{path}: ema=True / --ema picks a UNet copy inside a single file; a diffusers "
                                "folder has one UNet")
         return (unet_part_diffusers(path, attention), text_encoder_part_diffusers(path),
-                vae_part_from(vae) if vae is not None else vae_part_diffusers(path))
+                vae_part_from(vae if vae is not None else path))
     checkpoint = Checkpoint(path)
     refuse_add_ons(checkpoint)
     names = split(checkpoint, ema)
@@ -114,11 +121,34 @@ def parts(path: Path, vae, ema: bool, attention: str) -> tuple:
 
 
 def refuse_add_ons(checkpoint: Checkpoint):
-    """A LoRA or an embedding given as the weights is named, with the flag that takes it."""
+    """A LoRA, an embedding or a TAESD given as the weights is named, with the flag that takes it."""
     names, shapes, path = checkpoint.names, checkpoint.shapes, checkpoint.path
     embedding = bool(names) and len(names) <= 8 and all(1 <= len(shapes[n]) <= 2 and shapes[n][-1] in (768, 1024, 1280)
                                                         for n in names)
     for found, what, flag in ((is_lora(names), "a LoRA", f"--lora {path}[:WEIGHT]"),
+                              (tiny_names(names), "a TAESD (the tiny autoencoder)", f"--vae {path}"),
                               (embedding, "a textual-inversion embedding", f"--embedding {path}[:TOKEN]")):
         if found:
             raise WeightsError(f"{path}: {what}, not a checkpoint: give it with {flag} beside --weights")
+
+
+def load_preview_decoder(path, device="cpu", dtype=torch.float32, z_channels: int = 4) -> TinyDecoder:
+    """A TAESD's decoder alone (any form weights/taesd.py reads), for the command line's --preview-vae: it decodes
+    each step's estimate of the clean latent. A full VAE, or anything else, is refused in one line."""
+    path = Path(path)
+    refuse_pickle(path)
+    if not path.exists():
+        raise WeightsError(f"{path}: no such file or folder")
+    if not is_tiny(path):
+        try:
+            vae_part_from(path)
+        except WeightsError:
+            raise WeightsError(f"{path}: not a TAESD; --preview-vae takes one (taesd_decoder.safetensors or an "
+                               "AutoencoderTiny folder)") from None
+        raise WeightsError(f"{path} is a full VAE; --preview-vae takes a TAESD (taesd_decoder.safetensors or an "
+                           "AutoencoderTiny folder)")
+    decoder = tiny_part(path)
+    if decoder.config.z_channels != z_channels:
+        raise WeightsError(f"{decoder.checkpoint.path}: this TAESD decodes {decoder.config.z_channels}-channel "
+                           f"latents, the UNet makes {z_channels} (another model's TAESD?)")
+    return decoder.load(device, dtype)

@@ -10,6 +10,11 @@ the `model.diffusion_model.` prefix. So:
   tensors differently (`down_blocks.0.resnets.1.conv1` is our `input_blocks.2.0.in_layers.2`); the
   table `diffusers_names(config)` is built by walking the architecture the config describes,
   the same walk `UNetModel.__init__` does. Inside a SpatialTransformer both layouts agree.
+
+An LCM-distilled UNet (LCM_Dreamshaper_v7's folder) is SD 1.5's with one more tensor: its config sets
+`time_cond_proj_dim` N and its weights hold `time_embedding.cond_proj.weight` (model_channels, N), our
+`time_cond_proj.weight`. Config and weights must agree on it, checked from the header (`check_time_cond_proj`).
+The official layout has no name for it: a single file holds SD 1.5's UNets only.
 """
 import dataclasses
 from pathlib import Path
@@ -37,6 +42,8 @@ def diffusers_names(c: UNetConfig) -> dict:
              "out.0": ("conv_norm_out", False), "out.2": ("conv_out", False),
              "middle_block.0": ("mid_block.resnets.0", True), "middle_block.1": ("mid_block.attentions.0", False),
              "middle_block.2": ("mid_block.resnets.1", True)}
+    if c.time_cond_proj_dim is not None:  # an LCM-distilled UNet's guidance projection
+        table["time_cond_proj"] = ("time_embedding.cond_proj", False)
     layout, top = c.layout(), len(c.channel_mult) - 1
     for part, blocks, prefix in (("input_blocks", layout["input_blocks"], "down_blocks"),
                                  ("output_blocks", layout["output_blocks"], "up_blocks")):
@@ -86,7 +93,7 @@ def config_from_diffusers(config: dict, source) -> UNetConfig:
 
     if field(config, "use_linear_projection", False, source, "flag"):
         refuse("use_linear_projection=true (an SD 2.x UNet)")
-    for key in ("addition_embed_type", "class_embed_type", "encoder_hid_dim_type", "time_cond_proj_dim"):
+    for key in ("addition_embed_type", "class_embed_type", "encoder_hid_dim_type"):
         if config.get(key) is not None:
             refuse(f"{key}={config[key]!r} is set (an SDXL-style or conditioned UNet)")
     widths = field(config, "block_out_channels", [320, 640, 1280, 1280], source, "positive ints")
@@ -105,6 +112,11 @@ def config_from_diffusers(config: dict, source) -> UNetConfig:
         raise WeightsError(f"{source}: {len(down)} down_block_types for {len(widths)} block_out_channels")
     in_channels, out_channels = field(config, "in_channels", 4, source), field(config, "out_channels", 4, source)
     check_text_to_image(in_channels, out_channels, source)
+    time_cond_proj_dim = config.get("time_cond_proj_dim")  # set: an LCM-distilled UNet
+    if time_cond_proj_dim is not None:
+        field(config, "time_cond_proj_dim", None, source)
+    if time_cond_proj_dim in (2, 3):  # its embedding divides by dim/2 − 1 (unet/blocks.py, guidance_embedding)
+        refuse(f"time_cond_proj_dim={time_cond_proj_dim} (its guidance embedding needs at least 2 frequencies)")
     heads, norm_groups = heads[0], field(config, "norm_num_groups", 32, source)
     for width in widths:
         if width % heads or width % norm_groups:
@@ -113,7 +125,24 @@ def config_from_diffusers(config: dict, source) -> UNetConfig:
         in_channels=in_channels, out_channels=out_channels, model_channels=widths[0],
         channel_mult=tuple(w // widths[0] for w in widths), num_res_blocks=field(config, "layers_per_block", 2, source),
         attention_levels=tuple(i for i, kind in enumerate(down) if kind.startswith("CrossAttn")),
-        num_heads=heads, context_dim=field(config, "cross_attention_dim", 768, source), norm_groups=norm_groups)
+        num_heads=heads, context_dim=field(config, "cross_attention_dim", 768, source), norm_groups=norm_groups,
+        time_cond_proj_dim=time_cond_proj_dim)
+
+
+COND_PROJ = "time_embedding.cond_proj.weight"  # an LCM-distilled UNet's guidance projection, diffusers' name
+
+
+def check_time_cond_proj(config: UNetConfig, shapes: dict, source):
+    """The config's time_cond_proj_dim N and the weights agree: `time_embedding.cond_proj.weight` is there, of
+    shape (model_channels, N), exactly when N is set."""
+    dim, shape = config.time_cond_proj_dim, shapes.get(COND_PROJ)
+    if dim is None and shape is not None:
+        raise WeightsError(f"{source}: the weights hold {COND_PROJ} {list(shape)} (an LCM-distilled UNet) but "
+                           "config.json sets no time_cond_proj_dim")
+    if dim is not None and shape != (config.model_channels, dim):
+        held = "no such tensor" if shape is None else f"{COND_PROJ} of shape {list(shape)}"
+        raise WeightsError(f"{source}: config.json says time_cond_proj_dim={dim} but the weights hold {held}, "
+                           f"expected {COND_PROJ} of shape {[config.model_channels, dim]}")
 
 
 def config_from_shapes(shapes: dict, source) -> UNetConfig:
@@ -155,6 +184,7 @@ def unet_part_diffusers(folder: Path, attention: str = "sdpa") -> Part:
     config = config_from_diffusers(read_json(folder / "unet" / "config.json"), folder / "unet" / "config.json")
     config = dataclasses.replace(config, attention=attention)
     checkpoint = Checkpoint(find_safetensors(folder / "unet", "diffusion_pytorch_model"))
+    check_time_cond_proj(config, checkpoint.shapes, checkpoint.path)
     with torch.device("meta"):
         ours = UNetModel(config).state_dict().keys()
     table = diffusers_names(config)

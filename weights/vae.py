@@ -11,14 +11,17 @@ circulate in two namings, and both appear baked into single files too:
 The mid-block attention's q, k, v and output projection are 1×1 convolutions (C, C, 1, 1) in LDM
 files and Linear layers (C, C) in diffusers files; either shape loads in either naming. Widths are read off
 the decoder's shapes. The encoder (`encoder.*` and `quant_conv`, `encoder.down.0` first in both namings) is
-loaded only for a run that starts from an image (`encoder_part`), from the file the decoder came from.
+loaded only for a run that starts from an image (`encoder_part`), from the file the decoder came from. A TAESD
+(the tiny autoencoder) given as the VAE is read by `weights/taesd.py`.
 """
 import re
 from pathlib import Path
 
+from minitome.taesd import TinyConfig
 from minitome.vae import SCALE, VAEConfig, VAEDecoder, VAEEncoder
 from .checkpoint import Checkpoint, Part, WeightsError, dims, find_safetensors
 from .config_files import field, read_json
+from .taesd import is_tiny, refuse_pickle, tiny_encoder_part, tiny_part
 
 ENCODER = ("encoder.", "quant_conv.")           # the encoding half: never used here
 PREFIXES = ("first_stage_model.", "vae.")       # how a VAE file extracted from a full checkpoint may name it
@@ -84,7 +87,10 @@ def vae_part(checkpoint: Checkpoint, names: dict, groups: int = 32) -> Part:
 
 
 def encoder_part(decoder: Part) -> Part:
-    """The VAE's encoder, from the file (and under the prefix, in the naming) its decoder came from."""
+    """The VAE's encoder, from the file (and under the prefix, in the naming) its decoder came from; a TAESD's from
+    where weights/taesd.py finds it."""
+    if isinstance(decoder.config, TinyConfig):
+        return tiny_encoder_part(decoder)
     prefix = decoder.names["post_quant_conv.weight"][: -len("post_quant_conv.weight")]
     checkpoint = decoder.checkpoint
     names = our_names([n[len(prefix):] for n in checkpoint.names if n.startswith(prefix)], encoder=True)
@@ -122,7 +128,10 @@ def vae_part_diffusers(folder: Path) -> Part:
 
 
 def vae_part_from(path) -> Part:
-    """`weights.load(..., vae=path)`: a VAE file or folder."""
+    """`weights.load(..., vae=path)`: a VAE file or folder, or a TAESD's (weights/taesd.py)."""
     path = Path(path)
+    refuse_pickle(path)
+    if is_tiny(path):
+        return tiny_part(path)
     return vae_part_diffusers(path) if path.is_dir() else vae_part_from_file(path)
 

@@ -10,6 +10,7 @@ flags → one frozen settings record → the run → the PNG's text, through one
 - hashes.py    the hashes the PNG names the files by (model, VAE, init image, LoRAs, embeddings)
 - add_ons.py   --lora and --embedding; images.py the --init-image; device.py the device, dtype and memory
 - output.py    the PNG files, reserved before sampling and written whole
+- preview.py   --preview: one PNG rewritten after each step with the image the step's estimate x̂₀ shows
 - console.py   what is said on the terminal, Ctrl-C and SIGTERM, and how a run ends (its exit status)
 
 The library never imports this package; the lab's tools use flags.py, device.py and add_ons.py.

@@ -28,7 +28,7 @@ class Progress:
     def __init__(self, steps: int):
         self.steps, self.start = steps, time.perf_counter()
 
-    def __call__(self, i: int, t: int):
+    def __call__(self, i: int, t: int, x0: torch.Tensor = None):  # x0, the clean estimate: the preview's
         elapsed = time.perf_counter() - self.start
         rate = (i + 1) / elapsed
         left = (self.steps - i - 1) / rate

@@ -10,6 +10,13 @@ available now. The estimate is a sum of the large tensors alive at each stage's 
   (128 + 256 channels in SD 1.5), 3 kB per pixel: 0.75 GiB at 512², 3 GiB at 1024² (as measured).
 Scaled by the dtype's size. Not exact, but a run it refuses could not have finished, and the
 allocator's own failure mid-run (after minutes of sampling) is what it prevents.
+
+The dtype "auto" picks: float16 on CUDA; bfloat16 on a CPU that computes it natively (`native_bf16`: AVX512_BF16
+or AMX, Zen 4 and Sapphire Rapids on); float32 elsewhere. A CPU without those instructions emulates bfloat16
+with float32 arithmetic and conversions, slower than float32 itself; so do the kernels torch runs when they are
+held below AVX-512 on a CPU that has it: with ONEDNN_MAX_CPU_ISA=AVX2 a bfloat16 convolution took 300 times its
+float32 time here, and with ATEN_CPU_CAPABILITY=avx2 (or default) torch 2.13 refuses a bfloat16 UNet call
+outright ("pack_vnni2 is only supported when avx512 is supported"). `--dtype float32` keeps float32 anywhere.
 """
 import torch
 
@@ -42,10 +49,28 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
+def native_bf16() -> bool:
+    """Whether the CPU computes bfloat16 natively in the kernels torch runs here: hardware bfloat16 (AVX512_BF16,
+    or AMX's tiles), as torch's own, private, CPU feature checks see it; ATen's kernels at an AVX-512 (or AMX)
+    capability, as ATEN_CPU_CAPABILITY leaves it; and oneDNN, which runs the convolutions and matrix products,
+    allowed a bfloat16 ISA (not held below AVX-512 by ONEDNN_MAX_CPU_ISA, where a bfloat16 convolution is emulated
+    hundreds of times slower). False where this torch lacks one of the checks."""
+    try:
+        hardware = [torch.cpu._is_avx512_bf16_supported(), torch.cpu._is_amx_tile_supported()]  # either will do
+        capability = torch.backends.cpu.get_cpu_capability()
+        onednn = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    except (AttributeError, RuntimeError):  # private functions: a torch build may lack them
+        return False
+    return bool(any(hardware) and capability.startswith(("AVX512", "AMX")) and onednn)
+
+
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    """"auto" is float16 on CUDA, float32 elsewhere; or float32, float16, bfloat16."""
+    """"auto" is float16 on CUDA, bfloat16 on a CPU with native bfloat16 (`native_bf16`), float32 elsewhere; or
+    float32, float16, bfloat16."""
     if name == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
+        if device.type == "cuda":
+            return torch.float16
+        return torch.bfloat16 if device.type == "cpu" and native_bf16() else torch.float32
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
 

@@ -34,7 +34,7 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--prompt", help="what the image shows (required unless --from gives it)")
     p.add_argument("--negative-prompt", help="what guidance steers away from (default: none)")
     p.add_argument("--steps", type=int, help="sampler steps (default 50): 1 to 1000 with trailing spacing (from pure "
-                   "noise, leading refuses counts that start far below t = 999, see README)")
+                   "noise, leading refuses counts that start far below t = 999, see README); lcm: 1 to 50")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 7.5; ≤ 1: off)")
     p.add_argument("--seed", type=int, help="0 ≤ seed < 2⁶⁴; default: random, and printed")
     p.add_argument("--width", type=int, help="default 512")
@@ -50,9 +50,14 @@ def parser(description: str) -> argparse.ArgumentParser:
     add_method_flags(p)
     p.add_argument("--device", help="auto (the default: cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
     p.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"),
-                   help="auto (the default): float16 on cuda, float32 elsewhere")
+                   help="auto (the default): float16 on cuda, bfloat16 on a CPU that computes it natively (AVX512_BF16 "
+                        "or AMX, with torch's kernels at AVX-512), float32 elsewhere; --dtype float32 keeps float32")
     p.add_argument("--attention", choices=("sdpa", "plain"), help="default sdpa")
     p.add_argument("--out", help="PNG path (default outputs/minitome.png); an existing file gets a numbered sibling")
+    p.add_argument("--preview", help="a PNG rewritten after each step with the image the step's estimate shows "
+                   "(the batch's first), into a folder that exists")
+    p.add_argument("--preview-vae", help="a TAESD decoder (taesd_decoder.safetensors or an AutoencoderTiny folder) "
+                   "to draw --preview with (default: a linear latent-to-RGB map, ComfyUI's)")
     return p
 
 
@@ -90,9 +95,9 @@ def check_steps_flag(steps: int, flag: str, sampler: str = "plms", spacing: str 
     try:
         check_spacing(sampler, spacing)
     except ValueError as error:
-        flag_of = "--spacing" if str(error).startswith(("karras", "spacing")) else "--sampler"
+        flag_of = "--sampler" if str(error).startswith("sampler") else "--spacing"  # a spacing the sampler refuses
         raise Refusal(f"{flag_of}: {error}") from None
-    named(flag, check_count, steps)
+    named(flag, check_count, steps, sampler)
     if strength is None:
         named(flag, check_first_step, steps, sampler, spacing)
         return None

@@ -17,7 +17,8 @@ Python's shortest round-trip form (`repr`: 0.4999999 stays 0.4999999, where six 
 write 0.5 for a run whose pixels differ from 0.5's). A setting of something that is off (a method, the hires
 pass, an init image's strength) is None in the record and not written. A batch shares one noise tensor, so
 each image says its place in it (A1111's "Batch size", "Batch pos"). A value holding commas is quoted as a
-JSON string, as A1111 quotes its own.
+JSON string, as A1111 quotes its own. The dtype is written unless it is float32, and a text without one reads as
+float32: --from remakes an image in the dtype it was made in, whatever `--dtype auto` would pick on this machine.
 
 The sampler is named as A1111 names it ("DPM++ 2M", "Euler a", "Euler", "DDIM", "PLMS"), and a spacing other
 than the default leading is its "Schedule type": karras is "Karras", trailing "SGM Uniform" (A1111's schedule
@@ -197,6 +198,7 @@ def read_png(path) -> FromPNG:
     unread = lora_tag_in(prompt)
     if unread is not None:
         raise Refusal(f"--from {path}: its prompt holds {unread!r}, not a <lora:name:weight> tag minitome reads")
+    values.setdefault("dtype", "float32")  # minitome writes every other dtype; A1111's texts have none
     missing = [name for name in REQUIRED if name not in fields]
     if missing or garbled:
         raise Refusal(f"--from {path}: its parameters text lacks or garbles a field ({garbled or repr(missing[0])})")

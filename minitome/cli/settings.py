@@ -12,6 +12,7 @@ failing fast with a one-line refusal naming the flag:
 A setting of something that is off (a method, the hires pass, an init image's strength) is None.
 """
 import math
+import os
 import random
 import sys
 from dataclasses import dataclass, field, fields
@@ -73,7 +74,8 @@ class Settings:
     ema: bool = False
     loras: tuple = ()                  # (file, weight)
     embeddings: tuple = ()             # (file, token or None)
-    dtype: str = "auto"                # auto: float16 on cuda, float32 elsewhere; then the one picked
+    dtype: str = "auto"                # auto: float16 on cuda, bfloat16 on a CPU with it native, else float32; then
+                                       # the one picked (a --from PNG without a Dtype field: float32)
     attention: str = "sdpa"
     # the files' hashes, as the PNG names them (minitome/cli/hashes.py), once computed
     model_hash: str = ""
@@ -85,6 +87,8 @@ class Settings:
     tokenizer: str = None
     device: object = "auto"            # auto: cuda, then mps, then cpu; then the torch.device picked
     out: Path = Path("outputs/minitome.png")
+    preview: Path = None               # a PNG rewritten after each step (minitome/cli/preview.py)
+    preview_vae: Path = None           # the TAESD decoder that draws it (None: the linear map)
     # what the checks make of the above
     tome: ToMeConfig = None
     todo: ToDoConfig = None
@@ -103,7 +107,7 @@ def settings_from(flags: dict, png=None) -> Settings:
     png_values = png.values if png is not None else {}
     a = SimpleNamespace(**{**DEFAULTS, **png_values, **flags})
     a.given = set(png_values) | set(flags)  # a setting the PNG holds counts as given
-    for name in ("weights", "vae", "init_image", "out"):
+    for name in ("weights", "vae", "init_image", "out", "preview", "preview_vae"):
         if isinstance(getattr(a, name), str):
             setattr(a, name, Path(getattr(a, name)))
     check_steps_flag(a.steps, "--steps", a.sampler, a.spacing, a.strength if a.init_image is not None else None)
@@ -150,6 +154,7 @@ def settings_from(flags: dict, png=None) -> Settings:
         except UnicodeEncodeError:
             raise Refusal(f"--{name.replace('_', '-')} is not valid UTF-8 text") from None
         check_no_tags(getattr(a, name), f"--{name.replace('_', '-')}")
+    check_preview(a.preview, a.preview_vae, a.out)
     a.tome, a.todo, a.deep_cache = accelerations(a)
     a.hires = hires_config(a, a.tome, a.todo, a.deep_cache)
     a.device = pick_device(a.device)
@@ -157,6 +162,25 @@ def settings_from(flags: dict, png=None) -> Settings:
     a.seed = a.seed if a.seed is not None else random.randrange(2**32)
     one_spelling(a)
     return Settings(**{name: getattr(a, name) for name in DEFAULTS})
+
+
+def check_preview(preview: Path, preview_vae: Path, out: Path):
+    """--preview names a PNG in a folder that exists and can be written, not the --out file; --preview-vae needs
+    it (whether --preview-vae holds a TAESD is the weights' to say, from its header)."""
+    if preview is None:
+        if preview_vae is not None:
+            raise Refusal("--preview-vae needs --preview (it draws the preview, which is off without it)")
+        return
+    if preview.suffix.lower() != ".png":
+        raise Refusal(f"--preview {preview}: the preview is a PNG, name it .png")
+    if not preview.parent.is_dir():
+        raise Refusal(f"--preview {preview}: the folder {preview.parent} does not exist")
+    if not os.access(preview.parent, os.W_OK | os.X_OK):
+        raise Refusal(f"--preview {preview}: the folder {preview.parent} is not writable")
+    if preview.is_dir():
+        raise Refusal(f"--preview {preview}: a folder, not a file")
+    if preview.resolve() == out.resolve():
+        raise Refusal(f"--preview {preview}: the same file as --out; give the preview a name of its own")
 
 
 def one_spelling(a):
@@ -177,11 +201,14 @@ def one_spelling(a):
 
 def check_model(s: Settings, unet, vae):
     """The settings that depend on the model's shape, from the weights' headers alone (unet, vae: their configs)."""
+    if s.negative_prompt and unet.time_cond_proj_dim is not None:  # diffusers' pipelines drop it silently
+        raise Refusal(f"--negative-prompt: this UNet is LCM-distilled (time_cond_proj_dim {unet.time_cond_proj_dim}): it "
+                      "runs without classifier-free guidance, so a negative prompt would do nothing; leave it out")
     for flag, value in (("--width", s.width), ("--height", s.height)):  # 8 was checked; a VAE may take other sizes
         if value % vae.scale_factor:
             raise Refusal(f"{flag} must be a positive multiple of {vae.scale_factor}, got {value!r}")
     latent = (s.height // vae.scale_factor, s.width // vae.scale_factor)
-    per_call = s.batch * (2 if s.guidance > 1 else 1)  # latents in one UNet call: the guided pair doubles them
+    per_call = s.batch * (2 if unet.guided(s.guidance) else 1)  # latents in one UNet call: the guided pair doubles them
     if unet.fewest_normalized(latent, per_call) < 2:
         raise Refusal(f"--width {s.width} --height {s.height}: too small for this UNet at {per_call} latent per call "
                       "(a GroupNorm of its deepest levels would normalise a single value): give a larger size, or "
@@ -204,7 +231,7 @@ def check_model(s: Settings, unet, vae):
                           f"multiple of {vae.scale_factor}): use at least "
                           f"{least_scale(s.width, s.height, vae.scale_factor)!r}")
     check_fits(width, height, s.batch, s.guidance > 1, s.attention, unet.num_heads, getattr(torch, s.dtype),
-               s.device, vae.ch * (vae.ch_mult[0] + vae.ch_mult[1]), size)
+               s.device, vae.peak_channels, size)
     if s.deep_cache is not None:
         flag_named(s.deep_cache.check_layout, unet)
 

@@ -1,7 +1,8 @@
 """`python -m minitome.lab.bench`: what token merging buys on this machine, measured side by side.
 
-Where this sits: a command line over `measure.py`, with five modes: the ratio table (ratios.py, the
-default), `--methods` (methods.py), `--samplers` (samplers.py), `--hires` (hires.py) and `--decode` (decode.py). For every image
+Where this sits: a command line over `measure.py`, with six modes: the ratio table (ratios.py, the
+default), `--methods` (methods.py), `--samplers` (samplers.py), `--hires` (hires.py), `--decode` (decode.py) and
+`--image` (one_image.py: one image's time from the prompt to the PNG, stage by stage). For every image
 size and attention kind the ratio table times all of its configurations (each ratio; with `--compare`, also
 diffusers + tomesd on the same weights) in one fresh process, interleaved round by round, then measures
 each configuration's peak memory in a process of its own. It prints one row per ToMe ratio: seconds per UNet call, speed-up
@@ -30,6 +31,7 @@ from .common import stopwatch
 from .decode import decode_table
 from .hires import compare_hires
 from .methods import compare_methods
+from .one_image import VOCAB, image_table
 from .ratios import ratio_tables
 from .samplers import compare_samplers
 
@@ -76,8 +78,16 @@ def parse_args(argv=None):
     p.add_argument("--hires", action="store_true", help="a hires image (DPM++ 2M Karras 20 at --sizes, latent ×2, 20 steps "
                    "at strength 0.5), without merging, ToMe on its hires pass, ToDo, DeepCache, beside diffusers + tomesd "
                    "(hires.py; --tome-ratio, --todo-factor, --deepcache-interval, --check-image apply)")
+    i = p.add_argument_group("--image: one image's time, prompt to PNG, stage by stage (one_image.py; --tome-ratio, "
+                             "--deepcache-interval, --weights, --compare apply)")
+    i.add_argument("--image", action="store_true", help="PLMS 50, DPM++ 2M Karras 20, LCM 4 with the VAE and with TAESD, "
+                   "each alone, with ToMe and with DeepCache; float32 and bfloat16 where native")
+    i.add_argument("--calls", type=int, help="time the first N UNet calls of each run and count the rest at their "
+                   "kind's mean (default: time every call)")
+    i.add_argument("--tiny", action="store_true", help="random weights of the tests' tiny shapes (its figures mean nothing)")
     args = p.parse_args(argv)
     args.given = flags_given(p, argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     return args
 
 
@@ -93,7 +103,8 @@ MODE_FLAGS = {
                  "compare"},
 }
 MODE_FLAGS["hires"] = MODE_FLAGS["samplers"]
-MODES = ("methods", "decode", "samplers", "hires")
+MODE_FLAGS["image"] = {"weights", "compare", "tome_ratio", "deepcache_interval", "calls", "tiny"}
+MODES = ("methods", "decode", "samplers", "hires", "image")
 
 
 def named(flag: str, check):
@@ -115,8 +126,8 @@ def check_args(args):
         flags = ", ".join("--" + f.replace("_", "-") for f in stray)
         why = {"methods": "it times the methods' UNet calls", "decode": "it times the VAE decoder alone on random weights",
                "samplers": "it times the samplers' images", "hires": "it times a hires image's chain",
-               "ratios": "they set up --methods, --samplers or --hires"}[mode]
-        without = "without --methods, --samplers or --hires"
+               "image": "it times one image's stages", "ratios": "they set up another mode"}[mode]
+        without = "without --methods, --samplers, --hires or --image"
         raise ValueError(f"{flags}: not used {'with --' + mode if mode != 'ratios' else without} ({why})")
     if args.batch < 1 or args.repeats < 1:
         raise ValueError("--batch and --repeats must be >= 1")
@@ -131,7 +142,9 @@ def check_args(args):
         raise ValueError("--quality-steps needs --weights (random weights make no image worth comparing)")
     if args.quality_steps:
         check_steps_flag(args.quality_steps, "--quality-steps")
-    if args.methods or args.samplers or args.hires:
+    if args.image:
+        check_image_args(args)
+    if args.methods or args.samplers or args.hires or args.image:
         named("--tome-ratio", lambda: ToMeConfig(ratio=args.tome_ratio))
         named("--reuse", lambda: ToMeConfig(reuse=args.reuse))
         named("--ca-threshold", lambda: ToMeConfig(threshold=args.ca_threshold))
@@ -140,6 +153,19 @@ def check_args(args):
         check_steps_flag(args.steps, "--steps")
         if args.compare and args.methods:
             raise ValueError("--compare times diffusers + tomesd beside ToMe's ratios, not beside --methods")
+
+
+def check_image_args(args):
+    """--image's own flags: one size, --calls a count, the vocabulary its prompt needs on random weights."""
+    if len(args.sizes) > 1:
+        raise ValueError("--sizes: --image times one image, give one size")
+    if args.calls is not None and args.calls < 1:
+        raise ValueError(f"--calls {args.calls}: time at least one UNet call per run")
+    if args.tiny and args.weights:
+        raise ValueError("--tiny and --weights: give one (--tiny is random weights of the tests' tiny shapes)")
+    if not args.weights and not VOCAB.is_file():
+        raise ValueError(f"--image on random weights needs CLIP's vocabulary for its prompt, {VOCAB}: `make bench "
+                         "BENCH_ARGS=--image` fetches it (or set MINITOME_VOCAB, or give --weights)")
 
 
 def matmul_rate(device, dtype) -> float:
@@ -155,7 +181,7 @@ def main(argv=None) -> int:
         device = pick_device(args.device)
         dtype = pick_dtype(args.dtype, device)
         check_args(args)
-        mode = "--samplers" if args.samplers else "--hires" if args.hires else "--compare"
+        mode = "--samplers" if args.samplers else "--hires" if args.hires else "--image --compare" if args.image else "--compare"
         if args.compare or args.samplers or args.hires:
             for module in ("diffusers", "tomesd") + (("DeepCache",) if mode != "--compare" else ()):
                 importlib.import_module(module)
@@ -166,10 +192,12 @@ def main(argv=None) -> int:
     except ValueError as error:
         print(f"minitome.lab.bench: error: {error}", file=sys.stderr)
         return 2
+    if args.image and args.dtype == "auto" and device.type == "cpu":
+        dtype = torch.float32  # the rate's dtype: the image mode measures float32 and bfloat16 itself
     rate = matmul_rate(device, dtype)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     results = {"device": name, "dtype": str(dtype).replace("torch.", ""), "matmul_gflops": rate, "tables": []}
-    batch = 1 if args.decode else args.batch
+    batch = 1 if args.decode or args.image else args.batch
     print(f"# {name}, {results['dtype']}, batch {batch}; matmul rate {rate:.0f} GFLOP/s", file=sys.stderr)
     try:
         if args.methods:
@@ -180,6 +208,8 @@ def main(argv=None) -> int:
             return compare_hires(args, device, dtype, name, results)
         if args.decode:
             return decode_table(args, device, dtype, results)
+        if args.image:
+            return image_table(args, device, results)
         ratio_tables(args, device, dtype, name, results, rate)
     except (RuntimeError, ValueError) as error:  # a failed measurement, or weights that do not load (a ValueError)
         print(f"minitome.lab.bench: error: {error}", file=sys.stderr)
