@@ -230,7 +230,7 @@ def check_model(s: Settings, unet, vae):
             raise Refusal(f"{size}: the second pass would run at the first's size (each side is rounded down to a "
                           f"multiple of {vae.scale_factor}): use at least "
                           f"{least_scale(s.width, s.height, vae.scale_factor)!r}")
-    check_fits(width, height, s.batch, s.guidance > 1, s.attention, unet.num_heads, getattr(torch, s.dtype),
+    check_fits(width, height, s.batch, unet.guided(s.guidance), s.attention, unet.num_heads, getattr(torch, s.dtype),
                s.device, vae.peak_channels, size)
     if s.deep_cache is not None:
         flag_named(s.deep_cache.check_layout, unet)
