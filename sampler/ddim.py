@@ -7,14 +7,16 @@ point with leading spacing (and with trailing when S divides 1000), a timestep o
 """
 import torch
 
-from .schedule import ddim_step
+from .schedule import clean_estimate, ddim_step
 
 
 def ddim_sample(eps_model, x: torch.Tensor, schedule, generator=None, callback=None) -> torch.Tensor:
     """Denoise x along `schedule` (sampler/spacing.py: its timesteps and ᾱ's). callback(i, t, x̂₀) runs after each
     step, x̂₀ the clean latent the step's ε implies."""
     for i, t in enumerate(schedule.timesteps):
-        x, x0 = ddim_step(x, eps_model(x, t), schedule.alphas[i], schedule.alphas[i + 1])
+        a_t, eps = schedule.alphas[i], eps_model(x, t)
+        x_prev = ddim_step(x, eps, a_t, schedule.alphas[i + 1])
         if callback is not None:
-            callback(i, t, x0)
+            callback(i, t, clean_estimate(x, eps, a_t))
+        x = x_prev
     return x

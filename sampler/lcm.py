@@ -32,7 +32,7 @@ the 50-step schedule instead (set_timesteps(strength=…)): other timesteps, not
 import numpy as np
 import torch
 
-from .schedule import NUM_TRAIN_TIMESTEPS, alphas_cumprod
+from .schedule import NUM_TRAIN_TIMESTEPS, alphas_cumprod, clean_estimate
 from .spacing import Schedule
 
 ORIGINAL_STEPS = 50     # the schedule the model was distilled on
@@ -62,8 +62,7 @@ def lcm_sample(eps_model, x: torch.Tensor, schedule, generator=None, callback=No
     after each step. The noise between steps comes from `generator` (the one that drew x)."""
     ts, alphas = schedule.timesteps, schedule.alphas
     for i, t in enumerate(ts):
-        a_t = alphas[i]
-        x0 = (x - (1 - a_t) ** 0.5 * eps_model(x, t)) / a_t ** 0.5
+        x0 = clean_estimate(x, eps_model(x, t), alphas[i])
         c_skip, c_out = boundary(t)
         denoised = c_out * x0 + c_skip * x
         if i < len(ts) - 1:  # the last step of the N-step schedule (a truncated one ends there too) adds none

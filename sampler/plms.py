@@ -20,7 +20,7 @@ Like DDIM (sampler/ddim.py), each step lands on the ᾱ of the next timestep the
 """
 import torch
 
-from .schedule import ddim_step
+from .schedule import clean_estimate, ddim_step
 
 
 def plms_eps(eps: torch.Tensor, history: list) -> torch.Tensor:
@@ -46,10 +46,11 @@ def plms_sample(eps_model, x: torch.Tensor, schedule, generator=None, callback=N
         elif len(ts) == 1:  # a single step: nowhere to warm up, a DDIM step
             eps_prime = eps
         else:  # first step: Heun, with a second call at the next timestep
-            eps_next = eps_model(ddim_step(x, eps, a_t, a_prev)[0], ts[1])
+            eps_next = eps_model(ddim_step(x, eps, a_t, a_prev), ts[1])
             eps_prime = (eps + eps_next) / 2
-        x, x0 = ddim_step(x, eps_prime, a_t, a_prev)
+        x_prev = ddim_step(x, eps_prime, a_t, a_prev)
         history = (history + [eps])[-3:]
         if callback is not None:
-            callback(i, t, x0)
+            callback(i, t, clean_estimate(x, eps_prime, a_t))
+        x = x_prev
     return x

@@ -29,11 +29,17 @@ def start_in_x(noise: torch.Tensor, schedule, init: torch.Tensor = None) -> torc
     return a_t ** 0.5 * init + (1 - a_t) ** 0.5 * noise
 
 
-def ddim_step(x: torch.Tensor, eps: torch.Tensor, a_t, a_prev) -> tuple:
-    """One deterministic DDIM step (η = 0) from ᾱ_t to ᾱ_prev: (x_prev, x̂₀), the estimate the step callback gets.
+def clean_estimate(x: torch.Tensor, eps: torch.Tensor, a_t) -> torch.Tensor:
+    """x̂₀ = (x_t − √(1 − ᾱ_t) · ε) / √ᾱ_t: the clean latent the noise estimate implies (what the step callback
+    is handed, and where a DDIM or LCM step goes through)."""
+    return (x - (1 - a_t) ** 0.5 * eps) / a_t ** 0.5
+
+
+def ddim_step(x: torch.Tensor, eps: torch.Tensor, a_t, a_prev) -> torch.Tensor:
+    """One deterministic DDIM step (η = 0) from ᾱ_t to ᾱ_prev.
 
     x̂₀ = (x_t − √(1 − ᾱ_t) · ε) / √ᾱ_t        (the clean latent the noise estimate implies)
     x_prev = √ᾱ_prev · x̂₀ + √(1 − ᾱ_prev) · ε   (re-noised to the next, lower noise level)
     """
-    x0 = (x - (1 - a_t) ** 0.5 * eps) / a_t ** 0.5
-    return a_prev ** 0.5 * x0 + (1 - a_prev) ** 0.5 * eps, x0
+    x0 = clean_estimate(x, eps, a_t)
+    return a_prev ** 0.5 * x0 + (1 - a_prev) ** 0.5 * eps

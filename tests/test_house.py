@@ -160,7 +160,8 @@ def hot_path() -> list:
     functions = [model.UNetModel.predict, model.UNetModel.up, model.run_layer, blocks.timestep_embedding,
                  call.Call.plan, call.Call.once, run.Run.open, run.Run.close, run.Run.call, pipeline.noise_estimate,
                  tome.tome_plan, tome.partition, tome.match, tome.merge, tome.unmerge, tome.Plan, tome.downsample_level,
-                 tome.ToMeConfig.partitions, todo.downsample_kv, plms.plms_eps, schedule.ddim_step, sampler.sample]
+                 tome.ToMeConfig.partitions, todo.downsample_kv, plms.plms_eps, schedule.ddim_step, schedule.clean_estimate,
+                 sampler.sample]
     for module in (attention, blocks):
         functions += [cls.forward for cls in vars(module).values() if inspect.isclass(cls) and
                       cls.__module__ == module.__name__ and "forward" in vars(cls)]

@@ -11,8 +11,20 @@ from unet.packed_conv import PackedConv2d
 
 
 @pytest.fixture(scope="module")
-def model(tiny_pipeline):
-    return tiny_pipeline[0], weights.load(tiny_pipeline[1])
+def model(tiny_pipeline, tmp_path_factory):
+    """(each part's reference module, ours), ours also holding the tiny autoencoder's halves as `weights.load` returns
+    them for `vae=` a TAESD (an AutoencoderTiny folder, whose module is both halves' reference)."""
+    from test_taesd import TINY_TAESD, diffusers_taesd
+    taesd = diffusers_taesd(seed=5, **TINY_TAESD)
+    folder = tmp_path_factory.mktemp("taesd")
+    taesd.save_pretrained(folder)
+    tiny = weights.load(tiny_pipeline[1], vae=folder, encoder=True)
+    sd = weights.load(tiny_pipeline[1])
+    sd.taesd_decoder, sd.taesd_encoder = tiny.vae, tiny.vae_encoder
+    pipe = tiny_pipeline[0]
+    references = {"unet": pipe.unet, "text_encoder": pipe.text_encoder, "vae": pipe.vae, "taesd_decoder": taesd,
+                  "taesd_encoder": taesd}
+    return references, sd
 
 
 UNET_LATENT = 16  # the tiny UNet halves it 3 times: 2 × 2 = 4 tokens in the deepest attention (see the autograd test)
@@ -25,20 +37,23 @@ def run(part: str, module, dtype=torch.float32):
         return module(x, 10, torch.randn(1, 77, 64, generator=g).to(dtype))
     if part == "text_encoder":
         return module(torch.tensor([[49406, 320, 2368] + [49407] * 74]))
+    if part == "taesd_encoder":
+        return module(torch.rand(1, 3, 32, 40, generator=g).to(dtype) * 2 - 1)
     return module(torch.randn(1, 4, 4, 4, generator=g).to(dtype))
 
 
-PARTS = ["unet", "text_encoder", "vae"]
+PARTS = ["unet", "text_encoder", "vae", "taesd_decoder", "taesd_encoder"]
 
 
 @pytest.mark.parametrize("part", PARTS)
 def test_parameters_are_the_references(model, part):
     """As many parameters as the reference module holds (the VAE: its decoder half), all plain nn.Parameters."""
-    pipe, sd = model
+    references, sd = model
     module = getattr(sd, part)
     ours = sum(p.numel() for p in module.parameters())
-    reference = getattr(pipe, part)
-    names = [n for n, _ in reference.named_parameters() if part != "vae" or n.startswith(("decoder.", "post_quant_conv."))]
+    reference = references[part]
+    halves = {"vae": ("decoder.", "post_quant_conv."), "taesd_decoder": ("decoder.",), "taesd_encoder": ("encoder.",)}
+    names = [n for n, _ in reference.named_parameters() if n.startswith(halves.get(part, ""))]
     assert ours == sum(p.numel() for n, p in reference.named_parameters() if n in names) > 0
     assert not any(isinstance(m, PackedConv2d) for m in module.modules())
     assert all(type(p) is torch.nn.Parameter for p in module.parameters())

@@ -97,6 +97,7 @@ COMPUTED = {"tutorial.md": {"2.55": ("51", "20")},  # the UNet calls of PLMS at 
                 "12.7": ("1,606.5", "126.5"), "9.2": ("9,348", "1,020.9"),
                 "1.18": "1 / (1 − 0.155), the sentence's own formula",
                 "1.30": "16.08 s against the ratio-0.5 call's 12.63 s less its 2.1% of merging",
+                "1.16": ("6.79", "5.83"),  # one image's time: a guided call alone / with ToMe 0.5, float32
                 **dict.fromkeys(["1.17", "2.88", "2.83", "2.37", "3.34"], EARLIER_RUN)}}
 
 
