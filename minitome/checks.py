@@ -9,8 +9,7 @@ import math
 import numbers
 
 from sampler import SAMPLERS, SPACINGS, spacing_of, start_step
-from sampler.lcm import lcm_schedule
-from sampler.spacing import discrete_timesteps, dpm_schedule, t_schedule
+from sampler.spacing import discrete_timesteps, dpm_schedule, sigma_schedule, t_schedule
 
 
 class Refusal(ValueError):
@@ -57,8 +56,8 @@ def check_spacing(sampler: str, spacing: str):
         raise Refusal(f"spacing must be one of {', '.join(SPACINGS)}, got {spacing!r}")
     row = SAMPLERS[sampler]
     if spacing not in row.spacings:
-        if row.schedule is lcm_schedule:
-            raise Refusal(f"{sampler} takes its own timesteps: leave the spacing out (the default, leading), "
+        if len(row.spacings) == 1:  # a sampler with timesteps of its own (LCM's): the default spacing only
+            raise Refusal(f"{sampler} takes its own timesteps: leave the spacing out (the default, {row.spacings[0]}), "
                           f"not {spacing}")
         takers = [name for name, r in SAMPLERS.items() if spacing in r.spacings]
         why = (f"{sampler.upper()} steps in t, on ᾱ_t, not in σ" if row.schedule is t_schedule else
@@ -91,11 +90,12 @@ def check_strength(steps: int, strength: float) -> int:
 
 
 def first_timestep(sampler: str, steps: int, spacing: str, start: int = 0) -> float:
-    """Where a schedule starts, or its step `start` (cheaply, and past the table too: Karras' and LCM's stay in it;
-    LCM's starts at 999 at every count)."""
-    if spacing == "karras" or SAMPLERS[sampler].schedule is lcm_schedule:
+    """Where a schedule starts, or its step `start` (cheaply, and past the table too, for the schedules made from a
+    spacing's timesteps; Karras' and a sampler's own, as LCM's, stay in it and are read off the schedule)."""
+    schedule = SAMPLERS[sampler].schedule
+    if spacing == "karras" or schedule not in (t_schedule, sigma_schedule, dpm_schedule):
         return spacing_of(sampler, steps, spacing).timesteps[start]
-    dpm = SAMPLERS[sampler].schedule is dpm_schedule  # S + 1 intervals
+    dpm = schedule is dpm_schedule  # S + 1 intervals
     return float(discrete_timesteps(steps, spacing, steps + 1 if dpm else steps)[start])
 
 
