@@ -159,6 +159,10 @@ def test_png_parameters_and_no_overwrite(single_file, tmp_path, capsys):
     (["--sampler", "euler", "--spacing", "linspace", "--deepcache-interval", "2"], "Sampler: Euler, Schedule type: Uniform"),
     (["--prompt=-cat", "--negative-prompt=--dog"], "-cat\nNegative prompt: --dog\n"),  # prompts that look like flags
     (["--sampler", "lcm", "--steps", "4", "--guidance", "1.5"], "Steps: 4, Sampler: LCM, CFG scale: 1.5, Seed: 5, Size"),
+    (["--sampler", "lcm", "--steps", "3", "--guidance", "1", "--batch", "3", "--tome-threshold", "0.3", "--tome-reuse",
+      "2", "--deepcache-interval", "2"], "Steps: 3, Sampler: LCM, CFG scale: 1,"),  # LCM beside the methods
+    (["--sampler", "lcm", "--steps", "4", "--todo-factor", "2", "--hires-scale", "2", "--hires-steps", "4",
+      "--hires-strength", "0.5", "--hires-upscale", "latent-nearest"], "Hires upscaler: Latent (nearest)"),
 ])
 def test_a_png_remakes_its_image_with_from(single_file, tmp_path, extra, written):
     """A PNG's text holds every value that changes its pixels, each reading back to the same number: --from takes
